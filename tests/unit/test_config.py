@@ -1,0 +1,128 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.app import check_config
+from deployments.config import ConfigError, ModelConfig
+from deployments.placement import engine_deployment_options
+
+
+@pytest.fixture()
+def default_args(project_root: Path, monkeypatch) -> dict:
+    monkeypatch.chdir(project_root)
+    config = yaml.safe_load((project_root / "serve_config.yaml").read_text())
+    return copy.deepcopy(config["applications"][0]["args"])
+
+
+def test_the_default_config_is_valid(default_args):
+    config = check_config(default_args)
+    assert config.classification.strategy == "knn"
+    assert Path(config.model("minilm").model, "config.json").is_file()
+    assert config.classification.examples.path.is_absolute()
+
+
+def test_a_misspelt_field_is_named(default_args):
+    default_args["classification"]["stratgy"] = "knn"
+    with pytest.raises(ConfigError, match=r"classification\.stratgy: Extra inputs are not permitted"):
+        check_config(default_args)
+
+
+def test_a_misspelt_engine_arg_is_named(default_args):
+    default_args["models"][0]["engine_args"]["max_model_length"] = 128
+    with pytest.raises(ConfigError, match=r"models\.0\.engine_args\.max_model_length"):
+        check_config(default_args)
+
+
+def test_a_missing_model_path_is_named(default_args):
+    default_args["models"][0]["model"] = "/nowhere/model"
+    with pytest.raises(ConfigError, match=r"models\.0\.model: .*'/nowhere/model' does not exist"):
+        check_config(default_args)
+
+
+def test_a_missing_package_is_named(default_args):
+    default_args["models"][0]["model"] = "pkg:no_such_package_here"
+    with pytest.raises(ConfigError, match="package 'no_such_package_here' is not installed"):
+        check_config(default_args)
+
+
+def test_an_examples_file_with_no_rows_is_named(default_args, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,category\n")
+    default_args["classification"]["examples"]["path"] = str(empty)
+    with pytest.raises(ConfigError, match=f"classification.examples: examples file {empty} has no rows"):
+        check_config(default_args)
+
+
+def test_an_unknown_label_column_is_named(default_args):
+    default_args["classification"]["examples"]["label_column"] = "intent"
+    with pytest.raises(ConfigError, match=r"has no column 'intent'; columns are \['category', 'text'\]"):
+        check_config(default_args)
+
+
+def test_a_missing_examples_file_is_named(default_args):
+    default_args["classification"]["examples"]["path"] = "data/nope.csv"
+    with pytest.raises(ConfigError, match="nope.csv does not exist"):
+        check_config(default_args)
+
+
+def test_an_unknown_embedding_model_is_named(default_args):
+    default_args["classification"]["embedding_model"] = "bert"
+    with pytest.raises(ConfigError, match="classification.embedding_model: no model named 'bert'"):
+        check_config(default_args)
+
+
+def test_a_pooling_model_cannot_serve_generative(default_args):
+    default_args["classification"]["generative_model"] = "minilm"
+    with pytest.raises(ConfigError, match="needs 'generate'"):
+        check_config(default_args)
+
+
+def test_sharding_on_cpu_is_refused():
+    with pytest.raises(ValueError, match="needs deployment.accelerator: gpu"):
+        ModelConfig(name="m", model="org/m", runner="generate", engine_args={"tensor_parallel_size": 2})
+
+
+def gpu_model(tp: int, pp: int = 1, num_cpus: float = 1) -> ModelConfig:
+    return ModelConfig(
+        name="llm",
+        model="org/llm",
+        runner="generate",
+        engine_args={"tensor_parallel_size": tp, "pipeline_parallel_size": pp},
+        deployment={"accelerator": "gpu", "num_cpus": num_cpus, "num_replicas": 2},
+    )
+
+
+def test_cpu_engine_takes_no_placement_group(default_args):
+    options = engine_deployment_options(check_config(default_args).model("minilm"))
+    assert options["name"] == "engine-minilm"
+    assert options["ray_actor_options"] == {"num_cpus": 0}
+    assert "placement_group_bundles" not in options
+
+
+def test_single_gpu_engine_asks_for_one_gpu():
+    options = engine_deployment_options(gpu_model(tp=1))
+    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
+    assert "placement_group_bundles" not in options
+
+
+def test_tensor_parallel_engine_gets_one_gpu_bundle_per_shard_strictly_packed():
+    options = engine_deployment_options(gpu_model(tp=4))
+    assert options["placement_group_bundles"] == [{"GPU": 1.0, "CPU": 1}] + [{"GPU": 1.0}] * 3
+    assert options["placement_group_strategy"] == "STRICT_PACK"
+    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0}
+    assert options["num_replicas"] == 2
+
+
+def test_pipeline_parallel_engine_may_span_nodes():
+    options = engine_deployment_options(gpu_model(tp=8, pp=2, num_cpus=0))
+    assert options["placement_group_bundles"] == [{"GPU": 1.0}] * 16
+    assert options["placement_group_strategy"] == "PACK"
+
+
+def test_sharded_engine_uses_the_ray_executor():
+    from deployments.vllm_engine import engine_args_for
+
+    assert engine_args_for(gpu_model(tp=2)).distributed_executor_backend == "ray"
+    assert engine_args_for(gpu_model(tp=1)).distributed_executor_backend is None
