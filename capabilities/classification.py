@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from capabilities.base import Capability, RunContext
 from capabilities.engine import EmbeddingEngine, GenerativeEngine
 from capabilities.errors import InvalidRequestError
 from capabilities.examples import EmbeddingCache, ExamplesSource, LabelledExamples, load_examples
@@ -17,6 +18,7 @@ from capabilities.examples import EmbeddingCache, ExamplesSource, LabelledExampl
 Strategy = Literal["knn", "zero_shot", "generative"]
 STRATEGIES: tuple[Strategy, ...] = ("knn", "zero_shot", "generative")
 AD_HOC_LABEL_SETS_KEPT = 64
+MAX_AD_HOC_LABELS = 1000
 
 
 class LabelSpec(BaseModel):
@@ -44,7 +46,9 @@ class ClassificationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: Strategy = "knn"
-    embedding_model: str | None = Field(default=None, description="Pooling model for knn/zero_shot.")
+    embedding_model: str | None = Field(
+        default=None, description="Pooling model for knn/zero_shot."
+    )
     generative_model: str | None = Field(default=None, description="Generate model for generative.")
     examples: ExamplesSource | None = None
     labels: list[LabelSpec] | None = Field(
@@ -100,7 +104,9 @@ class Classification(BaseModel):
     strategy: Strategy
 
 
-def _rank(scores: np.ndarray, names: Sequence[str], top_k: int, strategy: Strategy) -> list[Classification]:
+def _rank(
+    scores: np.ndarray, names: Sequence[str], top_k: int, strategy: Strategy
+) -> list[Classification]:
     """Turns rows of per-label scores (each summing to 1) into ranked classifications."""
     order = np.argsort(-scores, axis=1)[:, :top_k]
     results = []
@@ -203,7 +209,9 @@ class Classifier:
                 if vectors is None:
                     vectors = await self._embed(examples.texts)
                     if self._cache is not None:
-                        self._cache.put(self._embedder.name, examples, self.settings.examples, vectors)
+                        self._cache.put(
+                            self._embedder.name, examples, self.settings.examples, vectors
+                        )
                 self._knn = KnnIndex(vectors, examples.labels, self.settings.k)
         if self._embedder is not None:
             self._label_index = await self._build_label_index(self._labels)
@@ -290,5 +298,56 @@ class Classifier:
         names = [label.name for label in labels]
         prompts = [generative_prompt(self.settings.instruction, labels, text) for text in texts]
         choices = await self._generator.choose(prompts, names)
-        scores = np.array([[choice.probabilities.get(name, 0.0) for name in names] for choice in choices])
+        scores = np.array(
+            [[choice.probabilities.get(name, 0.0) for name in names] for choice in choices]
+        )
         return _rank(scores, names, self.settings.top_k, "generative")
+
+
+class ClassificationOptions(BaseModel):
+    """What one request may choose: the strategy, and an ad-hoc label set (zero-shot on the fly)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Strategy | None = None
+    labels: list[LabelSpec] | None = Field(default=None, max_length=MAX_AD_HOC_LABELS)
+
+
+class ClassificationCapability(Capability[ClassificationSettings, Classification]):
+    """The root of the DAG: every other built-in builds on its label."""
+
+    name = "classification"
+    settings_model = ClassificationSettings
+    output_model = Classification
+    options_model = ClassificationOptions
+
+    @classmethod
+    def check_files(cls, settings: ClassificationSettings) -> None:
+        if settings.examples is not None:
+            load_examples(settings.examples)
+
+    async def load(self) -> None:
+        settings = self.settings
+        resources = self.resources
+        cache_dir = resources.cache_dir
+        classifier = Classifier(
+            settings,
+            embedder=resources.embedder(settings.embedding_model, "classification.embedding_model")
+            if settings.embedding_model
+            else None,
+            generator=resources.generator(
+                settings.generative_model, "classification.generative_model"
+            )
+            if settings.generative_model
+            else None,
+            cache=EmbeddingCache(cache_dir / "embeddings") if cache_dir is not None else None,
+        )
+        await classifier.load()
+        if settings.examples is not None:
+            self.track_file(settings.examples.path.read_bytes())
+        self.classifier = classifier
+
+    async def run(self, texts: Sequence[str], context: RunContext) -> list[Classification]:
+        options = context.options
+        assert isinstance(options, ClassificationOptions)
+        return await self.classifier.classify(texts, options.strategy, options.labels)

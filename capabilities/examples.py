@@ -97,7 +97,9 @@ class EmbeddingCache:
         key = f"{model}\0{examples.digest}\0{source.text_column}"
         return self._folder / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
 
-    def get(self, model: str, examples: LabelledExamples, source: ExamplesSource) -> np.ndarray | None:
+    def get(
+        self, model: str, examples: LabelledExamples, source: ExamplesSource
+    ) -> np.ndarray | None:
         path = self._path(model, examples, source)
         if not path.is_file():
             return None

@@ -6,24 +6,47 @@ from typing import Any
 
 from ray.serve import Application
 
-from capabilities.errors import ExamplesError
-from capabilities.examples import load_examples
-from deployments.config import AppConfig, ConfigError, parse_app_config
+from capabilities.errors import CapabilityError
+from deployments.config import AppConfig, CapabilityConfig, ConfigError, parse_app_config
 from deployments.engine import EngineDeployment
 from deployments.ingress import Ingress
 from deployments.placement import engine_deployment_options
+from deployments.runner import CapabilityRunner, runner_name
+from deployments.stats import StatsRecorder
 
 
 def check_config(args: dict[str, Any]) -> AppConfig:
     """Validates the config and the files it names, failing with one message that names the fault."""
     config = parse_app_config(args)
-    examples = config.classification.examples
-    if examples is not None:
+    for capability in config.capabilities:
         try:
-            load_examples(examples)
-        except ExamplesError as error:
-            raise ConfigError(f"classification.examples: {error}") from None
+            capability.capability_class().check_files(capability.parsed_settings())
+        except CapabilityError as error:
+            raise ConfigError(f"capabilities.{capability.name}.settings: {error}") from None
     return config
+
+
+def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
+    """Serve options of one capability runner; its settings travel as `user_config`."""
+    deployment = capability.deployment
+    scaling: dict[str, Any] = (
+        {"autoscaling_config": deployment.autoscaling_config}
+        if deployment.autoscaling_config is not None
+        else {"num_replicas": deployment.num_replicas}
+    )
+    settings = capability.parsed_settings().model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    return {
+        "name": runner_name(capability.name),
+        "user_config": settings,
+        # A batch can only fill when the replica accepts at least a batch's worth of calls.
+        "max_ongoing_requests": max(
+            deployment.max_ongoing_requests, capability.batching.max_batch_size
+        ),
+        "ray_actor_options": {"num_cpus": deployment.num_cpus},
+        **scaling,
+    }
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -32,9 +55,21 @@ def build_app(args: dict[str, Any]) -> Application:
         model.name: EngineDeployment.options(**engine_deployment_options(model)).bind(model)
         for model in config.models
     }
+    stats = StatsRecorder.bind()
+    runners = {
+        capability.name: CapabilityRunner.options(**runner_options(capability)).bind(
+            capability.name,
+            capability.import_path,
+            engines,
+            config.cache_dir,
+            capability.batching,
+            stats,
+        )
+        for capability in config.capabilities
+    }
     ingress = config.ingress
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": ingress.num_cpus},
-    ).bind(config, engines)
+    ).bind(config, engines, runners, stats)

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from capabilities.classification import ClassificationSettings
+from capabilities.base import Capability
+from capabilities.registry import Registry, RegistryError, capability_class
 
 PACKAGE_SCHEME = "pkg:"
 
@@ -101,11 +102,59 @@ class IngressConfig(StrictModel):
     num_cpus: float = Field(default=0, ge=0)
 
 
+class RunnerDeploymentConfig(StrictModel):
+    """Serve settings of one capability runner; each capability scales on its own."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    autoscaling_config: dict[str, Any] | None = Field(
+        default=None, description="Serve autoscaling_config; replaces num_replicas when set."
+    )
+    max_ongoing_requests: int = Field(default=512, gt=0)
+    num_cpus: float = Field(default=0, ge=0)
+
+
+class CapabilityConfig(StrictModel):
+    """One capability: a built-in by name, or a user class by import path, with its settings."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    import_path: str | None = Field(
+        default=None, description="`package.module:ClassName` of a user Capability subclass."
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Validated by the capability's settings model; live-reloadable through the "
+        "runner deployment's user_config.",
+    )
+    batching: BatchingConfig = BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.01)
+    deployment: RunnerDeploymentConfig = RunnerDeploymentConfig()
+
+    def capability_class(self) -> type[Capability]:
+        return capability_class(self.name, self.import_path)
+
+    def parsed_settings(self) -> BaseModel:
+        return self.capability_class().settings_model.model_validate(self.settings)
+
+
+def validation_problems(error: ValidationError, prefix: str | None = None) -> str:
+    """One line per issue, each naming the field at fault, e.g. `limits.max_text_chars: ...`."""
+    lines = []
+    for issue in error.errors(include_url=False):
+        location = ".".join([*([prefix] if prefix else []), *(str(part) for part in issue["loc"])])
+        message = issue["msg"].removeprefix("Value error, ")
+        lines.append(f"{location}: {message}" if location else message)
+    return "; ".join(lines)
+
+
 class AppConfig(StrictModel):
     """Everything the default application needs; the `args` of `serve_config.yaml`."""
 
     models: list[ModelConfig] = Field(min_length=1)
-    classification: ClassificationSettings
+    capabilities: list[CapabilityConfig] = Field(min_length=1)
+    default_capabilities: list[str] = Field(
+        default=["classification"],
+        min_length=1,
+        description="What an item gets when neither it nor its request names capabilities.",
+    )
     limits: LimitsConfig = LimitsConfig()
     ingress: IngressConfig = IngressConfig()
     cache_dir: Path = Path("~/.cache/capserve")
@@ -116,28 +165,59 @@ class AppConfig(StrictModel):
         return value.expanduser().resolve()
 
     @model_validator(mode="after")
-    def _models_exist(self) -> AppConfig:
+    def _capabilities_form_a_dag(self) -> AppConfig:
         names = [model.name for model in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"models: names must be unique, got {names}")
+        capability_names = [capability.name for capability in self.capabilities]
+        if len(set(capability_names)) != len(capability_names):
+            raise ValueError(f"capabilities: names must be unique, got {capability_names}")
+        classes = []
+        for capability in self.capabilities:
+            try:
+                classes.append(capability.capability_class())
+                settings = capability.parsed_settings()
+            except RegistryError as error:
+                raise ValueError(f"capabilities.{capability.name}: {error}") from None
+            except ValidationError as error:
+                raise ValueError(
+                    validation_problems(error, f"capabilities.{capability.name}.settings")
+                ) from None
+            self._check_model_references(capability.name, settings)
+        try:
+            registry = Registry.of(classes)
+        except RegistryError as error:
+            raise ValueError(f"capabilities: {error}") from None
+        unknown = sorted(set(self.default_capabilities) - set(registry.depends_on))
+        if unknown:
+            raise ValueError(f"default_capabilities: {unknown} are not configured capabilities")
+        return self
+
+    def _check_model_references(self, capability: str, settings: BaseModel) -> None:
         by_name = {model.name: model for model in self.models}
         for field, runner in (("embedding_model", "pooling"), ("generative_model", "generate")):
-            wanted = getattr(self.classification, field)
+            wanted = getattr(settings, field, None)
             if wanted is None:
                 continue
+            where = f"capabilities.{capability}.settings.{field}"
             if wanted not in by_name:
                 raise ValueError(
-                    f"classification.{field}: no model named {wanted!r}; models are {names}"
+                    f"{where}: no model named {wanted!r}; models are {sorted(by_name)}"
                 )
             if by_name[wanted].runner != runner:
                 raise ValueError(
-                    f"classification.{field}: model {wanted!r} has runner "
-                    f"{by_name[wanted].runner!r}, needs {runner!r}"
+                    f"{where}: model {wanted!r} has runner {by_name[wanted].runner!r}, "
+                    f"needs {runner!r}"
                 )
-        return self
 
     def model(self, name: str) -> ModelConfig:
         return next(model for model in self.models if model.name == name)
+
+    def capability(self, name: str) -> CapabilityConfig:
+        return next(capability for capability in self.capabilities if capability.name == name)
+
+    def registry(self) -> Registry:
+        return Registry.of(capability.capability_class() for capability in self.capabilities)
 
 
 class ConfigError(ValueError):
@@ -168,8 +248,4 @@ def parse_app_config(args: dict[str, Any]) -> AppConfig:
     try:
         return AppConfig.model_validate(args)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or '(root)'}: {issue['msg']}"
-            for issue in error.errors()
-        )
-        raise ConfigError(f"invalid capserve config: {problems}") from None
+        raise ConfigError(f"invalid capserve config: {validation_problems(error)}") from None

@@ -117,3 +117,9 @@ async def handle_error(request: Request, error: Exception) -> JSONResponse:
             code="internal_error",
         ),
     )
+
+
+class CapabilityFailedError(ApiError):
+    """A capability raised something it did not mean to; the runner logged the details."""
+
+    status_code, type, code = 500, "server_error", "capability_failed"

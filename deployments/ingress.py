@@ -1,7 +1,8 @@
 """The HTTP ingress: a Starlette app inside one Serve deployment.
 
-It validates requests (pydantic), runs classification against the engine deployments through
-their handles, and answers JSON in input order. Every error becomes a JSON body in `errors.py`.
+It validates requests (pydantic), plans which capabilities each item needs, runs them on the
+capability runner deployments through their handles, and answers JSON in input order. Every
+error becomes a JSON body in `errors.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
@@ -23,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from capabilities.classification import Classifier
+from capabilities.base import Capability
+from capabilities.classification import Classification
 from capabilities.errors import CapabilityError
-from capabilities.examples import EmbeddingCache
+from capabilities.plan import Plan, execute
 from deployments.config import AppConfig
 from deployments.engine_client import EngineClient
 from deployments.errors import (
@@ -37,7 +39,16 @@ from deployments.errors import (
     PayloadTooLargeError,
     handle_error,
 )
-from deployments.schemas import ClassifyRequest, ClassifyResponse, ItemResult, ModelCard, ModelList
+from deployments.runner_client import RunnerClient
+from deployments.schemas import (
+    CapabilityCard,
+    CapabilityList,
+    ClassifyRequest,
+    ClassifyResponse,
+    ItemResult,
+    ModelCard,
+    ModelList,
+)
 
 READY_TIMEOUT_S = 10.0
 REQUEST_ID_HEADER = "x-request-id"
@@ -69,8 +80,12 @@ async def read_json(request: Request, max_bytes: int) -> Any:
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     if error.status_code == 405:
-        return await handle_error(request, MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"))
-    return await handle_error(request, NotFoundError(f"no route {request.method} {request.url.path}"))
+        return await handle_error(
+            request, MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
+        )
+    return await handle_error(
+        request, NotFoundError(f"no route {request.method} {request.url.path}")
+    )
 
 
 class CatchAllMiddleware(BaseHTTPMiddleware):
@@ -97,26 +112,45 @@ def build_http_app(routes: list[Route]) -> Starlette:
     )
 
 
+def item_result(
+    index: int,
+    item_id: str | None,
+    outputs: dict[str, BaseModel],
+    classes: dict[str, type[Capability]],
+) -> ItemResult:
+    fields: dict[str, object] = {}
+    for name, output in outputs.items():
+        if isinstance(output, Classification):
+            fields.update(output.model_dump(include={"label", "confidence", "top_k"}))
+        else:
+            fields[name] = classes[name].public_view(output)
+    return ItemResult(index=index, id=item_id, **fields)
+
+
 @serve.deployment
 @serve.ingress()
 class Ingress:
-    async def __init__(self, config: AppConfig, engines: dict[str, DeploymentHandle]) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        engines: dict[str, DeploymentHandle],
+        runners: dict[str, DeploymentHandle],
+        stats: DeploymentHandle,
+    ) -> None:
         self._config = config
         self._engines = {name: EngineClient(name, handle) for name, handle in engines.items()}
-        settings = config.classification
-        self._classifier = Classifier(
-            settings,
-            embedder=self._engines.get(settings.embedding_model or ""),
-            generator=self._engines.get(settings.generative_model or ""),
-            cache=EmbeddingCache(config.cache_dir / "embeddings"),
-        )
-        await self._classifier.load()
+        self._runners = {name: RunnerClient(name, handle) for name, handle in runners.items()}
+        self._stats = stats
+        self._registry = config.registry()
+        self._classes = {c.name: c.capability_class() for c in config.capabilities}
         self._started = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_http_app(
             [
                 Route("/v1/classify", self.classify, methods=["POST"]),
+                Route("/v1/capabilities", self.capabilities, methods=["GET"]),
+                Route("/v1/stats", self.stats, methods=["GET"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
@@ -126,20 +160,62 @@ class Ingress:
     async def classify(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits.max_body_bytes)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
-        strategy = self._classifier.resolve_strategy(body.strategy, body.labels)
-        results = await self._classifier.classify(body.all_texts(), strategy, body.labels)
-        settings = self._config.classification
-        model = settings.generative_model if strategy == "generative" else settings.embedding_model
+        plan = Plan.of(
+            self._registry, body.requested_capabilities(self._config.default_capabilities)
+        )
+        options = body.options()
+        versions: dict[str, str] = {}
+
+        async def run(
+            name: str, texts: list[str], parents: dict[str, list[BaseModel]]
+        ) -> list[BaseModel]:
+            reply = await self._runners[name].run(texts, parents, options.get(name, {}))
+            versions[name] = reply.version
+            return reply.outputs or []
+
+        outputs = await execute(plan, body.all_texts(), run)
+        results = [
+            item_result(index, item_id, item_outputs, self._classes)
+            for index, (item_id, item_outputs) in enumerate(
+                zip(body.all_ids(), outputs, strict=True)
+            )
+        ]
+        strategy = next(
+            (o["classification"].strategy for o in outputs if "classification" in o), None
+        )
         response = ClassifyResponse(
             id=request_id_of(request),
-            model=model or "",
+            model=self._classification_model(strategy),
             strategy=strategy,
-            results=[
-                ItemResult(index=index, id=item_id, **result.model_dump(exclude={"strategy"}))
-                for index, (item_id, result) in enumerate(zip(body.all_ids(), results, strict=True))
-            ],
+            capability_versions=dict(sorted(versions.items())),
+            results=results,
         )
-        return JSONResponse(response.model_dump())
+        return JSONResponse(response.model_dump(mode="json"))
+
+    def _classification_model(self, strategy: str | None) -> str | None:
+        if strategy is None:
+            return None
+        settings = self._config.capability("classification").settings
+        return settings.get("generative_model" if strategy == "generative" else "embedding_model")
+
+    async def capabilities(self, request: Request) -> JSONResponse:
+        infos = await asyncio.gather(*(runner.describe() for runner in self._runners.values()))
+        cards = [
+            CapabilityCard(
+                id=info.name,
+                depends_on=info.depends_on,
+                default=info.name in self._config.default_capabilities,
+                settings_version=info.version,
+                settings=info.settings,
+            )
+            for info in infos
+        ]
+        listing = CapabilityList(data=cards, levels=self._registry.levels)
+        return JSONResponse(listing.model_dump(mode="json"))
+
+    async def stats(self, request: Request) -> JSONResponse:
+        snapshot = await self._stats.snapshot.remote()
+        return JSONResponse(snapshot.model_dump(mode="json"))
 
     async def models(self, request: Request) -> JSONResponse:
         cards = [
@@ -152,13 +228,18 @@ class Ingress:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> JSONResponse:
+        checks = [engine.ready() for engine in self._engines.values()]
+        checks += [runner.describe() for runner in self._runners.values()]
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(engine.ready() for engine in self._engines.values())),
-                READY_TIMEOUT_S,
-            )
-        except Exception as error:  # noqa: BLE001 - any engine failure means not ready
-            raise NotReadyError(f"engines are not answering: {type(error).__name__}: {error}") from None
+            await asyncio.wait_for(asyncio.gather(*checks), READY_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - any failure means not ready
+            raise NotReadyError(
+                f"engines or capability runners are not answering: {type(error).__name__}: {error}"
+            ) from None
         return JSONResponse(
-            {"status": "ready", "engines": sorted(self._engines), "strategies": self._classifier.strategies}
+            {
+                "status": "ready",
+                "engines": sorted(self._engines),
+                "capabilities": sorted(self._runners),
+            }
         )

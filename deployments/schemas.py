@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictStr,
+    ValidationInfo,
+    model_serializer,
+    model_validator,
+)
 
-from capabilities.classification import LabelScore, LabelSpec, Strategy
+from capabilities.classification import (
+    MAX_AD_HOC_LABELS,
+    ClassificationOptions,
+    LabelScore,
+    LabelSpec,
+    Strategy,
+)
 from deployments.config import LimitsConfig
 
-MAX_AD_HOC_LABELS = 1000
+CapabilityNames = list[StrictStr]
 
 
 class ClassifyItem(BaseModel):
@@ -17,6 +32,9 @@ class ClassifyItem(BaseModel):
 
     id: StrictStr | None = Field(default=None, max_length=256)
     text: StrictStr = Field(min_length=1)
+    capabilities: CapabilityNames | None = Field(
+        default=None, min_length=1, description="What this item gets; overrides the request's."
+    )
 
 
 class ClassifyRequest(BaseModel):
@@ -26,6 +44,12 @@ class ClassifyRequest(BaseModel):
 
     texts: list[StrictStr] | None = None
     items: list[ClassifyItem] | None = None
+    capabilities: CapabilityNames | None = Field(
+        default=None,
+        min_length=1,
+        description="What every item gets unless it names its own; the deployment's "
+        "default_capabilities otherwise.",
+    )
     labels: list[LabelSpec] | None = Field(default=None, max_length=MAX_AD_HOC_LABELS)
     strategy: Strategy | None = None
 
@@ -63,20 +87,45 @@ class ClassifyRequest(BaseModel):
             return [item.id for item in self.items]
         return [None] * len(self.texts or [])
 
+    def requested_capabilities(self, default: list[str]) -> list[list[str]]:
+        fallback = self.capabilities or default
+        if self.items is None:
+            return [fallback] * len(self.texts or [])
+        return [item.capabilities or fallback for item in self.items]
+
+    def options(self) -> dict[str, dict[str, Any]]:
+        """Per-capability options, in the runners' wire form."""
+        classification = ClassificationOptions(strategy=self.strategy, labels=self.labels)
+        return {"classification": classification.model_dump(mode="json", exclude_none=True)}
+
 
 class ItemResult(BaseModel):
+    """One item's answer: classification fields when it asked for classification, and every
+    other capability it asked for under that capability's name."""
+
+    model_config = ConfigDict(extra="allow")
+
     index: int
     id: str | None = None
-    label: str
-    confidence: float = Field(ge=0, le=1)
-    top_k: list[LabelScore]
+    label: str | None = None
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    top_k: list[LabelScore] | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_what_was_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Classification fields are absent, not null, for items that did not ask for them.
+        dumped = handler(self)
+        return {key: value for key, value in dumped.items() if key == "id" or value is not None}
 
 
 class ClassifyResponse(BaseModel):
     id: str = Field(description="The request id, also in the X-Request-ID header.")
     object: Literal["classification.list"] = "classification.list"
-    model: str
-    strategy: Strategy
+    model: str | None = Field(default=None, description="The model classification ran on.")
+    strategy: Strategy | None = None
+    capability_versions: dict[str, str] = Field(
+        description="Settings version of each capability that ran; changes on every reload."
+    )
     results: list[ItemResult]
 
 
@@ -92,3 +141,21 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class CapabilityCard(BaseModel):
+    id: str
+    object: Literal["capability"] = "capability"
+    depends_on: list[str]
+    default: bool = Field(description="Whether items get it when they name no capabilities.")
+    settings_version: str
+    settings: dict[str, Any]
+
+
+class CapabilityList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CapabilityCard]
+    levels: list[list[str]] = Field(
+        description="Capabilities in dependency order; each level's "
+        "members are independent of each other and run concurrently."
+    )

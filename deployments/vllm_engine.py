@@ -6,8 +6,8 @@ No Ray here: the Serve deployment, the offline benchmark and the integration tes
 from __future__ import annotations
 
 import asyncio
-import math
 import json
+import math
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -87,7 +87,10 @@ class VLLMEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         outputs = await asyncio.gather(
-            *(self._final(self._llm.generate(p, params, f"choose-{uuid.uuid4().hex}")) for p in prompts)
+            *(
+                self._final(self._llm.generate(p, params, f"choose-{uuid.uuid4().hex}"))
+                for p in prompts
+            )
         )
         return [self._choice_result(output.outputs[0], choices) for output in outputs]
 
@@ -106,7 +109,9 @@ class VLLMEngine:
                     if lp.logprob > -math.inf
                 ],
             )
-            for token_id, position in zip(completion.token_ids, completion.logprobs or [], strict=False)
+            for token_id, position in zip(
+                completion.token_ids, completion.logprobs or [], strict=False
+            )
         ]
         probabilities = choice_distribution(choices, steps, self._stop_token_ids)
         return ChoiceResult(choice=completion.text, probabilities=probabilities)
@@ -121,7 +126,10 @@ class VLLMEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         outputs = await asyncio.gather(
-            *(self._final(self._llm.generate(p, params, f"json-{uuid.uuid4().hex}")) for p in prompts)
+            *(
+                self._final(self._llm.generate(p, params, f"json-{uuid.uuid4().hex}"))
+                for p in prompts
+            )
         )
         results = []
         for output in outputs:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from capabilities.classification import Classification, LabelScore
 from capabilities.engine import ChoiceResult
 
 DIMENSIONS = 64
@@ -42,14 +43,19 @@ class FakeEngine:
         for prompt in prompts:
             text = prompt.rsplit("Text: ", 1)[-1].lower()
             overlap = np.array(
-                [1.0 + sum(part in text for part in choice.lower().split("_")) for choice in choices]
+                [
+                    1.0 + sum(part in text for part in choice.lower().split("_"))
+                    for choice in choices
+                ]
             )
             probabilities = overlap / overlap.sum()
             best = choices[int(np.argmax(probabilities))]
             results.append(
                 ChoiceResult(
                     choice=best,
-                    probabilities={c: float(p) for c, p in zip(choices, probabilities, strict=True)},
+                    probabilities={
+                        c: float(p) for c, p in zip(choices, probabilities, strict=True)
+                    },
                 )
             )
         return results
@@ -58,3 +64,13 @@ class FakeEngine:
         self, prompts: Sequence[str], json_schema: dict[str, Any]
     ) -> list[dict[str, Any]]:
         return [{} for _ in prompts]
+
+
+def classified(label: str, confidence: float = 0.9) -> Classification:
+    """A knn classification of one text, as the classification capability hands it to dependents."""
+    return Classification(
+        label=label,
+        confidence=confidence,
+        top_k=[LabelScore(label=label, score=confidence)],
+        strategy="knn",
+    )

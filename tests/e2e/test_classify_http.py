@@ -13,7 +13,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_the_seed_query_is_card_arrival(client):
-    response = client.post("/v1/classify", json={"texts": ["I still have not received my new card"]})
+    response = client.post(
+        "/v1/classify", json={"texts": ["I still have not received my new card"]}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     [result] = body["results"]
@@ -78,18 +80,30 @@ def test_held_out_queries_are_mostly_right(client):
     ("body", "status", "code", "says"),
     [
         ('{"texts": []}', 422, "validation_error", "'texts' is empty"),
-        ('{"texts": ["ok", 7]}', 422, "validation_error", "texts.1: Input should be a valid string"),
+        (
+            '{"texts": ["ok", 7]}',
+            422,
+            "validation_error",
+            "texts.1: Input should be a valid string",
+        ),
         ('{"texts": ["' + "x" * 2001 + '"]}', 422, "validation_error", "limit is 2000"),
         ('{"texts": [' + ",".join(['"a"'] * 257) + "]}", 422, "validation_error", "limit is 256"),
         ('{"texts": ["ok"', 400, "invalid_json", "not valid JSON"),
         ("", 400, "invalid_json", "body is empty"),
         ('{"texts": ["ok"], "strategy": "magic"}', 422, "validation_error", "strategy"),
-        ('{"texts": ["ok"], "strategy": "generative"}', 400, "invalid_request", "available: knn, zero_shot"),
+        (
+            '{"texts": ["ok"], "strategy": "generative"}',
+            400,
+            "invalid_request",
+            "available: knn, zero_shot",
+        ),
         ('{"texts": ["ok"], "labels": ["only"]}', 400, "invalid_request", "at least 2 labels"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(client, body, status, code, says):
-    response = client.post("/v1/classify", content=body, headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/classify", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code
@@ -122,7 +136,13 @@ def test_health_readiness_and_models(client):
 async def test_concurrent_requests_all_succeed(base_url):
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         responses = await asyncio.gather(
-            *(http.post("/v1/classify", json={"texts": [f"My new card still has not arrived after {i + 2} days"]}) for i in range(40))
+            *(
+                http.post(
+                    "/v1/classify",
+                    json={"texts": [f"My new card still has not arrived after {i + 2} days"]},
+                )
+                for i in range(40)
+            )
         )
     assert [r.status_code for r in responses] == [200] * 40
     assert {r.json()["results"][0]["label"] for r in responses} == {"card_arrival"}

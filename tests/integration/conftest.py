@@ -7,7 +7,6 @@ import pytest
 
 from deployments.config import ModelConfig
 
-
 pytestmark = pytest.mark.integration
 
 

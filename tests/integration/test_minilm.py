@@ -57,7 +57,9 @@ async def test_knn_over_real_examples_classifies_held_out_queries(minilm, small_
         examples={"path": str(small_examples), "label_column": "category"},
         k=5,
     )
-    classifier = Classifier(settings, embedder=minilm, generator=None, cache=EmbeddingCache(tmp_path))
+    classifier = Classifier(
+        settings, embedder=minilm, generator=None, cache=EmbeddingCache(tmp_path)
+    )
     await classifier.load()
     with (BANKING77 / "heldout.csv").open(newline="") as handle:
         heldout = [row for row in csv.DictReader(handle) if row["category"] in INTENTS]

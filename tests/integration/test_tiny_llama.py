@@ -52,7 +52,9 @@ async def test_generative_strategy_classifies_with_the_real_engine(tiny_llama):
     )
     classifier = Classifier(settings, embedder=None, generator=tiny_llama)
     await classifier.load()
-    results = await classifier.classify(["my card never came", "refund please", "my card never came"])
+    results = await classifier.classify(
+        ["my card never came", "refund please", "my card never came"]
+    )
     assert [r.label in LABELS for r in results] == [True] * 3
     assert results[0] == results[2]
     assert all(r.top_k[0].label == r.label and len(r.top_k) <= 3 for r in results)

@@ -14,7 +14,9 @@ def step(taken: str, alternatives: dict[str, float], ids: dict[str, int]) -> Dec
         token_id=ids[taken],
         text="" if ids[taken] == EOS else taken,
         alternatives=[
-            StepAlternative(token_id=ids[text], text="" if ids[text] == EOS else text, logprob=math.log(p))
+            StepAlternative(
+                token_id=ids[text], text="" if ids[text] == EOS else text, logprob=math.log(p)
+            )
             for text, p in alternatives.items()
         ],
     )
@@ -25,7 +27,9 @@ IDS = {"</s>": EOS, "yes": 1, "no": 2, "card": 3, "_arrival": 4, "_linking": 5, 
 
 def test_distinct_first_tokens_give_the_first_step_distribution():
     steps = [step("yes", {"yes": 0.7, "no": 0.3}, IDS), step("</s>", {"</s>": 1.0}, IDS)]
-    assert choice_distribution(["yes", "no"], steps, {EOS}) == pytest.approx({"yes": 0.7, "no": 0.3})
+    assert choice_distribution(["yes", "no"], steps, {EOS}) == pytest.approx(
+        {"yes": 0.7, "no": 0.3}
+    )
 
 
 def test_shared_prefixes_are_split_at_the_branching_step():
@@ -42,7 +46,9 @@ def test_shared_prefixes_are_split_at_the_branching_step():
 
 def test_other_tokenisations_of_a_choice_add_to_it():
     steps = [step("yes", {"yes": 0.5, "y": 0.2, "no": 0.3}, IDS), step("</s>", {"</s>": 1.0}, IDS)]
-    assert choice_distribution(["yes", "no"], steps, {EOS}) == pytest.approx({"yes": 0.7, "no": 0.3})
+    assert choice_distribution(["yes", "no"], steps, {EOS}) == pytest.approx(
+        {"yes": 0.7, "no": 0.3}
+    )
 
 
 def test_a_choice_that_prefixes_another_gets_the_stop_mass():

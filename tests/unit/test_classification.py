@@ -44,7 +44,9 @@ def settings(examples_path: Path | None, **overrides) -> ClassificationSettings:
         "strategy": "knn",
         "embedding_model": "fake",
         "k": 3,
-        "examples": {"path": str(examples_path), "label_column": "intent"} if examples_path else None,
+        "examples": {"path": str(examples_path), "label_column": "intent"}
+        if examples_path
+        else None,
     }
     return ClassificationSettings.model_validate(base | overrides)
 
@@ -124,7 +126,9 @@ async def test_ad_hoc_labels_run_zero_shot_and_are_cached():
 async def test_ad_hoc_labels_with_knn_are_refused(examples_csv):
     classifier = await loaded(settings(examples_csv))
     with pytest.raises(InvalidRequestError, match="zero_shot"):
-        await classifier.classify(["x"], strategy="knn", labels=[LabelSpec(name="a"), LabelSpec(name="b")])
+        await classifier.classify(
+            ["x"], strategy="knn", labels=[LabelSpec(name="a"), LabelSpec(name="b")]
+        )
 
 
 async def test_ad_hoc_labels_must_be_a_real_set(examples_csv):
@@ -143,7 +147,9 @@ async def test_unconfigured_strategy_is_refused_with_the_available_ones(examples
 
 async def test_generative_ranks_by_the_engine_distribution(examples_csv):
     generator = FakeEngine("gen")
-    config = settings(examples_csv, strategy="generative", generative_model="gen", embedding_model=None)
+    config = settings(
+        examples_csv, strategy="generative", generative_model="gen", embedding_model=None
+    )
     classifier = await loaded(config, engine=None, generator=generator)
     assert classifier.strategies == ["generative"]
     [result] = await classifier.classify(["top up my account"])

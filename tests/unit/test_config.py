@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.app import check_config
+from capabilities.base import Capability, NoOptions
+from deployments.app import check_config, runner_options
 from deployments.config import ConfigError, ModelConfig
 from deployments.placement import engine_deployment_options
 
@@ -16,16 +17,36 @@ def default_args(project_root: Path, monkeypatch) -> dict:
     return copy.deepcopy(config["applications"][0]["args"])
 
 
+class CycleA(Capability[NoOptions, NoOptions]):
+    name, depends_on, settings_model, output_model = "cycle_a", ("cycle_b",), NoOptions, NoOptions
+
+    async def run(self, texts, context):
+        return [NoOptions() for _ in texts]
+
+
+class CycleB(CycleA):
+    name, depends_on = "cycle_b", ("cycle_a",)
+
+
+def settings_of(args: dict, capability: str) -> dict:
+    return next(c for c in args["capabilities"] if c["name"] == capability)["settings"]
+
+
 def test_the_default_config_is_valid(default_args):
     config = check_config(default_args)
-    assert config.classification.strategy == "knn"
+    settings = config.capability("classification").parsed_settings()
+    assert settings.strategy == "knn"
     assert Path(config.model("minilm").model, "config.json").is_file()
-    assert config.classification.examples.path.is_absolute()
+    assert settings.examples.path.is_absolute()
+    assert config.registry().levels == [["classification", "gates"], ["alerts", "recommendations"]]
 
 
 def test_a_misspelt_field_is_named(default_args):
-    default_args["classification"]["stratgy"] = "knn"
-    with pytest.raises(ConfigError, match=r"classification\.stratgy: Extra inputs are not permitted"):
+    settings_of(default_args, "classification")["stratgy"] = "knn"
+    with pytest.raises(
+        ConfigError,
+        match=r"capabilities\.classification\.settings\.stratgy: Extra inputs are not permitted",
+    ):
         check_config(default_args)
 
 
@@ -50,44 +71,55 @@ def test_a_missing_package_is_named(default_args):
 def test_an_examples_file_with_no_rows_is_named(default_args, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("text,category\n")
-    default_args["classification"]["examples"]["path"] = str(empty)
-    with pytest.raises(ConfigError, match=f"classification.examples: examples file {empty} has no rows"):
+    settings_of(default_args, "classification")["examples"]["path"] = str(empty)
+    with pytest.raises(
+        ConfigError,
+        match=f"capabilities.classification.settings: examples file {empty} has no rows",
+    ):
         check_config(default_args)
 
 
 def test_an_unknown_label_column_is_named(default_args):
-    default_args["classification"]["examples"]["label_column"] = "intent"
-    with pytest.raises(ConfigError, match=r"has no column 'intent'; columns are \['category', 'text'\]"):
+    settings_of(default_args, "classification")["examples"]["label_column"] = "intent"
+    with pytest.raises(
+        ConfigError, match=r"has no column 'intent'; columns are \['category', 'text'\]"
+    ):
         check_config(default_args)
 
 
 def test_a_missing_examples_file_is_named(default_args):
-    default_args["classification"]["examples"]["path"] = "data/nope.csv"
+    settings_of(default_args, "classification")["examples"]["path"] = "data/nope.csv"
     with pytest.raises(ConfigError, match="nope.csv does not exist"):
         check_config(default_args)
 
 
 def test_an_unknown_embedding_model_is_named(default_args):
-    default_args["classification"]["embedding_model"] = "bert"
-    with pytest.raises(ConfigError, match="classification.embedding_model: no model named 'bert'"):
+    settings_of(default_args, "classification")["embedding_model"] = "bert"
+    with pytest.raises(
+        ConfigError,
+        match="capabilities.classification.settings.embedding_model: no model named 'bert'",
+    ):
         check_config(default_args)
 
 
 def test_a_pooling_model_cannot_serve_generative(default_args):
-    default_args["classification"]["generative_model"] = "minilm"
+    settings_of(default_args, "classification")["generative_model"] = "minilm"
     with pytest.raises(ConfigError, match="needs 'generate'"):
         check_config(default_args)
 
 
 def test_sharding_on_cpu_is_refused():
     with pytest.raises(ValueError, match="needs deployment.accelerator: gpu"):
-        ModelConfig(name="m", model="org/m", runner="generate", engine_args={"tensor_parallel_size": 2})
+        ModelConfig(
+            name="m", model="org/m", runner="generate", engine_args={"tensor_parallel_size": 2}
+        )
 
 
 def gpu_model(tp: int, pp: int = 1, num_cpus: float = 1) -> ModelConfig:
+    # A local folder: a hub id would make vLLM look it up in the (offline) hub cache.
     return ModelConfig(
         name="llm",
-        model="org/llm",
+        model=str(Path(__file__).parent),
         runner="generate",
         engine_args={"tensor_parallel_size": tp, "pipeline_parallel_size": pp},
         deployment={"accelerator": "gpu", "num_cpus": num_cpus, "num_replicas": 2},
@@ -126,3 +158,60 @@ def test_sharded_engine_uses_the_ray_executor():
 
     assert engine_args_for(gpu_model(tp=2)).distributed_executor_backend == "ray"
     assert engine_args_for(gpu_model(tp=1)).distributed_executor_backend is None
+
+
+def test_a_capability_cycle_is_named(default_args):
+    default_args["capabilities"] += [
+        {"name": "cycle_a", "import_path": "tests.unit.test_config:CycleA"},
+        {"name": "cycle_b", "import_path": "tests.unit.test_config:CycleB"},
+    ]
+    with pytest.raises(
+        ConfigError, match="capabilities form a cycle: cycle_a -> cycle_b -> cycle_a"
+    ):
+        check_config(default_args)
+
+
+def test_an_unknown_dependency_is_named(default_args):
+    default_args["capabilities"] = [
+        c for c in default_args["capabilities"] if c["name"] != "classification"
+    ]
+    default_args["default_capabilities"] = ["gates"]
+    with pytest.raises(
+        ConfigError, match="'recommendations' depends on 'classification', which is not configured"
+    ):
+        check_config(default_args)
+
+
+def test_an_unknown_capability_without_import_path_is_named(default_args):
+    default_args["capabilities"].append({"name": "sentiment"})
+    with pytest.raises(
+        ConfigError, match="capabilities.sentiment: capability 'sentiment' is not built in"
+    ):
+        check_config(default_args)
+
+
+def test_a_misspelt_rule_field_names_the_capability(default_args):
+    settings_of(default_args, "alerts")["rules_pth"] = "x.yaml"
+    with pytest.raises(ConfigError, match=r"capabilities\.alerts\.settings\.rules_pth"):
+        check_config(default_args)
+
+
+def test_a_missing_catalog_stops_start_up(default_args):
+    settings_of(default_args, "recommendations")["catalog_path"] = "data/nope.yaml"
+    with pytest.raises(ConfigError, match=r"capabilities\.recommendations\.settings: .*nope.yaml"):
+        check_config(default_args)
+
+
+def test_unknown_default_capabilities_are_named(default_args):
+    default_args["default_capabilities"] = ["classification", "sentiment"]
+    with pytest.raises(ConfigError, match=r"default_capabilities: \['sentiment'\]"):
+        check_config(default_args)
+
+
+def test_runner_options_carry_settings_as_user_config(default_args):
+    config = check_config(default_args)
+    options = runner_options(config.capability("alerts"))
+    assert options["name"] == "capability-alerts"
+    assert Path(options["user_config"]["rules_path"]).is_absolute()
+    assert options["max_ongoing_requests"] >= config.capability("alerts").batching.max_batch_size
+    assert options["num_replicas"] == 1

@@ -36,7 +36,10 @@ def test_texts_and_items_both_work_and_keep_order():
         ({"texts": ["   "]}, "texts[0] is empty or whitespace"),
         ({"texts": ["x" * 11]}, "texts[0] has 11 characters; the limit is 10"),
         ({"texts": ["a"] * 4}, "'texts' has 4 entries; the limit is 3"),
-        ({"texts": ["a"], "strategy": "magic"}, "strategy: Input should be 'knn', 'zero_shot' or 'generative'"),
+        (
+            {"texts": ["a"], "strategy": "magic"},
+            "strategy: Input should be 'knn', 'zero_shot' or 'generative'",
+        ),
         ({"texts": ["a"], "colour": "red"}, "colour: Extra inputs are not permitted"),
         ({"items": [{"id": 1, "text": "a"}]}, "items.0.id: Input should be a valid string"),
         ([1, 2], "Input should be a valid dictionary"),

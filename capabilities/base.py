@@ -1,0 +1,116 @@
+"""The capability protocol: a named step of the DAG that turns texts into one output per text.
+
+A capability declares what it needs (`depends_on`), how it is configured (`settings_model`), what
+a request may tune per call (`options_model`) and what it returns (`output_model`). Runners
+(deployments/runner.py) hold one loaded instance and call `run` once per coalesced batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from capabilities.engine import EmbeddingEngine, GenerativeEngine
+from capabilities.errors import InvalidRequestError
+
+
+class NoOptions(BaseModel):
+    """The options of a capability that a request cannot tune."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Counter(Protocol):
+    """A monotonically increasing metric; the runner supplies one exported to Prometheus."""
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None: ...
+
+
+class CounterFactory(Protocol):
+    def __call__(self, name: str, description: str, tag_keys: tuple[str, ...]) -> Counter: ...
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a capability may use: engines by model name, a cache folder, a metrics factory."""
+
+    engines: Mapping[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    counter: CounterFactory | None = None
+
+    def embedder(self, name: str | None, field_name: str) -> EmbeddingEngine:
+        return self._engine(name, field_name)
+
+    def generator(self, name: str | None, field_name: str) -> GenerativeEngine:
+        return self._engine(name, field_name)
+
+    def _engine(self, name: str | None, field_name: str) -> Any:
+        if name is None or name not in self.engines:
+            raise InvalidRequestError(
+                f"{field_name}: no engine named {name!r}; engines are {sorted(self.engines)}",
+                field_name,
+            )
+        return self.engines[name]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Per-run inputs besides the texts: parents' outputs (aligned with the texts) and options."""
+
+    parents: Mapping[str, Sequence[BaseModel]] = field(default_factory=dict)
+    options: BaseModel = field(default_factory=NoOptions)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+OutputT = TypeVar("OutputT", bound=BaseModel)
+
+
+class Capability(ABC, Generic[SettingsT, OutputT]):
+    """Subclass this, set the class attributes, implement `run` (and `load` if it has state)."""
+
+    name: ClassVar[str]
+    depends_on: ClassVar[tuple[str, ...]] = ()
+    settings_model: ClassVar[type[BaseModel]]
+    output_model: ClassVar[type[BaseModel]]
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, settings: SettingsT, resources: Resources) -> None:
+        self.settings = settings
+        self.resources = resources
+        self._file_digests: list[str] = []
+
+    @classmethod
+    def check_files(cls, settings: SettingsT) -> None:
+        """Reads the files `settings` names and raises a `CapabilityError` naming what is wrong;
+        the app builder calls it so a bad file stops start-up before any replica starts."""
+
+    async def load(self) -> None:
+        """Reads files and builds indexes; called once before the first `run`."""
+
+    def track_file(self, content: bytes) -> None:
+        """Records a loaded file's content, so editing the file changes `version`."""
+        self._file_digests.append(hashlib.sha256(content).hexdigest())
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the settings or any loaded file changes; cache keys include it."""
+        material = json.dumps(
+            [self.name, self.settings.model_dump(mode="json"), self._file_digests], sort_keys=True
+        )
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    @classmethod
+    def public_view(cls, output: OutputT) -> Any:
+        """What a response shows of one output; a wrapper of one list may show just the list."""
+        return output.model_dump(mode="json")
+
+    @abstractmethod
+    async def run(self, texts: Sequence[str], context: RunContext) -> list[OutputT]:
+        """Returns one output per text, in order."""

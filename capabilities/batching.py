@@ -1,0 +1,144 @@
+"""Capability-aware batching: many callers' texts for one capability, run once.
+
+A runner's `@serve.batch` entry hands this module the calls of several concurrent requests. Calls
+with the same options share one `Capability.run` over their texts; identical inputs (the same text
+with the same parents' outputs) are computed once; each caller gets back its own slice, or its own
+error, so one caller's bad options never fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from capabilities.base import Capability, RunContext
+from capabilities.errors import InvalidRequestError
+
+logger = logging.getLogger("capserve.batching")
+
+
+class RunCall(BaseModel):
+    """One caller's share of a batch: texts, their parents' outputs, and options."""
+
+    texts: list[str]
+    parents: dict[str, list[Any]] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunFailure(BaseModel):
+    """Why a call failed; the ingress turns it back into a typed error."""
+
+    kind: Literal["invalid_request", "internal"]
+    message: str
+    param: str | None = None
+
+
+class RunReply(BaseModel):
+    outputs: list[Any] | None = None
+    failure: RunFailure | None = None
+    version: str
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one batch did, for /v1/stats."""
+
+    calls: int
+    texts: int
+    unique_texts: int
+    runs: int
+
+
+def _options_key(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+def _input_key(text: str, parents: dict[str, list[Any]], position: int) -> str:
+    # Parents are part of the input: the same text under two predicted labels is two inputs.
+    parent_outputs = {
+        name: outputs[position].model_dump(mode="json")
+        if isinstance(outputs[position], BaseModel)
+        else outputs[position]
+        for name, outputs in parents.items()
+    }
+    return json.dumps([text, parent_outputs], sort_keys=True, default=str)
+
+
+@dataclass
+class _Group:
+    """Calls that share options: one run over their distinct inputs."""
+
+    options: dict[str, Any]
+    call_indexes: list[int]
+    inputs: dict[str, tuple[str, dict[str, Any]]]
+
+
+def _failure(error: Exception) -> RunFailure:
+    if isinstance(error, InvalidRequestError):
+        return RunFailure(kind="invalid_request", message=str(error), param=error.param)
+    if isinstance(error, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}" for issue in error.errors()
+        )
+        return RunFailure(kind="invalid_request", message=problems)
+    logger.error("capability run failed", exc_info=error)
+    return RunFailure(kind="internal", message=f"{type(error).__name__}: {error}")
+
+
+async def run_batch(
+    capability: Capability, calls: Sequence[RunCall]
+) -> tuple[list[RunReply], BatchReport]:
+    """Runs `capability` once per distinct options over the distinct inputs of all calls."""
+    groups: dict[str, _Group] = {}
+    keys_per_call: list[list[str]] = []
+    for index, call in enumerate(calls):
+        group = groups.setdefault(
+            _options_key(call.options), _Group(options=call.options, call_indexes=[], inputs={})
+        )
+        group.call_indexes.append(index)
+        keys = []
+        for position, text in enumerate(call.texts):
+            key = _input_key(text, call.parents, position)
+            parents = {name: outputs[position] for name, outputs in call.parents.items()}
+            group.inputs.setdefault(key, (text, parents))
+            keys.append(key)
+        keys_per_call.append(keys)
+
+    async def run_group(group: _Group) -> dict[str, Any] | RunFailure:
+        try:
+            options = capability.options_model.model_validate(group.options)
+            inputs = list(group.inputs.values())
+            parent_names = inputs[0][1].keys() if inputs else ()
+            context = RunContext(
+                parents={name: [parents[name] for _, parents in inputs] for name in parent_names},
+                options=options,
+            )
+            outputs = await capability.run([text for text, _ in inputs], context)
+        except Exception as error:  # noqa: BLE001 - reported to this group's callers only
+            return _failure(error)
+        return dict(zip(group.inputs, outputs, strict=True))
+
+    version = capability.version
+    replies: list[RunReply] = [RunReply(version=version) for _ in calls]
+    results = await asyncio.gather(*(run_group(group) for group in groups.values()))
+    for group, result in zip(groups.values(), results, strict=True):
+        for index in group.call_indexes:
+            if isinstance(result, RunFailure):
+                replies[index] = RunReply(failure=result, version=version)
+            else:
+                replies[index] = RunReply(
+                    outputs=[result[key] for key in keys_per_call[index]], version=version
+                )
+    report = BatchReport(
+        calls=len(calls),
+        texts=sum(len(call.texts) for call in calls),
+        unique_texts=sum(len(group.inputs) for group in groups.values()),
+        runs=len(groups),
+    )
+    return replies, report

@@ -1,0 +1,159 @@
+"""Signed webhook delivery: HMAC-SHA256 signatures, the event envelope and a retrying sender.
+
+A receiver checks `X-Capserve-Signature: t=<unix seconds>,v1=<hex>` with `verify`: the hex is
+HMAC-SHA256 under the shared secret over `"<t>." + body`, so a captured request cannot be replayed
+with another body, and the timestamp bounds how long it can be replayed at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+
+SIGNATURE_HEADER = "X-Capserve-Signature"
+EVENT_ID_HEADER = "X-Capserve-Event-Id"
+RETRIED_STATUSES = frozenset({408, 429})
+
+logger = logging.getLogger("capserve.webhooks")
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 under `secret` over `"<timestamp>." + body`."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, timestamp: int, body: bytes) -> str:
+    """The value of `X-Capserve-Signature` for `body` sent at `timestamp`."""
+    return f"t={timestamp},v1={sign(secret, timestamp, body)}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, tolerance_s: float = 300, now: float | None = None
+) -> bool:
+    """True when `header` signs exactly `body` under `secret` within `tolerance_s` of `now`."""
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return False
+        elif key == "v1":
+            signatures.append(value)
+    if timestamp is None or not signatures:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, timestamp, body)
+    # Several v1 values let a sender sign with an old and a new secret while rotating.
+    return any(hmac.compare_digest(expected, signature) for signature in signatures)
+
+
+def _event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+class Event(BaseModel):
+    """What a webhook delivers; receivers deduplicate retried deliveries by `id`."""
+
+    id: str = Field(default_factory=_event_id)
+    type: str
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    data: dict[str, Any]
+
+
+class WebhookSender:
+    """POSTs signed events to one URL, retrying what a later attempt may fix; never raises."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        max_attempts: int = 5,
+        backoff_s: float = 0.5,
+        timeout_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"webhook url {url!r} must be an absolute http(s) URL")
+        if not secret:
+            raise ValueError("webhook secret must not be empty")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+        self.url = url
+        self._secret = secret
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.max_backoff_s = max_backoff_s
+        # Webhook URLs often carry a token in their path or query; logs name the host only.
+        self._host_for_logs = f"{parsed.scheme}://{parsed.netloc.decode()}"
+
+    async def send(self, event: Event) -> bool:
+        """Delivers `event`; True on a 2xx, False (with a warning logged) once it gives up."""
+        body = event.model_dump_json().encode()
+        problem = "no attempt made"
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            for attempt in range(self.max_attempts):
+                headers = {
+                    "Content-Type": "application/json",
+                    # Signed per attempt: a retry after a long Retry-After still passes the
+                    # receiver's timestamp tolerance.
+                    SIGNATURE_HEADER: signature_header(self._secret, int(time.time()), body),
+                    EVENT_ID_HEADER: event.id,
+                }
+                retry_after: float | None = None
+                try:
+                    response = await client.post(self.url, content=body, headers=headers)
+                except httpx.TransportError as error:
+                    problem = f"{type(error).__name__}: {error}"
+                else:
+                    if response.is_success:
+                        return True
+                    problem = f"HTTP {response.status_code}"
+                    if not _is_retried(response.status_code):
+                        break
+                    retry_after = _retry_after_s(response)
+                if attempt + 1 < self.max_attempts:
+                    await asyncio.sleep(self._delay_s(attempt, retry_after))
+        logger.warning(
+            "webhook event %s (%s) to %s not delivered after %d attempt(s): %s",
+            event.id,
+            event.type,
+            self._host_for_logs,
+            attempt + 1,
+            problem,
+        )
+        return False
+
+    def _delay_s(self, attempt: int, retry_after_s: float | None) -> float:
+        wanted = retry_after_s if retry_after_s is not None else self.backoff_s * 2**attempt
+        return min(wanted, self.max_backoff_s)
+
+
+def _is_retried(status: int) -> bool:
+    return status in RETRIED_STATUSES or status >= 500
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """Retry-After in seconds; its HTTP-date form is rare from webhook receivers and ignored."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,93 @@
+"""Capability runners: one Serve deployment per capability, scaled on its own.
+
+A runner holds one loaded capability. Its `run` entry is `@serve.batch`, so calls from concurrent
+requests coalesce and `capabilities.batching.run_batch` runs the capability once over all of them.
+Settings arrive as the deployment's `user_config`: `reconfigure` builds and loads a new instance
+beside the old one and swaps it in, so a settings change never restarts an engine and never mixes
+old and new settings inside one run.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.util.metrics import Counter
+
+from capabilities.base import Capability, Resources
+from capabilities.batching import RunCall, RunReply, run_batch
+from capabilities.registry import capability_class
+from deployments.config import BatchingConfig, ConfigError, validation_problems
+from deployments.engine_client import EngineClient
+
+
+class CapabilityInfo(BaseModel):
+    name: str
+    depends_on: list[str]
+    version: str
+    settings: dict[str, Any]
+
+
+def runner_name(capability: str) -> str:
+    return f"capability-{capability}"
+
+
+@functools.cache
+def _counter(name: str, description: str, tag_keys: tuple[str, ...]) -> Counter:
+    # Cached: a reloaded capability asks again for the metric it already exports.
+    return Counter(name, description=description, tag_keys=tag_keys)
+
+
+@serve.deployment
+class CapabilityRunner:
+    def __init__(
+        self,
+        name: str,
+        import_path: str | None,
+        engines: dict[str, DeploymentHandle],
+        cache_dir: Path,
+        batching: BatchingConfig,
+        stats: DeploymentHandle,
+    ) -> None:
+        self._class = capability_class(name, import_path)
+        self._resources = Resources(
+            engines={model: EngineClient(model, handle) for model, handle in engines.items()},
+            cache_dir=cache_dir,
+            counter=_counter,
+        )
+        self._stats = stats
+        self._capability: Capability | None = None
+        self.run.set_max_batch_size(batching.max_batch_size)
+        self.run.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        try:
+            settings = self._class.settings_model.model_validate(user_config)
+        except ValidationError as error:
+            raise ConfigError(
+                f"user_config of {runner_name(self._class.name)}: {validation_problems(error)}"
+            ) from None
+        capability = self._class(settings, self._resources)
+        await capability.load()
+        self._capability = capability
+
+    @serve.batch
+    async def run(self, calls: list[RunCall]) -> list[RunReply]:
+        assert self._capability is not None, "Serve calls reconfigure before any request"
+        replies, report = await run_batch(self._capability, calls)
+        # Not awaited: counting must never slow down or fail the answer.
+        self._stats.record.remote(self._class.name, report)
+        return replies
+
+    async def describe(self) -> CapabilityInfo:
+        assert self._capability is not None
+        return CapabilityInfo(
+            name=self._class.name,
+            depends_on=list(self._class.depends_on),
+            version=self._capability.version,
+            settings=self._capability.settings.model_dump(mode="json", by_alias=True),
+        )
