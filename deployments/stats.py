@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 from ray import serve
 
 from capabilities.batching import BatchReport
@@ -19,9 +19,17 @@ class CapabilityStats(BaseModel):
     texts: int = 0
     unique_texts: int = 0
 
+    @computed_field
     @property
     def mean_batch_size(self) -> float:
-        return self.texts / self.batches if self.batches else 0.0
+        """Texts per batch: how well concurrent requests coalesce."""
+        return round(self.texts / self.batches, 3) if self.batches else 0.0
+
+    @computed_field
+    @property
+    def mean_calls_per_batch(self) -> float:
+        """Requests' calls per batch."""
+        return round(self.calls / self.batches, 3) if self.batches else 0.0
 
     def add(self, report: BatchReport) -> None:
         self.runs += report.runs
@@ -34,7 +42,7 @@ class CapabilityStats(BaseModel):
 class StatsSnapshot(BaseModel):
     object: str = "stats"
     since: int
-    capabilities: dict[str, dict[str, float]]
+    capabilities: dict[str, CapabilityStats]
 
 
 @serve.deployment(
