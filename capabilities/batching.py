@@ -2,8 +2,9 @@
 
 A runner's `@serve.batch` entry hands this module the calls of several concurrent requests. Calls
 with the same options share one `Capability.run` over their texts; identical inputs (the same text
-with the same parents' outputs) are computed once; each caller gets back its own slice, or its own
-error, so one caller's bad options never fail the others.
+with the same parents' outputs) are computed once, and inputs the result cache already holds not
+at all; each caller gets back its own slice, or its own error, so one caller's bad options never
+fail the others.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from capabilities.base import Capability, RunContext
+from capabilities.cache import ResultCache, cache_key
 from capabilities.errors import InvalidRequestError
 
 logger = logging.getLogger("capserve.batching")
@@ -53,6 +55,7 @@ class BatchReport:
     texts: int
     unique_texts: int
     runs: int
+    cache_hits: int = 0
 
 
 def _options_key(options: dict[str, Any]) -> str:
@@ -79,6 +82,17 @@ class _Group:
     inputs: dict[str, tuple[str, dict[str, Any]]]
 
 
+async def _run(
+    capability: Capability, inputs: list[tuple[str, dict[str, Any]]], options: BaseModel
+) -> list[BaseModel]:
+    parent_names = inputs[0][1].keys()
+    context = RunContext(
+        parents={name: [parents[name] for _, parents in inputs] for name in parent_names},
+        options=options,
+    )
+    return await capability.run([text for text, _ in inputs], context)
+
+
 def _failure(error: Exception) -> RunFailure:
     if isinstance(error, InvalidRequestError):
         return RunFailure(kind="invalid_request", message=str(error), param=error.param)
@@ -92,9 +106,10 @@ def _failure(error: Exception) -> RunFailure:
 
 
 async def run_batch(
-    capability: Capability, calls: Sequence[RunCall]
+    capability: Capability, calls: Sequence[RunCall], cache: ResultCache | None = None
 ) -> tuple[list[RunReply], BatchReport]:
-    """Runs `capability` once per distinct options over the distinct inputs of all calls."""
+    """Runs `capability` once per distinct options over the distinct inputs of all calls that
+    `cache` does not already answer (keys carry the settings version, so never a stale one)."""
     groups: dict[str, _Group] = {}
     keys_per_call: list[list[str]] = []
     for index, call in enumerate(calls):
@@ -110,23 +125,43 @@ async def run_batch(
             keys.append(key)
         keys_per_call.append(keys)
 
-    async def run_group(group: _Group) -> dict[str, Any] | RunFailure:
+    version = capability.version
+    use_cache = cache if capability.cacheable else None
+    runs = 0
+    cache_hits = 0
+
+    async def run_group(options_key: str, group: _Group) -> dict[str, Any] | RunFailure:
+        nonlocal runs, cache_hits
         try:
             options = capability.options_model.model_validate(group.options)
-            inputs = list(group.inputs.values())
-            parent_names = inputs[0][1].keys() if inputs else ()
-            context = RunContext(
-                parents={name: [parents[name] for _, parents in inputs] for name in parent_names},
-                options=options,
-            )
-            outputs = await capability.run([text for text, _ in inputs], context)
+            cache_keys = {
+                key: cache_key(capability.name, version, options_key, key) for key in group.inputs
+            }
+            found = await use_cache.get_many(list(cache_keys.values())) if use_cache else {}
+            outputs = {
+                key: capability.output_model.model_validate_json(found[cache_keys[key]])
+                for key in group.inputs
+                if cache_keys[key] in found
+            }
+            cache_hits += len(outputs)
+            missing = [key for key in group.inputs if key not in outputs]
+            if missing:
+                computed = await _run(capability, [group.inputs[key] for key in missing], options)
+                runs += 1
+                outputs.update(zip(missing, computed, strict=True))
+                if use_cache:
+                    await use_cache.set_many(
+                        {
+                            cache_keys[key]: outputs[key].model_dump_json().encode()
+                            for key in missing
+                        }
+                    )
         except Exception as error:  # noqa: BLE001 - reported to this group's callers only
             return _failure(error)
-        return dict(zip(group.inputs, outputs, strict=True))
+        return outputs
 
-    version = capability.version
     replies: list[RunReply] = [RunReply(version=version) for _ in calls]
-    results = await asyncio.gather(*(run_group(group) for group in groups.values()))
+    results = await asyncio.gather(*(run_group(key, group) for key, group in groups.items()))
     for group, result in zip(groups.values(), results, strict=True):
         for index in group.call_indexes:
             if isinstance(result, RunFailure):
@@ -139,6 +174,7 @@ async def run_batch(
         calls=len(calls),
         texts=sum(len(call.texts) for call in calls),
         unique_texts=sum(len(group.inputs) for group in groups.values()),
-        runs=len(groups),
+        runs=runs,
+        cache_hits=cache_hits,
     )
     return replies, report

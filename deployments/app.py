@@ -63,6 +63,7 @@ def build_app(args: dict[str, Any]) -> Application:
             engines,
             config.cache_dir,
             capability.batching,
+            config.cache,
             stats,
         )
         for capability in config.capabilities

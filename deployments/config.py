@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from capabilities.base import Capability
+from capabilities.cache import CacheConfig
 from capabilities.registry import Registry, RegistryError, capability_class
 
 PACKAGE_SCHEME = "pkg:"
@@ -156,6 +157,10 @@ class AppConfig(StrictModel):
         description="What an item gets when neither it nor its request names capabilities.",
     )
     limits: LimitsConfig = LimitsConfig()
+    cache: CacheConfig = Field(
+        default=CacheConfig(),
+        description="Result cache of every capability runner: in-replica LRU, plus Redis if set.",
+    )
     ingress: IngressConfig = IngressConfig()
     cache_dir: Path = Path("~/.cache/capserve")
 

@@ -20,6 +20,7 @@ from ray.util.metrics import Counter
 
 from capabilities.base import Capability, Resources
 from capabilities.batching import RunCall, RunReply, run_batch
+from capabilities.cache import CacheConfig
 from capabilities.registry import capability_class
 from deployments.config import BatchingConfig, ConfigError, validation_problems
 from deployments.engine_client import EngineClient
@@ -51,6 +52,7 @@ class CapabilityRunner:
         engines: dict[str, DeploymentHandle],
         cache_dir: Path,
         batching: BatchingConfig,
+        cache: CacheConfig,
         stats: DeploymentHandle,
     ) -> None:
         self._class = capability_class(name, import_path)
@@ -60,6 +62,7 @@ class CapabilityRunner:
             counter=_counter,
         )
         self._stats = stats
+        self._cache = cache.build()
         self._capability: Capability | None = None
         self.run.set_max_batch_size(batching.max_batch_size)
         self.run.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
@@ -78,7 +81,7 @@ class CapabilityRunner:
     @serve.batch
     async def run(self, calls: list[RunCall]) -> list[RunReply]:
         assert self._capability is not None, "Serve calls reconfigure before any request"
-        replies, report = await run_batch(self._capability, calls)
+        replies, report = await run_batch(self._capability, calls, self._cache)
         # Not awaited: counting must never slow down or fail the answer.
         self._stats.record.remote(self._class.name, report)
         return replies

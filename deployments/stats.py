@@ -18,6 +18,7 @@ class CapabilityStats(BaseModel):
     calls: int = 0
     texts: int = 0
     unique_texts: int = 0
+    cache_hits: int = 0
 
     @computed_field
     @property
@@ -31,12 +32,19 @@ class CapabilityStats(BaseModel):
         """Requests' calls per batch."""
         return round(self.calls / self.batches, 3) if self.batches else 0.0
 
+    @computed_field
+    @property
+    def cache_hit_rate(self) -> float:
+        """Share of distinct inputs answered by the result cache instead of a run."""
+        return round(self.cache_hits / self.unique_texts, 3) if self.unique_texts else 0.0
+
     def add(self, report: BatchReport) -> None:
         self.runs += report.runs
         self.batches += 1
         self.calls += report.calls
         self.texts += report.texts
         self.unique_texts += report.unique_texts
+        self.cache_hits += report.cache_hits
 
 
 class StatsSnapshot(BaseModel):

@@ -5,22 +5,18 @@ generative app on a tiny Llama at `/generative`. Deploying the config (rather th
 a built app) is what lets a test change a runner's `user_config` live, as an operator would.
 """
 
-import copy
 import os
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.integration.conftest import tiny_llama_config
+from loadtests.apps import default_app, deploy_config, generative_app
 
 pytestmark = pytest.mark.e2e
-GENERATIVE_LABELS = ["card_arrival", "lost_or_stolen_card", "top_up", "refund_not_showing_up"]
 # Wide enough that requests sent together meet in one batch on a busy 2-core machine.
 TEST_BATCH_WAIT_S = 0.15
 DEPLOY_TIMEOUT_S = 600
@@ -33,72 +29,29 @@ def _free_port() -> int:
 
 
 class ServeCluster:
-    """The deploy config of the running apps; `redeploy` applies a changed copy of it."""
+    """The deploy config of the running apps; `deploy` applies a changed copy of it."""
 
     def __init__(self, config: dict[str, Any], base_url: str) -> None:
         self.config = config
         self.base_url = base_url
 
     def deploy(self, config: dict[str, Any]) -> None:
-        from ray.serve.context import _get_global_client
-        from ray.serve.schema import ServeDeploySchema
+        from deployments.deploy import deploy
 
-        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+        deploy(config)
         self.config = config
 
     def wait_running(self) -> None:
-        from ray import serve
+        from deployments.deploy import wait_running
 
-        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-        names = [app["name"] for app in self.config["applications"]]
-        while time.monotonic() < deadline:
-            statuses = serve.status().applications
-            states = {name: statuses[name].status if name in statuses else None for name in names}
-            failed = [name for name, state in states.items() if state == "DEPLOY_FAILED"]
-            if failed:
-                raise RuntimeError(f"deploy failed: {statuses[failed[0]].message}")
-            if all(state == "RUNNING" for state in states.values()):
-                return
-            time.sleep(1)
-        raise TimeoutError(f"apps not running after {DEPLOY_TIMEOUT_S} s: {states}")
+        wait_running(self.config, DEPLOY_TIMEOUT_S)
 
 
-def default_app(project_root: Path) -> dict[str, Any]:
-    config = yaml.safe_load((project_root / "serve_config.yaml").read_text())
-    return copy.deepcopy(config["applications"][0])
-
-
-def deploy_config(project_root: Path, cache_dir: str, tiny_llama_path: Path, port: int) -> dict:
-    app = default_app(project_root)
-    app["args"]["cache_dir"] = cache_dir
+def e2e_deploy_config(cache_dir: str, tiny_llama_path: Path, port: int) -> dict[str, Any]:
+    app = default_app(cache_dir)
     for capability in app["args"]["capabilities"]:
         capability["batching"] = {"max_batch_size": 64, "batch_wait_timeout_s": TEST_BATCH_WAIT_S}
-    generative = {
-        "name": "generative",
-        "route_prefix": "/generative",
-        "import_path": app["import_path"],
-        "runtime_env": app["runtime_env"],
-        "args": {
-            "models": [tiny_llama_config(tiny_llama_path).model_dump(mode="json")],
-            "capabilities": [
-                {
-                    "name": "classification",
-                    "settings": {
-                        "strategy": "generative",
-                        "generative_model": "tiny-llama",
-                        "labels": GENERATIVE_LABELS,
-                        "top_k": 3,
-                    },
-                }
-            ],
-            "cache_dir": cache_dir,
-        },
-    }
-    return {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [app, generative],
-    }
+    return deploy_config([app, generative_app(app, tiny_llama_path, cache_dir)], port)
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +68,7 @@ def serve_cluster(
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))
     cluster = ServeCluster(
-        deploy_config(project_root, cache_dir, tiny_llama_path, port), f"http://127.0.0.1:{port}"
+        e2e_deploy_config(cache_dir, tiny_llama_path, port), f"http://127.0.0.1:{port}"
     )
     cluster.deploy(cluster.config)
     cluster.wait_running()

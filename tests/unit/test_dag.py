@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from capabilities.base import Capability, NoOptions, Resources, RunContext
 from capabilities.batching import RunCall, run_batch
+from capabilities.cache import CacheConfig
 from capabilities.errors import InvalidRequestError
 from capabilities.plan import Plan, execute
 from capabilities.registry import Registry, RegistryError, capability_class, import_capability
@@ -223,3 +224,36 @@ def test_plans_run_each_needed_capability_once_after_its_parents(requests):
     for (text, names), output in zip(requests, outputs, strict=True):
         assert set(output) == names
         assert all(output[name].value == f"{name}:{text}" for name in names)
+
+
+async def test_cached_inputs_are_not_run_again():
+    cache = CacheConfig(max_entries=100).build()
+    upper = Upper()
+    _, report = await run_batch(upper, [RunCall(texts=["a", "b"])], cache)
+    assert report.runs == 1 and report.cache_hits == 0
+    again, report = await run_batch(upper, [RunCall(texts=["b", "c"])], cache)
+    assert [o.value for o in again[0].outputs] == ["B", "C"]
+    assert report.runs == 1 and report.cache_hits == 1
+    assert upper.runs == [["a", "b"], ["c"]]
+    _, all_cached = await run_batch(upper, [RunCall(texts=["a"])], cache)
+    assert all_cached.runs == 0 and upper.runs[-1] == ["c"]
+
+
+async def test_a_new_settings_version_never_reads_old_answers():
+    cache = CacheConfig(max_entries=100).build()
+    await run_batch(Upper(), [RunCall(texts=["a"])], cache)
+    changed = Upper()
+    changed.track_file(b"new examples")
+    _, report = await run_batch(changed, [RunCall(texts=["a"])], cache)
+    assert report.cache_hits == 0 and changed.runs == [["a"]]
+
+
+async def test_capabilities_with_effects_are_never_cached():
+    class Effectful(Upper):
+        cacheable = False
+
+    cache = CacheConfig(max_entries=100).build()
+    effectful = Effectful()
+    await run_batch(effectful, [RunCall(texts=["a"])], cache)
+    await run_batch(effectful, [RunCall(texts=["a"])], cache)
+    assert effectful.runs == [["a"], ["a"]]

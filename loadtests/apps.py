@@ -1,0 +1,78 @@
+"""Serve deploy configs the benchmark and the end-to-end tests start: the default app from
+`serve_config.yaml` and a generative app on a tiny Llama, side by side on one port."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployments.config import ModelConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+GENERATIVE_LABELS = ["card_arrival", "lost_or_stolen_card", "top_up", "refund_not_showing_up"]
+
+
+def tiny_llama_model(path: Path) -> ModelConfig:
+    return ModelConfig(
+        name="tiny-llama",
+        model=str(path),
+        runner="generate",
+        engine_args={
+            "dtype": "float32",
+            "max_model_len": 1024,
+            "gpu_memory_utilization": 0.15,
+            "enable_prefix_caching": True,
+        },
+        max_tokens=64,
+    )
+
+
+def default_app(cache_dir: str) -> dict[str, Any]:
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    app = copy.deepcopy(config["applications"][0])
+    app["args"]["cache_dir"] = cache_dir
+    return app
+
+
+def set_batching(app: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    """Sets `@serve.batch` of every capability runner and engine of `app`."""
+    batching = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
+    for part in app["args"]["capabilities"] + app["args"]["models"]:
+        part["batching"] = dict(batching)
+
+
+def generative_app(
+    template: dict[str, Any], tiny_llama_path: Path, cache_dir: str
+) -> dict[str, Any]:
+    return {
+        "name": "generative",
+        "route_prefix": "/generative",
+        "import_path": template["import_path"],
+        "runtime_env": template["runtime_env"],
+        "args": {
+            "models": [tiny_llama_model(tiny_llama_path).model_dump(mode="json")],
+            "capabilities": [
+                {
+                    "name": "classification",
+                    "settings": {
+                        "strategy": "generative",
+                        "generative_model": "tiny-llama",
+                        "labels": GENERATIVE_LABELS,
+                        "top_k": 3,
+                    },
+                }
+            ],
+            "cache_dir": cache_dir,
+        },
+    }
+
+
+def deploy_config(applications: list[dict[str, Any]], port: int) -> dict[str, Any]:
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": applications,
+    }
