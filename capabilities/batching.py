@@ -178,3 +178,35 @@ async def run_batch(
         cache_hits=cache_hits,
     )
     return replies, report
+
+
+def merge_calls(calls: Sequence[RunCall]) -> tuple[list[RunCall], list[tuple[int, int, int]]]:
+    """Folds calls with the same options into one call each, so a caller that coalesces many
+    requests (the ingress) crosses to the runner once per options, not once per request.
+
+    Returns the merged calls and, per original call, (merged index, start, end) of its slice.
+    """
+    merged: list[RunCall] = []
+    slot_of: dict[str, int] = {}
+    slices: list[tuple[int, int, int]] = []
+    for call in calls:
+        key = _options_key(call.options)
+        if key not in slot_of:
+            slot_of[key] = len(merged)
+            merged.append(
+                RunCall(texts=[], parents={name: [] for name in call.parents}, options=call.options)
+            )
+        target = merged[slot_of[key]]
+        start = len(target.texts)
+        target.texts.extend(call.texts)
+        for name, outputs in call.parents.items():
+            target.parents[name].extend(outputs)
+        slices.append((slot_of[key], start, len(target.texts)))
+    return merged, slices
+
+
+def split_reply(reply: RunReply, start: int, end: int) -> RunReply:
+    """One original call's share of a merged call's reply."""
+    if reply.outputs is None:
+        return reply
+    return RunReply(outputs=reply.outputs[start:end], version=reply.version)

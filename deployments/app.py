@@ -26,6 +26,11 @@ def check_config(args: dict[str, Any]) -> AppConfig:
     return config
 
 
+# Deployments only the app itself calls: an access-log line per internal call costs CPU that the
+# 2-core default cannot spare, and the ingress's access log already records every request.
+INTERNAL_LOGGING = {"enable_access_log": False}
+
+
 def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
     """Serve options of one capability runner; its settings travel as `user_config`."""
     deployment = capability.deployment
@@ -45,6 +50,7 @@ def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
             deployment.max_ongoing_requests, capability.batching.max_batch_size
         ),
         "ray_actor_options": {"num_cpus": deployment.num_cpus},
+        "logging_config": INTERNAL_LOGGING,
         **scaling,
     }
 
@@ -52,10 +58,12 @@ def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
 def build_app(args: dict[str, Any]) -> Application:
     config = check_config(args)
     engines = {
-        model.name: EngineDeployment.options(**engine_deployment_options(model)).bind(model)
+        model.name: EngineDeployment.options(
+            **engine_deployment_options(model), logging_config=INTERNAL_LOGGING
+        ).bind(model)
         for model in config.models
     }
-    stats = StatsRecorder.bind()
+    stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind()
     runners = {
         capability.name: CapabilityRunner.options(**runner_options(capability)).bind(
             capability.name,

@@ -101,6 +101,10 @@ class IngressConfig(StrictModel):
     num_replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=512, gt=0)
     num_cpus: float = Field(default=0, ge=0)
+    batching: BatchingConfig = Field(
+        default=BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.002),
+        description="How the replica coalesces concurrent requests' calls to each runner.",
+    )
 
 
 class RunnerDeploymentConfig(StrictModel):

@@ -19,6 +19,8 @@ from deployments.config import ModelConfig
 from deployments.vllm_engine import VLLMEngine
 
 Result = TypeVar("Result")
+# vLLM batches continuously inside; a few batches in flight keep it fed while others tokenize.
+CONCURRENT_BATCHES = 4
 
 
 async def _per_call(
@@ -36,20 +38,20 @@ class EngineDeployment:
             entry.set_max_batch_size(config.batching.max_batch_size)
             entry.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
 
-    @serve.batch
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def embed(self, calls: list[list[str]]) -> list[np.ndarray]:
         # One engine call for all texts of all callers, then split back per caller.
         vectors = await self._engine.embed([text for texts in calls for text in texts])
         bounds = np.cumsum([len(texts) for texts in calls])[:-1]
         return np.split(vectors, bounds)
 
-    @serve.batch
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def choose(
         self, prompts: list[list[str]], choices: list[list[str]]
     ) -> list[list[ChoiceResult]]:
         return await _per_call(self._engine.choose, prompts, choices)
 
-    @serve.batch
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def generate_json(
         self, prompts: list[list[str]], json_schemas: list[dict[str, Any]]
     ) -> list[list[dict[str, Any]]]:

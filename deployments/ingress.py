@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from capabilities.base import Capability
+from capabilities.batching import RunCall, RunReply, merge_calls, split_reply
 from capabilities.classification import Classification
 from capabilities.errors import CapabilityError
 from capabilities.plan import Plan, execute
@@ -144,6 +145,8 @@ class Ingress:
         self._registry = config.registry()
         self._classes = {c.name: c.capability_class() for c in config.capabilities}
         self._started = int(time.time())
+        self._call_runner.set_max_batch_size(config.ingress.batching.max_batch_size)
+        self._call_runner.set_batch_wait_timeout_s(config.ingress.batching.batch_wait_timeout_s)
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_http_app(
@@ -169,7 +172,8 @@ class Ingress:
         async def run(
             name: str, texts: list[str], parents: dict[str, list[BaseModel]]
         ) -> list[BaseModel]:
-            reply = await self._runners[name].run(texts, parents, options.get(name, {}))
+            call = RunCall(texts=texts, parents=parents, options=options.get(name, {}))
+            reply = self._runners[name].checked(await self._call_runner(name, call))
             versions[name] = reply.version
             return reply.outputs or []
 
@@ -191,6 +195,25 @@ class Ingress:
             results=results,
         )
         return JSONResponse(response.model_dump(mode="json"))
+
+    # Batches only route calls, and each waits on a runner: many may be in flight at once.
+    @serve.batch(max_concurrent_batches=64)
+    async def _call_runner(self, names: list[str], calls: list[RunCall]) -> list[RunReply]:
+        """Coalesces the runner calls of concurrent requests in this replica: each capability is
+        crossed to once per options, not once per request (each crossing costs CPU in Serve)."""
+        replies: list[RunReply] = [RunReply(version="") for _ in calls]
+        by_capability: dict[str, list[int]] = {}
+        for index, name in enumerate(names):
+            by_capability.setdefault(name, []).append(index)
+
+        async def send(name: str, indexes: list[int]) -> None:
+            merged, slices = merge_calls([calls[index] for index in indexes])
+            merged_replies = await asyncio.gather(*(self._runners[name].run(c) for c in merged))
+            for index, (slot, start, end) in zip(indexes, slices, strict=True):
+                replies[index] = split_reply(merged_replies[slot], start, end)
+
+        await asyncio.gather(*(send(name, indexes) for name, indexes in by_capability.items()))
+        return replies
 
     def _classification_model(self, strategy: str | None) -> str | None:
         if strategy is None:

@@ -25,6 +25,8 @@ from capabilities.registry import capability_class
 from deployments.config import BatchingConfig, ConfigError, validation_problems
 from deployments.engine_client import EngineClient
 
+CONCURRENT_BATCHES = 4
+
 
 class CapabilityInfo(BaseModel):
     name: str
@@ -78,7 +80,8 @@ class CapabilityRunner:
         await capability.load()
         self._capability = capability
 
-    @serve.batch
+    # More than one batch in flight, so the engine is fed while a batch's results travel back.
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def run(self, calls: list[RunCall]) -> list[RunReply]:
         assert self._capability is not None, "Serve calls reconfigure before any request"
         replies, report = await run_batch(self._capability, calls, self._cache)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-from pydantic import BaseModel
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.batching import RunCall, RunReply
@@ -19,12 +15,11 @@ class RunnerClient:
         self.name = name
         self._handle = handle
 
-    async def run(
-        self, texts: Sequence[str], parents: dict[str, list[BaseModel]], options: dict[str, Any]
-    ) -> RunReply:
-        """Outputs in text order; the runner's failure for this call, raised as a typed error."""
-        call = RunCall(texts=list(texts), parents=parents, options=options)
-        reply: RunReply = await self._handle.run.remote(call)
+    async def run(self, call: RunCall) -> RunReply:
+        return await self._handle.run.remote(call)
+
+    def checked(self, reply: RunReply) -> RunReply:
+        """The reply, or the runner's failure for this call raised as a typed error."""
         if reply.failure is None:
             return reply
         if reply.failure.kind == "invalid_request":

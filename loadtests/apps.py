@@ -38,10 +38,11 @@ def default_app(cache_dir: str) -> dict[str, Any]:
 
 
 def set_batching(app: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float) -> None:
-    """Sets `@serve.batch` of every capability runner and engine of `app`."""
+    """Sets `@serve.batch` of the ingress, every capability runner and every engine of `app`."""
     batching = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
     for part in app["args"]["capabilities"] + app["args"]["models"]:
         part["batching"] = dict(batching)
+    app["args"].setdefault("ingress", {})["batching"] = dict(batching)
 
 
 def generative_app(

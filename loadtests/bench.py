@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -53,6 +54,8 @@ from loadtests.apps import (
 
 BANKING77 = PROJECT_ROOT / "data" / "banking77"
 INSTRUCTION = "Classify the customer message into exactly one of the labels."
+SINGLE_TEXT_CLIENTS = (16, 32, 64)
+SINGLE_TEXT_CLIENTS = (16, 32, 64)
 MIXED_CAPABILITIES = [
     ["classification"],
     ["classification", "recommendations"],
@@ -138,10 +141,13 @@ async def closed_loop(
             request = queue.get_nowait()
             started = time.perf_counter()
             try:
-                texts += await send(http, request)
+                # Awaited first: `texts += await ...` would read `texts` before the await and
+                # lose the other workers' counts.
+                answered = await send(http, request)
             except (httpx.HTTPError, ValueError):
                 errors += 1
                 continue
+            texts += answered
             latencies.append(time.perf_counter() - started)
 
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
@@ -187,12 +193,14 @@ def _raw_engine(
         llm.embed(texts[:64], use_tqdm=False)  # warm-up
         started = time.perf_counter()
         llm.embed(texts, use_tqdm=False)
-        results.put(("embed", len(texts), time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        # The examples' vectors let the peer's client-side kNN vote like capserve does.
         vectors = np.asarray(
             [output.outputs.embedding for output in llm.embed(examples, use_tqdm=False)],
             dtype=np.float32,
         )
         np.save(vectors_path, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+        results.put(("embed", len(texts), seconds))
         return
     labels = [LabelSpec(name=name) for name in GENERATIVE_LABELS]
     prompts = [generative_prompt(INSTRUCTION, labels, text) for text in texts]
@@ -219,7 +227,13 @@ def raw_engine(
     )
     process.start()
     kind, count, seconds = results.get(timeout=900)
-    process.join(timeout=120)
+    # The engine core would otherwise idle on, taking CPU from the contenders measured next.
+    engine_processes = psutil.Process(process.pid).children(recursive=True)
+    process.terminate()
+    process.join(timeout=60)
+    for child in engine_processes:
+        if child.is_running():
+            child.kill()
     measurement = Measurement("raw vLLM (offline)", f"{kind}, one call", count, seconds)
     print(json.dumps(measurement.summary()), flush=True)
     return measurement
@@ -273,7 +287,7 @@ class VllmServe:
 
 
 def peer_embeddings(
-    model: ModelConfig, texts: list[str], vectors: np.ndarray, labels: list[str]
+    model: ModelConfig, workloads: Workloads, vectors: np.ndarray, labels: list[str]
 ) -> list[Measurement]:
     index = KnnIndex(vectors, labels, k=10)
 
@@ -292,30 +306,54 @@ def peer_embeddings(
     try:
         server.wait_ready()
         return asyncio.run(
-            _embedding_workloads("vllm serve + client kNN", server.base_url, texts, send)
+            _embedding_workloads("vllm serve + client kNN", server.base_url, workloads, send)
         )
     finally:
         server.stop()
 
 
-async def _embedding_workloads(system, base_url, texts, send) -> list[Measurement]:
-    await closed_loop(system, "warm-up", chunks(texts[:512], 64), 8, send, base_url)
+@dataclass(frozen=True)
+class Workloads:
+    """Disjoint slices of the corpus, one per workload and the same for every contender: no text
+    is seen twice, so capserve's result cache answers only the repeats workload's repeats."""
+
+    warm_up: list[str]
+    saturation: list[str]
+    single: dict[int, list[str]]
+    mixed: list[str]
+    repeats: list[str]
+    generative: list[str]
+
+    @classmethod
+    def of(cls, corpus: list[str], saturation: int, generative: int) -> Workloads:
+        remaining = iter(corpus)
+
+        def take(count: int) -> list[str]:
+            return [next(remaining) for _ in range(count)]
+
+        warm_up, saturation_texts = take(512), take(saturation)
+        single = {clients: take(20 * clients) for clients in SINGLE_TEXT_CLIENTS}
+        mixed, unique = take(1024), take(700)
+        picker = random.Random(11)
+        repeats = unique + [picker.choice(unique) for _ in range(300)]
+        picker.shuffle(repeats)
+        return cls(warm_up, saturation_texts, single, mixed, repeats, take(generative))
+
+
+async def _embedding_workloads(system, base_url, workloads: Workloads, send) -> list[Measurement]:
+    await closed_loop(system, "warm-up", chunks(workloads.warm_up, 64), 8, send, base_url)
+    saturation = chunks(workloads.saturation, 64)
     results = [
-        await closed_loop(
-            system, "64-text requests, 8 clients", chunks(texts, 64), 8, send, base_url
-        )
+        await closed_loop(system, "64-text requests, 8 clients", saturation, 8, send, base_url)
     ]
-    for clients in (16, 32, 64):
-        single = [[text] for text in texts[: 20 * clients]]
-        results.append(
-            await closed_loop(
-                system, f"1-text requests, {clients} clients", single, clients, send, base_url
-            )
-        )
+    for clients, texts in workloads.single.items():
+        workload = f"1-text requests, {clients} clients"
+        single = [[text] for text in texts]
+        results.append(await closed_loop(system, workload, single, clients, send, base_url))
     return results
 
 
-def peer_generative(model: ModelConfig, texts: list[str]) -> Measurement:
+def peer_generative(model: ModelConfig, workloads: Workloads) -> Measurement:
     labels = [LabelSpec(name=name) for name in GENERATIVE_LABELS]
 
     async def send(http: httpx.AsyncClient, batch: list[str]) -> int:
@@ -335,24 +373,22 @@ def peer_generative(model: ModelConfig, texts: list[str]) -> Measurement:
     server = VllmServe(model)
     try:
         server.wait_ready()
-        return asyncio.run(_generative_workload("vllm serve", server.base_url, texts, send))
+        return asyncio.run(_generative_workload("vllm serve", server.base_url, workloads, send))
     finally:
         server.stop()
 
 
-async def _generative_workload(system, base_url, texts, send) -> Measurement:
-    await closed_loop(system, "warm-up", chunks(texts[:32], 8), 4, send, base_url)
-    return await closed_loop(
-        system, "generative, 8-text requests, 8 clients", chunks(texts, 8), 8, send, base_url
-    )
+async def _generative_workload(system, base_url, workloads: Workloads, send) -> Measurement:
+    await closed_loop(system, "warm-up", chunks(workloads.warm_up[:32], 8), 4, send, base_url)
+    batches = chunks(workloads.generative, 8)
+    workload = "generative, 8-text requests, 8 clients"
+    return await closed_loop(system, workload, batches, 8, send, base_url)
 
 
 # --- b. and d. capserve ------------------------------------------------------------------------
 
 
-def capserve(
-    texts: list[str], generative_texts: list[str], tiny_llama: Path, cache_dir: str
-) -> list[Measurement]:
+def capserve(workloads: Workloads, tiny_llama: Path, cache_dir: str) -> list[Measurement]:
     import ray
     from ray import serve
 
@@ -368,14 +404,16 @@ def capserve(
     try:
         deploy(config)
         wait_running(config)
-        results = asyncio.run(_capserve_workloads(base_url, texts, generative_texts))
+        results = asyncio.run(_capserve_workloads(base_url, workloads))
         naive = default_app(cache_dir)
         set_batching(naive, max_batch_size=1, batch_wait_timeout_s=0)
         naive["args"]["cache"] = {"enabled": False}
         deploy(deploy_config([naive], port))
         wait_running(deploy_config([naive], port))
         results.append(
-            asyncio.run(_mixed(base_url, texts, "naive: one engine call per text per capability"))
+            asyncio.run(
+                _mixed(base_url, workloads, "naive: one engine call per text per capability")
+            )
         )
     finally:
         serve.shutdown()
@@ -391,50 +429,37 @@ def mixed_items(texts: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-async def _mixed(base_url: str, texts: list[str], system: str) -> Measurement:
+async def _mixed(base_url: str, workloads: Workloads, system: str) -> Measurement:
     send = classify_sender()
-    items = mixed_items(texts[:1024])
-    await closed_loop(system, "warm-up", items[:64], 32, send, base_url)
-    return await closed_loop(
-        system, "mixed capabilities, 1-text requests, 32 clients", items, 32, send, base_url
-    )
+    await closed_loop(system, "warm-up", mixed_items(workloads.warm_up[:64]), 32, send, base_url)
+    workload = "mixed capabilities, 1-text requests, 32 clients"
+    return await closed_loop(system, workload, mixed_items(workloads.mixed), 32, send, base_url)
 
 
-async def _capserve_workloads(
-    base_url: str, texts: list[str], generative_texts: list[str]
-) -> list[Measurement]:
+async def _capserve_workloads(base_url: str, workloads: Workloads) -> list[Measurement]:
     system = "capserve"
     send = classify_sender()
 
     async def send_texts(http: httpx.AsyncClient, batch: list[str]) -> int:
         return await send(http, {"texts": batch})
 
-    results = await _embedding_workloads(system, base_url, texts, send_texts)
-    results.append(await _mixed(base_url, texts, "capserve: capability-aware batching"))
-    picker = random.Random(11)
-    unique = texts[:700]
-    repeated = unique + [picker.choice(unique) for _ in range(300)]
-    picker.shuffle(repeated)
+    results = await _embedding_workloads(system, base_url, workloads, send_texts)
+    results.append(await _mixed(base_url, workloads, "capserve: capability-aware batching"))
     async with httpx.AsyncClient(base_url=base_url) as http:
         before = (await http.get("/v1/stats")).json()["capabilities"]["classification"]
-    cached = await closed_loop(
-        system,
-        "1-text requests, 32 clients, 30% repeats",
-        [[t] for t in repeated],
-        32,
-        send_texts,
-        base_url,
-    )
+    repeats = [[text] for text in workloads.repeats]
+    workload = "1-text requests, 32 clients, 30% repeats"
+    cached = await closed_loop(system, workload, repeats, 32, send_texts, base_url)
     async with httpx.AsyncClient(base_url=base_url) as http:
         after = (await http.get("/v1/stats")).json()["capabilities"]["classification"]
-    hits = after.get("cache_hits", 0) - before.get("cache_hits", 0)
-    cached.extra["cache_hit_rate"] = round(hits / len(repeated), 3)
+    hits = after["cache_hits"] - before["cache_hits"]
+    cached.extra["cache_hit_rate"] = round(hits / len(repeats), 3)
     results.append(cached)
 
     async def send_generative(http: httpx.AsyncClient, batch: list[str]) -> int:
         return await classify_sender("/generative/v1/classify")(http, {"texts": batch})
 
-    results.append(await _generative_workload(system, base_url, generative_texts, send_generative))
+    results.append(await _generative_workload(system, base_url, workloads, send_generative))
     return results
 
 
@@ -549,15 +574,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "loadtests" / "results")
-    parser.add_argument("--texts", type=int, default=4096, help="texts for the embedding workloads")
+    parser.add_argument("--texts", type=int, default=4096, help="texts of the saturation workload")
     parser.add_argument("--generative-texts", type=int, default=256)
     arguments = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     corpus = read_texts("heldout.csv") + read_texts("examples.csv")
-    texts = corpus[: arguments.texts]
-    generative_texts = corpus[: arguments.generative_texts]
+    workloads = Workloads.of(corpus, arguments.texts, arguments.generative_texts)
     examples = read_texts("examples.csv")
     example_labels = read_texts("examples.csv", "category")
     app = default_app(str(Path.home() / ".cache" / "capserve"))
@@ -569,12 +593,13 @@ def main() -> None:
         llama = tiny_llama_model(tiny_llama)
         vectors_path = str(Path(scratch) / "examples.npy")
         results = [
-            raw_engine(minilm, texts, examples, vectors_path),
-            raw_engine(llama, generative_texts, [], ""),
+            raw_engine(minilm, workloads.saturation, examples, vectors_path),
+            raw_engine(llama, workloads.generative, [], ""),
         ]
-        results += peer_embeddings(minilm, texts, np.load(vectors_path), example_labels)
-        results.append(peer_generative(llama, generative_texts))
-        results += capserve(texts, generative_texts, tiny_llama, str(Path(scratch) / "cache"))
+        vectors = np.load(vectors_path)
+        results += peer_embeddings(minilm, workloads, vectors, example_labels)
+        results.append(peer_generative(llama, workloads))
+        results += capserve(workloads, tiny_llama, str(Path(scratch) / "cache"))
     report(
         [m for m in results if m.workload != "warm-up"],
         arguments.out,
