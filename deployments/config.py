@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batchjobs.executor import ExecutionSettings
+from batchjobs.handlers import ResultHandlerConfig
 from capabilities.base import Capability
 from capabilities.cache import CacheConfig
 from capabilities.registry import Registry, RegistryError, capability_class
@@ -140,6 +142,40 @@ class CapabilityConfig(StrictModel):
         return self.capability_class().settings_model.model_validate(self.settings)
 
 
+class BatchConfig(ExecutionSettings):
+    """The Files and Batch API: where files and job state live, and how batches run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dir: Path | None = Field(
+        default=None,
+        description="Uploads, output files and the default SQLite store; `<cache_dir>/batches` "
+        "when unset. Two apps on one machine need two folders.",
+    )
+    store_url: str | None = Field(
+        default=None,
+        description="`sqlite:///path.db` or `postgresql://user@host/db`; SQLite in `dir` when "
+        "unset. Several runner replicas or nodes need PostgreSQL and a shared `dir`.",
+    )
+    max_concurrent_batches: int = Field(
+        default=2, gt=0, description="Batches one runner replica works on at once."
+    )
+    poll_interval_s: float = Field(
+        default=2.0, gt=0, description="How often a runner looks for batches to take or resume."
+    )
+    result_handlers: list[ResultHandlerConfig] = Field(
+        default_factory=list,
+        description="Called when a batch ends: `webhook`, `copy`, `postgres`, an import path or "
+        "an entry point in `capserve.result_handlers`.",
+    )
+    runner_num_replicas: int = Field(default=1, ge=1)
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute_dir(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+
 def validation_problems(error: ValidationError, prefix: str | None = None) -> str:
     """One line per issue, each naming the field at fault, e.g. `limits.max_text_chars: ...`."""
     lines = []
@@ -166,6 +202,7 @@ class AppConfig(StrictModel):
         description="Result cache of every capability runner: in-replica LRU, plus Redis if set.",
     )
     ingress: IngressConfig = IngressConfig()
+    batch: BatchConfig = BatchConfig()
     cache_dir: Path = Path("~/.cache/capserve")
 
     @field_validator("cache_dir")
@@ -218,6 +255,14 @@ class AppConfig(StrictModel):
                     f"{where}: model {wanted!r} has runner {by_name[wanted].runner!r}, "
                     f"needs {runner!r}"
                 )
+
+    @property
+    def batch_dir(self) -> Path:
+        return self.batch.dir or self.cache_dir / "batches"
+
+    @property
+    def batch_store_url(self) -> str:
+        return self.batch.store_url or f"sqlite:///{self.batch_dir / 'jobs.db'}"
 
     def model(self, name: str) -> ModelConfig:
         return next(model for model in self.models if model.name == name)

@@ -16,6 +16,7 @@ from ray import serve
 
 from capabilities.engine import ChoiceResult
 from deployments.config import ModelConfig
+from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
 from deployments.vllm_engine import VLLMEngine
 
 Result = TypeVar("Result")
@@ -34,16 +35,22 @@ class EngineDeployment:
     async def __init__(self, config: ModelConfig) -> None:
         self._engine = VLLMEngine(config)
         self._config = config
-        for entry in (self.embed, self.choose, self.generate_json):
+        for entry in (self.embed, self.choose, self.generate_json, self.chat, self.embeddings):
             entry.set_max_batch_size(config.batching.max_batch_size)
             entry.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
 
+    async def _embedded(self, calls: list[list[str]]) -> list[Embeddings]:
+        # One engine call for all texts of all callers, then split back per caller.
+        embedded = await self._engine.embeddings([text for texts in calls for text in texts])
+        return embedded.split([len(texts) for texts in calls])
+
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def embed(self, calls: list[list[str]]) -> list[np.ndarray]:
-        # One engine call for all texts of all callers, then split back per caller.
-        vectors = await self._engine.embed([text for texts in calls for text in texts])
-        bounds = np.cumsum([len(texts) for texts in calls])[:-1]
-        return np.split(vectors, bounds)
+        return [part.vectors for part in await self._embedded(calls)]
+
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
+    async def embeddings(self, calls: list[list[str]]) -> list[Embeddings]:
+        return await self._embedded(calls)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def choose(
@@ -56,6 +63,10 @@ class EngineDeployment:
         self, prompts: list[list[str]], json_schemas: list[dict[str, Any]]
     ) -> list[list[dict[str, Any]]]:
         return await _per_call(self._engine.generate_json, prompts, json_schemas)
+
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
+    async def chat(self, calls: list[ChatCall]) -> list[ChatOutput | Rejection]:
+        return await self._engine.chat(calls)
 
     async def ready(self) -> None:
         """A real request through the engine: readiness means answering, not just loaded."""

@@ -9,6 +9,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.engine import ChoiceResult
+from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
 
 
 class EngineClient:
@@ -28,6 +29,12 @@ class EngineClient:
         self, prompts: Sequence[str], json_schema: dict[str, Any]
     ) -> list[dict[str, Any]]:
         return await self._handle.generate_json.remote(list(prompts), json_schema)
+
+    async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
+        return await self._handle.chat.remote(call)
+
+    async def embeddings(self, texts: Sequence[str]) -> Embeddings:
+        return await self._handle.embeddings.remote(list(texts))
 
     async def ready(self) -> None:
         """Returns when the engine answers a real request; raises when it cannot."""

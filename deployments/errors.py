@@ -57,8 +57,16 @@ class PayloadTooLargeError(ApiError):
     status_code, type, code = 413, "invalid_request_error", "payload_too_large"
 
 
+class StreamNotSupportedError(ApiError):
+    status_code, type, code = 400, "invalid_request_error", "stream_not_supported"
+
+
 class NotFoundError(ApiError):
     status_code, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFoundError(ApiError):
+    status_code, type, code = 404, "invalid_request_error", "model_not_found"
 
 
 class MethodNotAllowedError(ApiError):
@@ -79,10 +87,6 @@ class EngineOutputError(ApiError):
     status_code, type, code = 502, "server_error", "engine_output_error"
 
 
-def _body(status: int, detail: ErrorDetail, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(ErrorBody(error=detail).model_dump(), status_code=status, headers=headers)
-
-
 def validation_error(error: ValidationError) -> UnprocessableError:
     """One readable message naming every field at fault, e.g. `texts.2: Input should be a string`."""
     problems, params = [], []
@@ -94,29 +98,38 @@ def validation_error(error: ValidationError) -> UnprocessableError:
     return UnprocessableError("; ".join(problems), params[0] if params and params[0] else None)
 
 
+class InternalError(ApiError):
+    """What an unexpected exception is answered as: its details stay in the logs."""
+
+    def __init__(self) -> None:
+        super().__init__("internal error; the request id in X-Request-ID locates it in the logs")
+
+
+def api_error_for(error: Exception, where: str) -> ApiError:
+    """The typed error an exception is answered as; unexpected ones are logged here, with
+    `where` they happened, and become an InternalError."""
+    if isinstance(error, ValidationError):
+        return validation_error(error)
+    if isinstance(error, InvalidRequestError):
+        return BadRequestError(str(error), error.param)
+    if isinstance(error, ExamplesError):
+        return BadRequestError(str(error))
+    if isinstance(error, ApiError):
+        return error
+    logger.error("unhandled error in %s", where, exc_info=error)
+    return InternalError()
+
+
+def error_json(error: ApiError) -> dict[str, object]:
+    detail = ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
+    return ErrorBody(error=detail).model_dump()
+
+
 async def handle_error(request: Request, error: Exception) -> JSONResponse:
     """The one place where exceptions become HTTP answers; nothing else builds error responses."""
-    if isinstance(error, ValidationError):
-        error = validation_error(error)
-    if isinstance(error, InvalidRequestError):
-        error = BadRequestError(str(error), error.param)
-    if isinstance(error, ExamplesError):
-        error = BadRequestError(str(error))
-    if isinstance(error, ApiError):
-        detail = ErrorDetail(
-            message=error.message, type=error.type, param=error.param, code=error.code
-        )
-        headers = {"Retry-After": "5"} if error.status_code == 503 else None
-        return _body(error.status_code, detail, headers)
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _body(
-        500,
-        ErrorDetail(
-            message="internal error; the request id in X-Request-ID locates it in the logs",
-            type="server_error",
-            code="internal_error",
-        ),
-    )
+    api_error = api_error_for(error, f"{request.method} {request.url.path}")
+    headers = {"Retry-After": "5"} if api_error.status_code == 503 else None
+    return JSONResponse(error_json(api_error), status_code=api_error.status_code, headers=headers)
 
 
 class CapabilityFailedError(ApiError):

@@ -8,12 +8,10 @@ error becomes a JSON body in `errors.py`.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
@@ -24,29 +22,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from capabilities.base import Capability
-from capabilities.batching import RunCall, RunReply, merge_calls, split_reply
-from capabilities.classification import Classification
+from batchjobs.files import FileStorage
+from batchjobs.sql_store import open_store
 from capabilities.errors import CapabilityError
-from capabilities.plan import Plan, execute
+from deployments.batch_api import BatchApi
+from deployments.classify_service import ClassifyService
 from deployments.config import AppConfig
 from deployments.engine_client import EngineClient
 from deployments.errors import (
     ApiError,
-    InvalidJsonError,
     MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
-    PayloadTooLargeError,
     handle_error,
 )
+from deployments.openai_api import OpenAIEndpoints
+from deployments.request_body import read_json
 from deployments.runner_client import RunnerClient
 from deployments.schemas import (
     CapabilityCard,
     CapabilityList,
     ClassifyRequest,
-    ClassifyResponse,
-    ItemResult,
     ModelCard,
     ModelList,
 )
@@ -58,24 +54,6 @@ REQUEST_ID_HEADER = "x-request-id"
 def request_id_of(request: Request) -> str:
     """Serve's proxy sets (or honours) X-Request-ID and echoes it; outside Serve we make one."""
     return request.headers.get(REQUEST_ID_HEADER) or f"req_{uuid.uuid4().hex}"
-
-
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """Reads at most `max_bytes` of body and parses it, whatever Content-Type the client sent."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {max_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
-    if not body:
-        raise InvalidJsonError("request body is empty; send a JSON object")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidJsonError(f"request body is not valid JSON: {error}") from None
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
@@ -113,21 +91,6 @@ def build_http_app(routes: list[Route]) -> Starlette:
     )
 
 
-def item_result(
-    index: int,
-    item_id: str | None,
-    outputs: dict[str, BaseModel],
-    classes: dict[str, type[Capability]],
-) -> ItemResult:
-    fields: dict[str, object] = {}
-    for name, output in outputs.items():
-        if isinstance(output, Classification):
-            fields.update(output.model_dump(include={"label", "confidence", "top_k"}))
-        else:
-            fields[name] = classes[name].public_view(output)
-    return ItemResult(index=index, id=item_id, **fields)
-
-
 @serve.deployment
 @serve.ingress()
 class Ingress:
@@ -137,89 +100,51 @@ class Ingress:
         engines: dict[str, DeploymentHandle],
         runners: dict[str, DeploymentHandle],
         stats: DeploymentHandle,
+        batch_runner: DeploymentHandle,
     ) -> None:
         self._config = config
         self._engines = {name: EngineClient(name, handle) for name, handle in engines.items()}
         self._runners = {name: RunnerClient(name, handle) for name, handle in runners.items()}
         self._stats = stats
         self._registry = config.registry()
-        self._classes = {c.name: c.capability_class() for c in config.capabilities}
+        self._classify = ClassifyService(config, self._runners, config.ingress.batching)
         self._started = int(time.time())
-        self._call_runner.set_max_batch_size(config.ingress.batching.max_batch_size)
-        self._call_runner.set_batch_wait_timeout_s(config.ingress.batching.batch_wait_timeout_s)
+        self._openai = OpenAIEndpoints(config.models, self._engines)
+        self._batch_api = BatchApi(
+            config,
+            open_store(config.batch_store_url),
+            FileStorage(config.batch_dir),
+            wake_runner=lambda: batch_runner.wake.remote(),
+        )
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_http_app(
             [
                 Route("/v1/classify", self.classify, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/v1/capabilities", self.capabilities, methods=["GET"]),
                 Route("/v1/stats", self.stats, methods=["GET"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
+                *self._batch_api.routes(),
             ]
         )
 
     async def classify(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits.max_body_bytes)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
-        plan = Plan.of(
-            self._registry, body.requested_capabilities(self._config.default_capabilities)
-        )
-        options = body.options()
-        versions: dict[str, str] = {}
-
-        async def run(
-            name: str, texts: list[str], parents: dict[str, list[BaseModel]]
-        ) -> list[BaseModel]:
-            call = RunCall(texts=texts, parents=parents, options=options.get(name, {}))
-            reply = self._runners[name].checked(await self._call_runner(name, call))
-            versions[name] = reply.version
-            return reply.outputs or []
-
-        outputs = await execute(plan, body.all_texts(), run)
-        results = [
-            item_result(index, item_id, item_outputs, self._classes)
-            for index, (item_id, item_outputs) in enumerate(
-                zip(body.all_ids(), outputs, strict=True)
-            )
-        ]
-        strategy = next(
-            (o["classification"].strategy for o in outputs if "classification" in o), None
-        )
-        response = ClassifyResponse(
-            id=request_id_of(request),
-            model=self._classification_model(strategy),
-            strategy=strategy,
-            capability_versions=dict(sorted(versions.items())),
-            results=results,
-        )
+        response = await self._classify.classify(body, request_id_of(request))
         return JSONResponse(response.model_dump(mode="json"))
 
-    # Batches only route calls, and each waits on a runner: many may be in flight at once.
-    @serve.batch(max_concurrent_batches=64)
-    async def _call_runner(self, names: list[str], calls: list[RunCall]) -> list[RunReply]:
-        """Coalesces the runner calls of concurrent requests in this replica: each capability is
-        crossed to once per options, not once per request (each crossing costs CPU in Serve)."""
-        replies: list[RunReply] = [RunReply(version="") for _ in calls]
-        by_capability: dict[str, list[int]] = {}
-        for index, name in enumerate(names):
-            by_capability.setdefault(name, []).append(index)
+    async def chat_completions(self, request: Request) -> JSONResponse:
+        payload = await read_json(request, self._config.limits.max_body_bytes)
+        return JSONResponse(await self._openai.chat_completions(payload, request_id_of(request)))
 
-        async def send(name: str, indexes: list[int]) -> None:
-            merged, slices = merge_calls([calls[index] for index in indexes])
-            merged_replies = await asyncio.gather(*(self._runners[name].run(c) for c in merged))
-            for index, (slot, start, end) in zip(indexes, slices, strict=True):
-                replies[index] = split_reply(merged_replies[slot], start, end)
-
-        await asyncio.gather(*(send(name, indexes) for name, indexes in by_capability.items()))
-        return replies
-
-    def _classification_model(self, strategy: str | None) -> str | None:
-        if strategy is None:
-            return None
-        settings = self._config.capability("classification").settings
-        return settings.get("generative_model" if strategy == "generative" else "embedding_model")
+    async def embeddings(self, request: Request) -> JSONResponse:
+        payload = await read_json(request, self._config.limits.max_body_bytes)
+        return JSONResponse(await self._openai.embeddings(payload, request_id_of(request)))
 
     async def capabilities(self, request: Request) -> JSONResponse:
         infos = await asyncio.gather(*(runner.describe() for runner in self._runners.values()))

@@ -1,4 +1,5 @@
-"""One vLLM `AsyncLLM` behind the engine protocol: embed, choose and generate_json.
+"""One vLLM `AsyncLLM` behind the engine protocol (embed, choose, generate_json) and the OpenAI
+endpoints (chat, embeddings).
 
 No Ray here: the Serve deployment, the offline benchmark and the integration tests all use it.
 """
@@ -13,15 +14,18 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import numpy as np
+from jinja2 import TemplateError
 from vllm import PoolingParams, SamplingParams
 from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from capabilities.engine import ChoiceResult
 from deployments.choice_probabilities import DecodeStep, StepAlternative, choice_distribution
 from deployments.config import ModelConfig
+from deployments.engine_calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
 from deployments.errors import EngineOutputError
 
 
@@ -38,6 +42,44 @@ def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
         disable_log_stats=True,
         structured_outputs_config=structured,
         **args.model_dump(exclude_none=True),
+    )
+
+
+def chat_prompt(tokenizer: Any, messages: Sequence[ChatMessage], model: str) -> str | Rejection:
+    """The conversation as the model's chat template renders it, ready for the reply."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return Rejection(
+            message=f"model {model!r} has no chat template in its tokenizer config, so it cannot "
+            "serve chat completions"
+        )
+    try:
+        return tokenizer.apply_chat_template(
+            [message.model_dump() for message in messages],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+    except TemplateError as error:
+        # Templates refuse conversations they do not support, e.g. roles that do not alternate.
+        return Rejection(message=f"model {model!r}'s chat template refused the messages: {error}")
+
+
+def chat_sampling_params(call: ChatCall) -> SamplingParams:
+    structured = None
+    if call.json_output is not None:
+        schema = call.json_output.json_schema
+        structured = (
+            StructuredOutputsParams(json_object=True)
+            if schema is None
+            else StructuredOutputsParams(json=schema)
+        )
+    return SamplingParams(
+        max_tokens=call.max_tokens,
+        temperature=call.temperature,
+        top_p=call.top_p,
+        stop=call.stop,
+        seed=call.seed,
+        structured_outputs=structured,
+        output_kind=RequestOutputKind.FINAL_ONLY,
     )
 
 
@@ -60,6 +102,9 @@ class VLLMEngine:
         return final
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return (await self.embeddings(texts)).vectors
+
+    async def embeddings(self, texts: Sequence[str]) -> Embeddings:
         truncation = {"truncation": True, "max_length": self._max_len}
         outputs = await asyncio.gather(
             *(
@@ -76,7 +121,10 @@ class VLLMEngine:
         )
         vectors = np.stack([output.outputs.data.float().numpy() for output in outputs])
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return Embeddings(
+            vectors=(vectors / np.clip(norms, 1e-12, None)).astype(np.float32),
+            prompt_tokens=[len(output.prompt_token_ids) for output in outputs],
+        )
 
     async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
         params = SamplingParams(
@@ -142,6 +190,33 @@ class VLLMEngine:
                     f"{self.config.max_tokens}; raise max_tokens for model {self.name!r}"
                 ) from None
         return results
+
+    async def chat(self, calls: Sequence[ChatCall]) -> list[ChatOutput | Rejection]:
+        return list(await asyncio.gather(*(self._chat(call) for call in calls)))
+
+    async def _chat(self, call: ChatCall) -> ChatOutput | Rejection:
+        prompt = chat_prompt(self._llm.tokenizer, call.messages, self.name)
+        if isinstance(prompt, Rejection):
+            return prompt
+        try:
+            output = await self._final(
+                self._llm.generate(
+                    prompt,
+                    chat_sampling_params(call),
+                    f"chat-{uuid.uuid4().hex}",
+                    # The template places any BOS itself, as vLLM's own chat server assumes.
+                    tokenization_kwargs={"add_special_tokens": False},
+                )
+            )
+        except VLLMClientError as error:
+            return Rejection(message=str(error))
+        completion = output.outputs[0]
+        return ChatOutput(
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=len(output.prompt_token_ids),
+            completion_tokens=len(completion.token_ids),
+        )
 
     async def check_health(self) -> None:
         """Raises when the engine core process is dead."""

@@ -194,12 +194,13 @@ def _raw_engine(
         started = time.perf_counter()
         llm.embed(texts, use_tqdm=False)
         seconds = time.perf_counter() - started
-        # The examples' vectors let the peer's client-side kNN vote like capserve does.
-        vectors = np.asarray(
-            [output.outputs.embedding for output in llm.embed(examples, use_tqdm=False)],
-            dtype=np.float32,
-        )
-        np.save(vectors_path, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+        if examples:
+            # The examples' vectors let the peer's client-side kNN vote like capserve does.
+            vectors = np.asarray(
+                [output.outputs.embedding for output in llm.embed(examples, use_tqdm=False)],
+                dtype=np.float32,
+            )
+            np.save(vectors_path, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
         results.put(("embed", len(texts), seconds))
         return
     labels = [LabelSpec(name=name) for name in GENERATIVE_LABELS]

@@ -1,4 +1,5 @@
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,13 @@ def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_llama import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL of a throwaway PostgreSQL server shared by the session (its `postgres` database);
+    tests create their own databases on it."""
+    from tests.postgres_server import postgres_server
+
+    with postgres_server() as url:
+        yield url

@@ -15,11 +15,21 @@ import httpx
 import pytest
 
 from loadtests.apps import default_app, deploy_config, generative_app
+from tests.http_receiver import HttpReceiver
 
 pytestmark = pytest.mark.e2e
 # Wide enough that requests sent together meet in one batch on a busy 2-core machine.
 TEST_BATCH_WAIT_S = 0.15
 DEPLOY_TIMEOUT_S = 600
+WEBHOOK_SECRET = "e2e-webhook-secret"
+# Small chunks and a short lease, so a test sees several checkpoints and a crashed runner's
+# batch is taken over within seconds.
+TEST_BATCH_SETTINGS = {
+    "chunk_size": 100,
+    "lease_s": 4,
+    "poll_interval_s": 0.5,
+    "progress_interval_s": 0.2,
+}
 
 
 def _free_port() -> int:
@@ -47,16 +57,33 @@ class ServeCluster:
         wait_running(self.config, DEPLOY_TIMEOUT_S)
 
 
-def e2e_deploy_config(cache_dir: str, tiny_llama_path: Path, port: int) -> dict[str, Any]:
+def e2e_deploy_config(
+    cache_dir: str, tiny_llama_path: Path, port: int, webhook_url: str
+) -> dict[str, Any]:
     app = default_app(cache_dir)
     for capability in app["args"]["capabilities"]:
         capability["batching"] = {"max_batch_size": 64, "batch_wait_timeout_s": TEST_BATCH_WAIT_S}
-    return deploy_config([app, generative_app(app, tiny_llama_path, cache_dir)], port)
+    app["args"]["batch"] = {
+        **TEST_BATCH_SETTINGS,
+        "dir": f"{cache_dir}/batches-default",
+        "result_handlers": [
+            {"type": "webhook", "settings": {"url": webhook_url, "secret": WEBHOOK_SECRET}}
+        ],
+    }
+    generative = generative_app(app, tiny_llama_path, cache_dir)
+    generative["args"]["batch"] = {**TEST_BATCH_SETTINGS, "dir": f"{cache_dir}/batches-generative"}
+    return deploy_config([app, generative], port)
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="session")
 def serve_cluster(
-    project_root: Path, tmp_path_factory, tiny_llama_path: Path
+    project_root: Path, tmp_path_factory, tiny_llama_path: Path, webhook_receiver: HttpReceiver
 ) -> Iterator[ServeCluster]:
     import ray
     from ray import serve
@@ -68,7 +95,8 @@ def serve_cluster(
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))
     cluster = ServeCluster(
-        e2e_deploy_config(cache_dir, tiny_llama_path, port), f"http://127.0.0.1:{port}"
+        e2e_deploy_config(cache_dir, tiny_llama_path, port, webhook_receiver.url),
+        f"http://127.0.0.1:{port}",
     )
     cluster.deploy(cluster.config)
     cluster.wait_running()

@@ -68,3 +68,15 @@ async def test_knn_over_real_examples_classifies_held_out_queries(minilm, small_
     assert correct / len(heldout) >= 0.85
     assert all(0 < r.confidence <= 1 for r in results)
     assert list(tmp_path.glob("*.npy")), "example embeddings were not cached"
+
+
+async def test_embeddings_count_prompt_tokens_with_the_models_tokenizer(minilm):
+    from transformers import AutoTokenizer
+
+    texts = ["my card has not arrived", "hi", "card " * 2000]
+    embedded = await minilm.embeddings(texts)
+    assert embedded.vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(embedded.vectors, axis=1), 1.0, atol=1e-4)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_config().model)
+    assert embedded.prompt_tokens[:2] == [len(tokenizer(text)["input_ids"]) for text in texts[:2]]
+    assert embedded.prompt_tokens[2] == 256  # truncated to max_model_len

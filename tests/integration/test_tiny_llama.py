@@ -1,8 +1,11 @@
 """A tiny random Llama built locally, served by the real vLLM generate runner."""
 
+import json
+
 import pytest
 
 from capabilities.classification import ClassificationSettings, Classifier
+from deployments.engine_calls import ChatCall, ChatMessage, ChatOutput, JsonOutput, Rejection
 from loadtests.apps import tiny_llama_model
 from tests.integration.conftest import started
 
@@ -59,3 +62,68 @@ async def test_generative_strategy_classifies_with_the_real_engine(tiny_llama):
     assert [r.label in LABELS for r in results] == [True] * 3
     assert results[0] == results[2]
     assert all(r.top_k[0].label == r.label and len(r.top_k) <= 3 for r in results)
+
+
+def user_says(text: str, **settings) -> ChatCall:
+    return ChatCall(messages=[ChatMessage(role="user", content=text)], **settings)
+
+
+async def test_chat_counts_tokens_and_stops_at_max_tokens(tiny_llama, tiny_llama_path):
+    from transformers import AutoTokenizer
+
+    [output] = await tiny_llama.chat([user_says("my card has not come", max_tokens=5)])
+    assert isinstance(output, ChatOutput), output
+    assert output.text and output.completion_tokens == 5 and output.finish_reason == "length"
+    prompt = AutoTokenizer.from_pretrained(tiny_llama_path).apply_chat_template(
+        [{"role": "user", "content": "my card has not come"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert prompt == "user: my card has not come\nassistant: "
+    assert output.prompt_tokens == len(tiny_llama._llm.tokenizer.encode(prompt))
+
+
+async def test_chat_json_schema_output_parses(tiny_llama):
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": LABELS}, "urgent": {"type": "boolean"}},
+        "required": ["label", "urgent"],
+        "additionalProperties": False,
+    }
+    call = user_says(
+        "classify: lost card",
+        temperature=0,
+        max_tokens=64,
+        json_output=JsonOutput(json_schema=schema),
+    )
+    [output] = await tiny_llama.chat([call])
+    assert isinstance(output, ChatOutput), output
+    answer = json.loads(output.text)
+    assert answer["label"] in LABELS and isinstance(answer["urgent"], bool)
+    assert output.finish_reason == "stop"
+
+
+async def test_a_refused_chat_call_does_not_fail_the_others(tiny_llama):
+    bad_schema = user_says("hi", json_output=JsonOutput(json_schema={"type": "frobnicate"}))
+    outputs = await tiny_llama.chat(
+        [user_says("card " * 5000, max_tokens=4), bad_schema, user_says("hi", max_tokens=4)]
+    )
+    assert [type(output) for output in outputs] == [Rejection, Rejection, ChatOutput]
+    assert "maximum context length" in outputs[0].message
+    assert "frobnicate" in outputs[1].message
+
+
+def test_chat_prompt_refuses_a_tokenizer_without_template(tiny_llama_path):
+    from transformers import AutoTokenizer
+
+    from deployments.vllm_engine import chat_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
+    messages = [ChatMessage(role="user", content="hi")]
+    assert chat_prompt(tokenizer, messages, "tiny") == "user: hi\nassistant: "
+    tokenizer.chat_template = None
+    refused = chat_prompt(tokenizer, messages, "tiny")
+    assert isinstance(refused, Rejection) and "has no chat template" in refused.message
+    tokenizer.chat_template = "{{ raise_exception('roles must alternate') }}"
+    refused = chat_prompt(tokenizer, messages, "tiny")
+    assert isinstance(refused, Rejection) and "roles must alternate" in refused.message

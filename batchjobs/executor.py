@@ -1,0 +1,527 @@
+"""Runs one batch to a terminal state, in chunks, so that a crash loses no accepted line and
+repeats none in the output.
+
+A chunk's output and error lines are written to files of their own and fsynced; only then is the
+chunk's checkpoint stored (the store's `add_chunk`), in the same transaction as the batch's counts.
+After a crash the batch resumes at the first chunk without a checkpoint, and the final files are
+the checkpointed chunk files concatenated in order: every custom_id exactly once. The runner holds
+a lease on the batch while it works and renews it; a runner that lost its lease stops, and its
+writes are refused, so two runners never write one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from batchjobs.files import FileStorage, write_durably
+from batchjobs.handlers import BatchResult
+from batchjobs.lines import NumberedLine, check_input, read_tasks
+from batchjobs.schemas import (
+    BatchError,
+    BatchErrors,
+    BatchObject,
+    BatchUsage,
+    ChunkRecord,
+    FileObject,
+    FileRecord,
+    LineError,
+    LineResponse,
+    OutputLine,
+    RequestCounts,
+)
+from batchjobs.store import JobStore, LeaseLostError
+
+logger = logging.getLogger("capserve.batch")
+
+# What a later attempt may fix: the engine overloaded, restarting or briefly unreachable.
+RETRIED_STATUSES = frozenset({429, 503, 504})
+
+
+class LineOutcome(BaseModel):
+    """The answer to one line: an HTTP status, a JSON body, and the tokens it used."""
+
+    status_code: int
+    body: dict[str, Any]
+    usage: BatchUsage = BatchUsage()
+
+
+class LineHandler(Protocol):
+    """Answers batch lines as the online endpoint would."""
+
+    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome: ...
+
+    def default_model(self, endpoint: str) -> str | None:
+        """The model that answers `endpoint` when lines do not name one."""
+        ...
+
+
+class ExecutionSettings(BaseModel):
+    chunk_size: int = Field(default=5000, gt=0, description="Lines per durable checkpoint.")
+    max_concurrent_lines: int = Field(
+        default=64,
+        gt=0,
+        description="Lines of one batch in flight at once: the share of the engine a batch may "
+        "take, which keeps online traffic ahead of it.",
+    )
+    max_lines: int = Field(default=50_000, gt=0)
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    lease_s: float = Field(default=30, gt=0, description="How long a silent runner owns a batch.")
+    retry_window_s: float = Field(
+        default=300, ge=0, description="How long a line is retried on 429/503/504 before failing."
+    )
+    progress_interval_s: float = Field(
+        default=1.0, gt=0, description="How often live counts are stored and cancel is checked."
+    )
+
+
+ResultHandlers = Callable[[BatchResult], Awaitable[None]]
+
+
+def output_file_id(batch_id: str, kind: str) -> str:
+    """Derived from the batch, so finalizing twice (after a crash) makes the same file."""
+    return f"file-{hashlib.sha256(f'{batch_id}:{kind}'.encode()).hexdigest()[:32]}"
+
+
+@dataclass
+class ChunkResult:
+    """The lines of one chunk that ran, in input order, plus those the window closed on."""
+
+    outputs: list[tuple[NumberedLine, OutputLine, bool]] = field(default_factory=list)
+    usage: BatchUsage = field(default_factory=BatchUsage)
+    expired: list[NumberedLine] = field(default_factory=list)
+
+
+class StopReason:
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class BatchExecutor:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: FileStorage,
+        lines: LineHandler,
+        settings: ExecutionSettings,
+        result_handlers: ResultHandlers,
+        owner: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._storage = storage
+        self._lines = lines
+        self._settings = settings
+        self._result_handlers = result_handlers
+        self._owner = owner
+        self._clock = clock
+
+    async def run(self, batch_id: str) -> bool:
+        """Takes the batch (False when another runner holds it) and drives it to the end."""
+        if not await self._store.claim_batch(
+            batch_id, self._owner, self._settings.lease_s, self._clock()
+        ):
+            return False
+        work = asyncio.current_task()
+        assert work is not None
+        renewal = asyncio.create_task(self._renew_lease(batch_id, work))
+        try:
+            await self._drive(batch_id)
+        except LeaseLostError:
+            logger.warning("batch %s: lease lost; another runner carries on", batch_id)
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+            with contextlib.suppress(LeaseLostError):
+                await self._store.release_batch(batch_id, self._owner)
+        return True
+
+    async def _renew_lease(self, batch_id: str, work: asyncio.Task[Any]) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_s / 3)
+            renewed = await self._store.claim_batch(
+                batch_id, self._owner, self._settings.lease_s, self._clock()
+            )
+            if not renewed:
+                work.cancel()
+                return
+
+    async def _drive(self, batch_id: str) -> None:
+        batch = await self._get(batch_id)
+        if batch.status == "validating":
+            batch = await self._validate(batch)
+        if batch.status == "in_progress":
+            batch = await self._execute(batch)
+        if batch.status in ("finalizing", "cancelling", "in_progress"):
+            batch = await self._finalize(batch)
+        if batch.terminal:
+            await self._result_handlers(await self._result_of(batch))
+            await self._store.mark_handled(batch_id, self._owner)
+
+    async def _get(self, batch_id: str) -> BatchObject:
+        batch = await self._store.get_batch(batch_id)
+        if batch is None:
+            raise LookupError(f"batch {batch_id} does not exist")
+        return batch
+
+    async def _update(
+        self, batch_id: str, change: Callable[[BatchObject], BatchObject | None]
+    ) -> BatchObject:
+        batch = await self._store.update_batch(batch_id, change, owner=self._owner)
+        assert batch is not None
+        return batch
+
+    async def _validate(self, batch: BatchObject) -> BatchObject:
+        now = int(self._clock())
+        record = await self._store.get_file(batch.input_file_id)
+        if record is None:
+            errors = [
+                BatchError(
+                    code="file_not_found",
+                    message=f"input file {batch.input_file_id} was deleted before the batch ran",
+                    param="input_file_id",
+                )
+            ]
+            return await self._update(batch.id, failed(errors, now))
+        check = await asyncio.to_thread(
+            check_input,
+            Path(record.path),
+            batch.endpoint,
+            self._settings.max_lines,
+            self._settings.max_file_bytes,
+        )
+        if not check.ok:
+            return await self._update(batch.id, failed(check.reported_errors(), now))
+        model = check.model or self._lines.default_model(batch.endpoint)
+
+        def start(current: BatchObject) -> BatchObject | None:
+            if current.status != "validating":
+                return None
+            return current.model_copy(
+                update={
+                    "status": "in_progress",
+                    "in_progress_at": now,
+                    "model": model,
+                    "request_counts": RequestCounts(total=check.tasks),
+                }
+            )
+
+        return await self._update(batch.id, start)
+
+    async def _execute(self, batch: BatchObject) -> BatchObject:
+        input_record = await self._store.get_file(batch.input_file_id)
+        if input_record is None:
+            return await self._update(batch.id, failed([_input_gone(batch)], int(self._clock())))
+        chunks = await self._store.chunks(batch.id)
+        done = sum(chunk.lines for chunk in chunks)
+        tasks = read_tasks(Path(input_record.path), start=done)
+        index = len(chunks)
+        while done < batch.request_counts.total:
+            if batch.expires_at is not None and self._clock() >= batch.expires_at:
+                result, stop = ChunkResult(expired=list(tasks)), StopReason.EXPIRED
+            else:
+                chunk_tasks = list(itertools.islice(tasks, self._settings.chunk_size))
+                result, stop = await self._run_chunk(batch, chunk_tasks, chunks)
+                if stop == StopReason.EXPIRED:
+                    result.expired.extend(tasks)
+            chunk = self._write_chunk(batch.id, index, done, result)
+            chunks.append(chunk)
+            await self._store.add_chunk(batch.id, self._owner, chunk, _counted(chunks))
+            done += chunk.lines
+            index += 1
+            if stop is not None:
+                break
+        batch = await self._get(batch.id)
+        if batch.status == "in_progress" and done >= batch.request_counts.total:
+            now = int(self._clock())
+            batch = await self._update(batch.id, _to("finalizing", "finalizing_at", now))
+        return batch
+
+    async def _run_chunk(
+        self, batch: BatchObject, chunk_tasks: list[NumberedLine], chunks: list[ChunkRecord]
+    ) -> tuple[ChunkResult, str | None]:
+        """Runs the chunk's lines, at most `max_concurrent_lines` at a time, until all are done
+        or the batch is cancelled or its window closes; then the lines that finished."""
+        limit = asyncio.Semaphore(self._settings.max_concurrent_lines)
+        results: dict[int, tuple[OutputLine, bool, BatchUsage]] = {}
+
+        async def run_task(task: NumberedLine) -> None:
+            async with limit:
+                results[task.index] = await self._run_line(batch.endpoint, task)
+
+        running = [asyncio.create_task(run_task(task)) for task in chunk_tasks]
+        base = _totals(chunks)
+        stop: str | None = None
+        try:
+            while True:
+                finished, _ = await asyncio.wait(
+                    running, timeout=self._settings.progress_interval_s
+                )
+                if len(finished) == len(running):
+                    break
+                stop = await self._report_progress(batch, base, results)
+                if stop is not None:
+                    break
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        result = ChunkResult()
+        for task in chunk_tasks:
+            if task.index in results:
+                output, succeeded, usage = results[task.index]
+                result.outputs.append((task, output, succeeded))
+                result.usage = result.usage.plus(usage)
+            elif stop == StopReason.EXPIRED:
+                result.expired.append(task)
+        return result, stop
+
+    async def _report_progress(
+        self,
+        batch: BatchObject,
+        base: RequestCounts,
+        results: dict[int, tuple[OutputLine, bool, BatchUsage]],
+    ) -> str | None:
+        """Stores live counts; says whether the batch was cancelled or its window closed."""
+        succeeded = sum(1 for _, ok, _ in results.values() if ok)
+        counts = RequestCounts(
+            total=batch.request_counts.total,
+            completed=base.completed + succeeded,
+            failed=base.failed + len(results) - succeeded,
+        )
+
+        def progress(current: BatchObject) -> BatchObject | None:
+            if current.status != "in_progress":
+                return None
+            return current.model_copy(update={"request_counts": counts})
+
+        current = await self._update(batch.id, progress)
+        if current.status == "cancelling":
+            return StopReason.CANCELLED
+        if batch.expires_at is not None and self._clock() >= batch.expires_at:
+            return StopReason.EXPIRED
+        return None
+
+    async def _run_line(
+        self, endpoint: str, task: NumberedLine
+    ) -> tuple[OutputLine, bool, BatchUsage]:
+        request_id = f"req_{uuid.uuid4().hex}"
+        deadline = self._clock() + self._settings.retry_window_s
+        for attempt in itertools.count():
+            try:
+                outcome = await self._lines.run(endpoint, task.line.body, request_id)
+            except Exception as error:  # one bad line must not stop the batch
+                logger.exception("batch line %s failed", task.line.custom_id)
+                outcome = LineOutcome(
+                    status_code=500,
+                    body={
+                        "error": {
+                            "message": f"internal error: {type(error).__name__}",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "internal_error",
+                        }
+                    },
+                )
+            if outcome.status_code not in RETRIED_STATUSES or self._clock() >= deadline:
+                break
+            await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+        succeeded = 200 <= outcome.status_code < 300
+        output = OutputLine(
+            id=f"batch_req_{uuid.uuid4().hex}",
+            custom_id=task.line.custom_id,
+            response=LineResponse(
+                status_code=outcome.status_code, request_id=request_id, body=outcome.body
+            ),
+            error=None,
+        )
+        return output, succeeded, outcome.usage
+
+    def _write_chunk(
+        self,
+        batch_id: str,
+        index: int,
+        first_line: int,
+        result: ChunkResult,
+    ) -> ChunkRecord:
+        """Writes the chunk's output and error lines durably; its checkpoint record."""
+        output_lines = [line for _, line, ok in result.outputs if ok]
+        error_lines = [line for _, line, ok in result.outputs if not ok]
+        error_lines += [_expired_line(task) for task in result.expired]
+        output_path = error_path = None
+        if output_lines:
+            output_path = self._storage.chunk_path(batch_id, index, "output", self._owner)
+            write_durably(output_path, _jsonl(output_lines))
+        if error_lines:
+            error_path = self._storage.chunk_path(batch_id, index, "errors", self._owner)
+            write_durably(error_path, _jsonl(error_lines))
+        return ChunkRecord(
+            index=index,
+            first_line=first_line,
+            # What the checkpoint accounts for: every line that ran and every expired one. A
+            # cancelled chunk's unrun lines are in no file, and nothing resumes after a cancel.
+            lines=len(result.outputs) + len(result.expired),
+            output_path=str(output_path) if output_path else None,
+            error_path=str(error_path) if error_path else None,
+            completed=len(output_lines),
+            failed=len(error_lines),
+            expired=len(result.expired),
+            usage=result.usage,
+        )
+
+    async def _finalize(self, batch: BatchObject) -> BatchObject:
+        chunks = await self._store.chunks(batch.id)
+        output = await self._assemble(batch, chunks, "output")
+        errors = await self._assemble(batch, chunks, "errors")
+        expired = any(chunk.expired for chunk in chunks)
+        now = int(self._clock())
+
+        def finish(current: BatchObject) -> BatchObject | None:
+            if current.terminal:
+                return None
+            if current.status == "cancelling":
+                status, stamp = "cancelled", "cancelled_at"
+            elif expired:
+                status, stamp = "expired", "expired_at"
+            else:
+                status, stamp = "completed", "completed_at"
+            return current.model_copy(
+                update={
+                    "status": status,
+                    stamp: now,
+                    "output_file_id": output,
+                    "error_file_id": errors,
+                    "request_counts": _totals(chunks, current.request_counts.total),
+                    "usage": _usage(chunks),
+                }
+            )
+
+        batch = await self._update(batch.id, finish)
+        # Chunk files are kept until the batch is terminal: a crash before this point
+        # reassembles from them.
+        parts = [p for c in chunks for p in (c.output_path, c.error_path) if p is not None]
+        FileStorage.remove(Path(p) for p in parts)
+        return batch
+
+    async def _assemble(
+        self, batch: BatchObject, chunks: list[ChunkRecord], kind: str
+    ) -> str | None:
+        file_id = output_file_id(batch.id, kind)
+        if await self._store.get_file(file_id) is not None:
+            return file_id
+        parts = [
+            Path(path)
+            for chunk in chunks
+            if (path := chunk.output_path if kind == "output" else chunk.error_path) is not None
+        ]
+        if not parts:
+            return None
+        destination = self._storage.batch_folder(batch.id) / f"{kind}.jsonl"
+        size = await asyncio.to_thread(FileStorage.assemble, parts, destination)
+        await self._store.create_file(
+            FileRecord(
+                file=FileObject(
+                    id=file_id,
+                    bytes=size,
+                    created_at=int(self._clock()),
+                    filename=f"{batch.id}_{kind}.jsonl",
+                    purpose="batch_output",
+                ),
+                path=str(destination),
+            )
+        )
+        return file_id
+
+    async def _result_of(self, batch: BatchObject) -> BatchResult:
+        paths: dict[str, str | None] = {}
+        for kind, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
+            record = await self._store.get_file(file_id) if file_id else None
+            paths[kind] = record.path if record else None
+        return BatchResult(batch=batch, output_path=paths["output"], error_path=paths["errors"])
+
+
+def _jsonl(lines: list[OutputLine]) -> bytes:
+    return b"".join(line.model_dump_json().encode() + b"\n" for line in lines)
+
+
+def _expired_line(task: NumberedLine) -> OutputLine:
+    return OutputLine(
+        id=f"batch_req_{uuid.uuid4().hex}",
+        custom_id=task.line.custom_id,
+        response=None,
+        error=LineError(
+            code="batch_expired",
+            message="This request could not be executed before the completion window expired.",
+        ),
+    )
+
+
+def _input_gone(batch: BatchObject) -> BatchError:
+    return BatchError(
+        code="file_not_found",
+        message=f"input file {batch.input_file_id} was deleted while the batch ran",
+        param="input_file_id",
+    )
+
+
+def failed(errors: list[BatchError], now: int) -> Callable[[BatchObject], BatchObject | None]:
+    """The change that fails a batch that has not ended."""
+
+    def fail(current: BatchObject) -> BatchObject | None:
+        if current.terminal:
+            return None
+        return current.model_copy(
+            update={"status": "failed", "failed_at": now, "errors": BatchErrors(data=errors)}
+        )
+
+    return fail
+
+
+def _to(status: str, stamp: str, now: int) -> Callable[[BatchObject], BatchObject | None]:
+    def move(current: BatchObject) -> BatchObject | None:
+        if current.status != "in_progress":
+            return None
+        return current.model_copy(update={"status": status, stamp: now})
+
+    return move
+
+
+def _totals(chunks: list[ChunkRecord], total: int = 0) -> RequestCounts:
+    return RequestCounts(
+        total=total,
+        completed=sum(chunk.completed for chunk in chunks),
+        failed=sum(chunk.failed for chunk in chunks),
+    )
+
+
+def _usage(chunks: list[ChunkRecord]) -> BatchUsage:
+    usage = BatchUsage()
+    for chunk in chunks:
+        usage = usage.plus(chunk.usage)
+    return usage
+
+
+def _counted(chunks: list[ChunkRecord]) -> Callable[[BatchObject], BatchObject | None]:
+    """The batch's counts and usage as the checkpoints say, whatever live progress said."""
+
+    def count(current: BatchObject) -> BatchObject | None:
+        return current.model_copy(
+            update={
+                "request_counts": _totals(chunks, current.request_counts.total),
+                "usage": _usage(chunks),
+            }
+        )
+
+    return count

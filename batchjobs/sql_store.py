@@ -1,0 +1,466 @@
+"""The job store on SQLite (one host, several processes) or PostgreSQL (several hosts).
+
+One implementation over the sync DB-API drivers: each call runs in a worker thread and holds
+the store's one connection for its duration, so a store needs no pool and its transactions
+never interleave. Records are kept as pydantic JSON; the columns beside them are only what
+queries filter, order or lock by.
+
+A write transaction first locks what it changes, so concurrent writers (the ingress cancelling,
+a runner checkpointing, in other processes) queue instead of overwriting each other: SQLite takes
+the database's write lock at `BEGIN IMMEDIATE`, PostgreSQL the batch row with `FOR UPDATE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+import psycopg
+
+from batchjobs.schemas import TERMINAL_STATUSES, BatchObject, ChunkRecord, FileRecord
+from batchjobs.store import BatchChange, LeaseLostError
+
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+POSTGRES_CONNECT_TIMEOUT_S = 10
+URL_FORMS = (
+    "sqlite:////absolute/path.db, sqlite:///relative/path.db, a plain file path, "
+    "postgresql://... or postgres://..."
+)
+# Our own constants, so inlining them cannot inject anything; sorted for a stable SQL text.
+_TERMINAL_SQL = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
+# Any constant shared by every process using the database: serialises their schema creation.
+_SCHEMA_LOCK_KEY = 0x6361_7073_6A6F_6273
+
+# One schema for both databases: SQLite maps BIGINT and DOUBLE PRECISION onto its INTEGER and
+# REAL; PostgreSQL's REAL would be float4, too coarse for epoch seconds.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS files (
+        id TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        purpose TEXT NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS files_by_time ON files (created_at, id)",
+    "CREATE INDEX IF NOT EXISTS files_by_purpose ON files (purpose, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS batches (
+        id TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        owner TEXT,
+        lease_until DOUBLE PRECISION,
+        handled INTEGER NOT NULL DEFAULT 0,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS batches_by_time ON batches (created_at, id)",
+    "CREATE INDEX IF NOT EXISTS batches_by_input ON batches (input_file_id)",
+    """CREATE TABLE IF NOT EXISTS batch_chunks (
+        batch_id TEXT NOT NULL,
+        chunk_index INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (batch_id, chunk_index)
+    )""",
+)
+
+
+class _Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class _Connection(Protocol):
+    def execute(self, query: str, params: Sequence[Any], /) -> _Cursor: ...
+
+    def close(self) -> None: ...
+
+
+_Sql = Callable[..., _Cursor]
+"""Runs one statement written with `?` placeholders: `sql(query, *params)`."""
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """What differs between the databases; the SQL is otherwise the same."""
+
+    placeholder: str
+    begin_write: str
+    lock_row: str
+    """Appended to the SELECT that reads the row a write transaction goes on to change."""
+    begin_schema: tuple[str, ...]
+    connect: Callable[[], _Connection]
+    is_broken: Callable[[_Connection], bool]
+
+
+def _sqlite(path: Path) -> _Dialect:
+    def connect() -> _Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit (isolation_level=None): the store says where transactions begin and end.
+        connection = sqlite3.connect(
+            path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        # WAL lets other processes read while one writes; FULL syncs each commit, so a
+        # checkpoint survives the process being killed and the machine losing power.
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
+        return connection
+
+    return _Dialect(
+        placeholder="?",
+        begin_write="BEGIN IMMEDIATE",
+        lock_row="",
+        begin_schema=("BEGIN IMMEDIATE",),
+        connect=connect,
+        is_broken=lambda _: False,
+    )
+
+
+def _postgres(url: str) -> _Dialect:
+    def connect() -> _Connection:
+        return psycopg.connect(url, autocommit=True, connect_timeout=POSTGRES_CONNECT_TIMEOUT_S)
+
+    def is_broken(connection: _Connection) -> bool:
+        assert isinstance(connection, psycopg.Connection)
+        return connection.broken or connection.closed
+
+    return _Dialect(
+        placeholder="%s",
+        begin_write="BEGIN",
+        lock_row=" FOR UPDATE",
+        # Concurrent CREATE ... IF NOT EXISTS can still collide in PostgreSQL's catalogs.
+        begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"),
+        connect=connect,
+        is_broken=is_broken,
+    )
+
+
+def open_store(url: str) -> SqlJobStore:
+    """Opens (creating its tables if need be) the store at `url`: `sqlite:////abs/path.db` or
+    `sqlite:///relative/path.db` (SQLAlchemy's forms), a plain file path, or a PostgreSQL URL
+    (`postgresql://user@host:port/db`, also `postgres://`)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return SqlJobStore(_postgres(url))
+    if url.startswith("sqlite:///"):
+        return SqlJobStore(_sqlite(Path(url.removeprefix("sqlite:///"))))
+    if "://" in url or url.startswith("sqlite:"):
+        raise ValueError(f"unsupported job store URL {url!r}; use one of: {URL_FORMS}")
+    return SqlJobStore(_sqlite(Path(url)))
+
+
+class SqlJobStore:
+    """The `JobStore` over one connection to SQLite or PostgreSQL; see the module docstring."""
+
+    def __init__(self, dialect: _Dialect) -> None:
+        self._dialect = dialect
+        self._lock = threading.Lock()
+        connection = dialect.connect()
+        self._connection: _Connection | None = connection
+        try:
+            with self._lock:
+                self._transaction(dialect.begin_schema, self._create_schema)
+        except BaseException:
+            connection.close()
+            raise
+
+    async def create_file(self, record: FileRecord) -> None:
+        file = record.file
+        await self._write(
+            lambda sql: sql(
+                "INSERT INTO files (id, created_at, purpose, record) VALUES (?, ?, ?, ?)",
+                file.id,
+                file.created_at,
+                file.purpose,
+                record.model_dump_json(),
+            )
+        )
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        row = await self._read(
+            lambda sql: sql("SELECT record FROM files WHERE id = ?", file_id).fetchone()
+        )
+        return None if row is None else FileRecord.model_validate_json(row[0])
+
+    async def list_files(
+        self,
+        purpose: str | None,
+        limit: int,
+        order: Literal["asc", "desc"],
+        after: str | None,
+    ) -> tuple[list[FileRecord], bool]:
+        _check_limit(limit)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if purpose is not None:
+            clauses.append("purpose = ?")
+            params.append(purpose)
+        if after is not None:
+            # No row for an unknown `after`: the comparison is NULL and the page empty.
+            comparison = ">" if order == "asc" else "<"
+            clauses.append(
+                f"(created_at, id) {comparison} (SELECT created_at, id FROM files WHERE id = ?)"
+            )
+            params.append(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        direction = "ASC" if order == "asc" else "DESC"
+        query = (
+            f"SELECT record FROM files {where} "
+            f"ORDER BY created_at {direction}, id {direction} LIMIT ?"
+        )
+        rows = await self._read(lambda sql: sql(query, *params, limit + 1).fetchall())
+        return [FileRecord.model_validate_json(row[0]) for row in rows[:limit]], len(rows) > limit
+
+    async def delete_file(self, file_id: str) -> bool:
+        deleted = await self._write(
+            lambda sql: sql("DELETE FROM files WHERE id = ?", file_id).rowcount
+        )
+        return deleted > 0
+
+    async def create_batch(self, batch: BatchObject) -> None:
+        await self._write(
+            lambda sql: sql(
+                "INSERT INTO batches (id, created_at, status, input_file_id, record) "
+                "VALUES (?, ?, ?, ?, ?)",
+                batch.id,
+                batch.created_at,
+                batch.status,
+                batch.input_file_id,
+                batch.model_dump_json(),
+            )
+        )
+
+    async def get_batch(self, batch_id: str) -> BatchObject | None:
+        row = await self._read(
+            lambda sql: sql("SELECT record FROM batches WHERE id = ?", batch_id).fetchone()
+        )
+        return None if row is None else BatchObject.model_validate_json(row[0])
+
+    async def list_batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
+        _check_limit(limit)
+        where = ""
+        params: list[Any] = []
+        if after is not None:
+            where = "WHERE (created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?)"
+            params.append(after)
+        query = f"SELECT record FROM batches {where} ORDER BY created_at DESC, id DESC LIMIT ?"
+        rows = await self._read(lambda sql: sql(query, *params, limit + 1).fetchall())
+        return [BatchObject.model_validate_json(row[0]) for row in rows[:limit]], len(rows) > limit
+
+    async def batches_using_file(self, file_id: str) -> list[BatchObject]:
+        rows = await self._read(
+            lambda sql: sql(
+                "SELECT record FROM batches "
+                f"WHERE input_file_id = ? AND status NOT IN ({_TERMINAL_SQL}) "
+                "ORDER BY created_at, id",
+                file_id,
+            ).fetchall()
+        )
+        return [BatchObject.model_validate_json(row[0]) for row in rows]
+
+    async def update_batch(
+        self, batch_id: str, change: BatchChange, owner: str | None = None
+    ) -> BatchObject | None:
+        def update(sql: _Sql) -> BatchObject | None:
+            batch = self._locked_batch(sql, batch_id, owner)
+            if batch is None:
+                return None
+            changed = change(batch)
+            if changed is None:
+                return batch
+            _store_batch(sql, batch_id, changed)
+            return changed
+
+        return await self._write(update)
+
+    async def claim_batch(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
+        claimed = await self._write(
+            lambda sql: (
+                sql(
+                    "UPDATE batches SET owner = ?, lease_until = ? "
+                    "WHERE id = ? AND (owner IS NULL OR owner = ? OR lease_until < ?) "
+                    f"AND NOT (handled = 1 AND status IN ({_TERMINAL_SQL}))",
+                    owner,
+                    now + lease_s,
+                    batch_id,
+                    owner,
+                    now,
+                ).rowcount
+            )
+        )
+        return claimed > 0
+
+    async def release_batch(self, batch_id: str, owner: str) -> None:
+        await self._write(
+            lambda sql: sql(
+                "UPDATE batches SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?",
+                batch_id,
+                owner,
+            )
+        )
+
+    async def claimable_batches(self, now: float) -> list[str]:
+        rows = await self._read(
+            lambda sql: sql(
+                "SELECT id FROM batches "
+                f"WHERE (status NOT IN ({_TERMINAL_SQL}) OR handled = 0) "
+                "AND (owner IS NULL OR lease_until < ?) "
+                "ORDER BY created_at, id",
+                now,
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    async def mark_handled(self, batch_id: str, owner: str) -> None:
+        # The handlers ran whoever holds the lease now; only the lease is `owner`'s to release.
+        # (Every SET expression reads the row as it was before the UPDATE.)
+        await self._write(
+            lambda sql: sql(
+                "UPDATE batches SET handled = 1, "
+                "owner = CASE WHEN owner = ? THEN NULL ELSE owner END, "
+                "lease_until = CASE WHEN owner = ? THEN NULL ELSE lease_until END "
+                "WHERE id = ?",
+                owner,
+                owner,
+                batch_id,
+            )
+        )
+
+    async def add_chunk(
+        self, batch_id: str, owner: str, chunk: ChunkRecord, change: BatchChange
+    ) -> None:
+        def add(sql: _Sql) -> None:
+            batch = self._locked_batch(sql, batch_id, owner)
+            if batch is None:
+                raise LeaseLostError(f"batch {batch_id} no longer exists")
+            inserted = sql(
+                "INSERT INTO batch_chunks (batch_id, chunk_index, record) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                batch_id,
+                chunk.index,
+                chunk.model_dump_json(),
+            )
+            if inserted.rowcount == 0:
+                # Only another runner, which held the lease before us, can have stored it.
+                raise LeaseLostError(f"chunk {chunk.index} of batch {batch_id} is already stored")
+            changed = change(batch)
+            if changed is not None:
+                _store_batch(sql, batch_id, changed)
+
+        await self._write(add)
+
+    async def chunks(self, batch_id: str) -> list[ChunkRecord]:
+        rows = await self._read(
+            lambda sql: sql(
+                "SELECT record FROM batch_chunks WHERE batch_id = ? ORDER BY chunk_index",
+                batch_id,
+            ).fetchall()
+        )
+        return [ChunkRecord.model_validate_json(row[0]) for row in rows]
+
+    async def close(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+
+        await asyncio.to_thread(close)
+
+    def _locked_batch(self, sql: _Sql, batch_id: str, owner: str | None) -> BatchObject | None:
+        """Reads the batch for a write, locking its row; checks `owner`'s lease when given."""
+        row = sql(
+            f"SELECT record, owner, lease_until FROM batches WHERE id = ?{self._dialect.lock_row}",
+            batch_id,
+        ).fetchone()
+        if row is None:
+            return None
+        record, holder, lease_until = row
+        if owner is not None and (holder != owner or lease_until < time.time()):
+            raise LeaseLostError(f"{owner} no longer holds the lease on batch {batch_id}")
+        return BatchObject.model_validate_json(record)
+
+    def _create_schema(self, sql: _Sql) -> None:
+        for statement in _SCHEMA:
+            sql(statement)
+
+    async def _read(self, work: Callable[[_Sql], T]) -> T:
+        def read() -> T:
+            with self._lock:
+                return self._retrying(lambda: work(self._sql()))
+
+        return await asyncio.to_thread(read)
+
+    async def _write(self, work: Callable[[_Sql], T]) -> T:
+        def write() -> T:
+            with self._lock:
+                return self._transaction((self._dialect.begin_write,), work)
+
+        return await asyncio.to_thread(write)
+
+    def _transaction(self, begin: Sequence[str], work: Callable[[_Sql], T]) -> T:
+        """Runs `work` in a transaction that `begin` opens; the caller holds the lock."""
+
+        def start() -> None:
+            for statement in begin:
+                self._sql()(statement)
+
+        self._retrying(start)
+        sql = self._sql()
+        try:
+            result = work(sql)
+            sql("COMMIT")
+        except BaseException:
+            # The transaction may already be gone (a broken connection, or SQLite rolled it
+            # back itself); the error that ended it is the one to raise.
+            with contextlib.suppress(Exception):
+                sql("ROLLBACK")
+            raise
+        return result
+
+    def _retrying(self, step: Callable[[], T]) -> T:
+        """Runs `step`, again on a new connection if the connection turned out to be broken (a
+        restarted server, an idle connection cut). Only for steps that change nothing: a write
+        that broke off may have committed, so only its BEGIN goes through here."""
+        try:
+            return step()
+        except Exception:
+            if self._connection is None or not self._dialect.is_broken(self._connection):
+                raise
+        self._connection.close()
+        self._connection = self._dialect.connect()
+        return step()
+
+    def _sql(self) -> _Sql:
+        if self._connection is None:
+            raise RuntimeError("the job store is closed")
+        connection, placeholder = self._connection, self._dialect.placeholder
+
+        def sql(query: str, *params: Any) -> _Cursor:
+            return connection.execute(query.replace("?", placeholder), params)
+
+        return sql
+
+
+def _store_batch(sql: _Sql, batch_id: str, batch: BatchObject) -> None:
+    sql(
+        "UPDATE batches SET status = ?, record = ? WHERE id = ?",
+        batch.status,
+        batch.model_dump_json(),
+        batch_id,
+    )
+
+
+def _check_limit(limit: int) -> None:
+    # With no room for even one item a page could say that more follow while showing none.
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")

@@ -1,0 +1,87 @@
+"""What the job store keeps and how it changes: files, batches, leases and chunk checkpoints.
+
+Every change of a batch is a read-modify-write inside one transaction (`update_batch`), so the
+ingress (cancel) and a runner (progress) never overwrite each other. A runner owns a batch through
+a lease that it renews; a checkpoint or change made under a lease that was lost is refused, so
+two runners never both write a batch's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+from batchjobs.schemas import BatchObject, ChunkRecord, FileRecord
+
+BatchChange = Callable[[BatchObject], BatchObject | None]
+"""Returns the changed batch, or None to leave it as it is."""
+
+
+class LeaseLostError(RuntimeError):
+    """The runner no longer owns the batch; it must stop working on it."""
+
+
+class JobStore(Protocol):
+    async def create_file(self, record: FileRecord) -> None: ...
+
+    async def get_file(self, file_id: str) -> FileRecord | None: ...
+
+    async def list_files(
+        self,
+        purpose: str | None,
+        limit: int,
+        order: Literal["asc", "desc"],
+        after: str | None,
+    ) -> tuple[list[FileRecord], bool]:
+        """A page ordered by (created_at, id), and whether more follow it."""
+        ...
+
+    async def delete_file(self, file_id: str) -> bool: ...
+
+    async def create_batch(self, batch: BatchObject) -> None: ...
+
+    async def get_batch(self, batch_id: str) -> BatchObject | None: ...
+
+    async def list_batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
+        """A page, newest first, starting after the batch `after`; and whether more follow."""
+        ...
+
+    async def batches_using_file(self, file_id: str) -> list[BatchObject]:
+        """Batches not yet terminal whose input file is `file_id`."""
+        ...
+
+    async def update_batch(
+        self, batch_id: str, change: BatchChange, owner: str | None = None
+    ) -> BatchObject | None:
+        """Applies `change` atomically and returns the batch as stored afterwards (None when the
+        batch does not exist). With `owner`, raises LeaseLostError unless `owner` holds the
+        lease."""
+        ...
+
+    async def claim_batch(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
+        """Takes (or renews) the lease when it is free, expired or already `owner`'s."""
+        ...
+
+    async def release_batch(self, batch_id: str, owner: str) -> None: ...
+
+    async def claimable_batches(self, now: float) -> list[str]:
+        """Ids of batches with work left whose lease is free or expired, oldest first: those not
+        terminal, and terminal ones whose result handlers have not all run (`mark_handled`)."""
+        ...
+
+    async def mark_handled(self, batch_id: str, owner: str) -> None:
+        """Records that the terminal batch's result handlers ran; it is never claimable again."""
+        ...
+
+    async def add_chunk(
+        self, batch_id: str, owner: str, chunk: ChunkRecord, change: BatchChange
+    ) -> None:
+        """Stores the checkpoint and applies `change` in one transaction, under `owner`'s lease
+        (LeaseLostError otherwise). A chunk index stored once is never replaced."""
+        ...
+
+    async def chunks(self, batch_id: str) -> list[ChunkRecord]:
+        """The batch's checkpoints, by index."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,244 @@
+"""OpenAI's Files and Batch API on the ingress: `/v1/files` and `/v1/batches`.
+
+The routes only record what was asked (uploads, batches, cancels) in the job store and wake the
+batch runner; the runner does the work, so an ingress restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Route
+
+from batchjobs.files import FileStorage, FileTooLargeError, new_file_id, sortable_id
+from batchjobs.schemas import (
+    BatchList,
+    BatchObject,
+    CreateBatchRequest,
+    ExpiresAfter,
+    FileDeleted,
+    FileList,
+    FileObject,
+    FileRecord,
+    expiry_of,
+)
+from batchjobs.store import JobStore
+from deployments.config import AppConfig
+from deployments.errors import (
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from deployments.request_body import read_json
+
+UPLOAD_READ_BYTES = 1 << 20
+# Form fields besides the file are short; a multipart body's framing adds a little to the file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class FileListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: str | None = None
+    limit: int = Field(default=10_000, ge=1, le=10_000)
+    order: Literal["asc", "desc"] = "desc"
+    after: str | None = None
+
+
+class BatchListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(default=20, ge=1, le=100)
+    after: str | None = None
+
+
+class UploadForm(BaseModel):
+    """The non-file fields of `POST /v1/files`, as the SDK names them in the form."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    purpose: Literal["batch"]
+    expires_after_anchor: Literal["created_at"] | None = Field(
+        default=None, alias="expires_after[anchor]"
+    )
+    expires_after_seconds: int | None = Field(default=None, alias="expires_after[seconds]")
+
+    def expires_after(self) -> ExpiresAfter | None:
+        if self.expires_after_anchor is None and self.expires_after_seconds is None:
+            return None
+        return ExpiresAfter.model_validate(
+            {"anchor": self.expires_after_anchor, "seconds": self.expires_after_seconds}
+        )
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(UPLOAD_READ_BYTES):
+        yield chunk
+
+
+class BatchApi:
+    def __init__(
+        self,
+        config: AppConfig,
+        store: JobStore,
+        storage: FileStorage,
+        wake_runner: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._storage = storage
+        self._wake_runner = wake_runner
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/files", self.upload_file, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
+            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
+            Route("/v1/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
+        ]
+
+    async def upload_file(self, request: Request) -> JSONResponse:
+        max_bytes = self._config.batch.max_file_bytes
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise UnsupportedMediaTypeError(
+                "send the file as multipart/form-data with fields 'file' and 'purpose'"
+            )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
+            raise PayloadTooLargeError(
+                f"the upload is {declared} bytes; files may be at most {max_bytes} bytes"
+            )
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise BadRequestError("the form has no file; send it in the field 'file'", "file")
+            fields = {key: value for key, value in form.items() if isinstance(value, str)}
+            upload_form = UploadForm.model_validate(fields)
+            expires_after = upload_form.expires_after()
+            file_id = new_file_id()
+            try:
+                path, size = await self._storage.save_upload(file_id, _chunks(upload), max_bytes)
+            except FileTooLargeError as error:
+                raise PayloadTooLargeError(str(error), "file") from None
+        now = int(time.time())
+        file = FileObject(
+            id=file_id,
+            bytes=size,
+            created_at=now,
+            filename=upload.filename or "upload",
+            purpose=upload_form.purpose,
+            expires_at=now + expires_after.seconds if expires_after else None,
+        )
+        await self._store.create_file(FileRecord(file=file, path=str(path)))
+        return JSONResponse(file.model_dump(mode="json"))
+
+    async def list_files(self, request: Request) -> JSONResponse:
+        query = FileListQuery.model_validate(dict(request.query_params))
+        records, has_more = await self._store.list_files(
+            query.purpose, query.limit, query.order, query.after
+        )
+        listing = FileList(data=[record.file for record in records], has_more=has_more)
+        return JSONResponse(listing.model_dump(mode="json"))
+
+    async def _file(self, file_id: str) -> FileRecord:
+        record = await self._store.get_file(file_id)
+        expired = record is not None and (record.file.expires_at or float("inf")) <= time.time()
+        if record is None or expired:
+            raise NotFoundError(f"no file with id {file_id!r}", "file_id")
+        return record
+
+    async def get_file(self, request: Request) -> JSONResponse:
+        record = await self._file(request.path_params["file_id"])
+        return JSONResponse(record.file.model_dump(mode="json"))
+
+    async def file_content(self, request: Request) -> FileResponse:
+        record = await self._file(request.path_params["file_id"])
+        return FileResponse(
+            record.path, media_type="application/octet-stream", filename=record.file.filename
+        )
+
+    async def delete_file(self, request: Request) -> JSONResponse:
+        record = await self._file(request.path_params["file_id"])
+        running = await self._store.batches_using_file(record.file.id)
+        if running:
+            raise BadRequestError(
+                f"file {record.file.id} is the input of batch {running[0].id}, which is "
+                f"{running[0].status}; cancel it or wait for it to end first",
+                "file_id",
+            )
+        await self._store.delete_file(record.file.id)
+        FileStorage.remove([self._storage.upload_path(record.file.id)])
+        return JSONResponse(FileDeleted(id=record.file.id).model_dump())
+
+    async def create_batch(self, request: Request) -> JSONResponse:
+        payload = await read_json(request, self._config.limits.max_body_bytes)
+        body = CreateBatchRequest.model_validate(payload)
+        record = await self._store.get_file(body.input_file_id)
+        if record is None:
+            raise NotFoundError(f"no file with id {body.input_file_id!r}", "input_file_id")
+        if record.file.purpose != "batch":
+            raise BadRequestError(
+                f"file {body.input_file_id} has purpose {record.file.purpose!r}; upload the "
+                "input with purpose 'batch'",
+                "input_file_id",
+            )
+        now = int(time.time())
+        batch = BatchObject(
+            id=sortable_id("batch_"),
+            endpoint=body.endpoint,
+            input_file_id=body.input_file_id,
+            completion_window=body.completion_window,
+            status="validating",
+            created_at=now,
+            expires_at=expiry_of(now, body.completion_window),
+            metadata=body.metadata,
+        )
+        await self._store.create_batch(batch)
+        self._wake_runner()
+        return JSONResponse(batch.model_dump(mode="json"))
+
+    async def list_batches(self, request: Request) -> JSONResponse:
+        query = BatchListQuery.model_validate(dict(request.query_params))
+        batches, has_more = await self._store.list_batches(query.limit, query.after)
+        listing = BatchList(data=batches, has_more=has_more)
+        return JSONResponse(listing.model_dump(mode="json"))
+
+    async def get_batch(self, request: Request) -> JSONResponse:
+        batch_id = request.path_params["batch_id"]
+        batch = await self._store.get_batch(batch_id)
+        if batch is None:
+            raise NotFoundError(f"no batch with id {batch_id!r}", "batch_id")
+        return JSONResponse(batch.model_dump(mode="json"))
+
+    async def cancel_batch(self, request: Request) -> JSONResponse:
+        batch_id = request.path_params["batch_id"]
+        now = int(time.time())
+
+        def cancel(current: BatchObject) -> BatchObject | None:
+            if current.terminal or current.status == "cancelling":
+                return None
+            return current.model_copy(update={"status": "cancelling", "cancelling_at": now})
+
+        batch = await self._store.update_batch(batch_id, cancel)
+        if batch is None:
+            raise NotFoundError(f"no batch with id {batch_id!r}", "batch_id")
+        if batch.terminal and batch.status != "cancelled":
+            raise BadRequestError(
+                f"batch {batch_id} is already {batch.status}; only a batch that has not ended "
+                "can be cancelled",
+                "batch_id",
+            )
+        self._wake_runner()
+        return JSONResponse(batch.model_dump(mode="json"))

@@ -1,0 +1,64 @@
+"""Batch lines answered the way the online endpoints answer them, without HTTP in between."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchjobs.executor import LineOutcome
+from batchjobs.schemas import BatchUsage
+from deployments.classify_service import ClassifyService
+from deployments.config import AppConfig
+from deployments.errors import NotFoundError, api_error_for, error_json
+from deployments.openai_api import OpenAIEndpoints
+from deployments.schemas import ClassifyRequest
+
+
+def usage_of(body: dict[str, Any]) -> BatchUsage:
+    """OpenAI bodies count tokens as prompt/completion; batches count them as input/output."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return BatchUsage()
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return BatchUsage(
+        input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+class BatchLines:
+    """The LineHandler of the batch runner: classify lines go through the capability DAG,
+    chat and embeddings lines to the engines."""
+
+    def __init__(
+        self, config: AppConfig, classify: ClassifyService, openai_endpoints: OpenAIEndpoints
+    ) -> None:
+        self._config = config
+        self._classify = classify
+        self._openai = openai_endpoints
+
+    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
+        try:
+            answer = await self._answer(endpoint, body, request_id)
+        except Exception as error:  # noqa: BLE001 - every failure becomes the line's error
+            api_error = api_error_for(error, f"batch line {request_id}")
+            return LineOutcome(status_code=api_error.status_code, body=error_json(api_error))
+        return LineOutcome(status_code=200, body=answer, usage=usage_of(answer))
+
+    async def _answer(self, endpoint: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        if endpoint == "/v1/classify":
+            request = ClassifyRequest.model_validate(body, context={"limits": self._config.limits})
+            response = await self._classify.classify(request, request_id)
+            return response.model_dump(mode="json")
+        if endpoint == "/v1/chat/completions":
+            return await self._openai.chat_completions(body, request_id)
+        if endpoint == "/v1/embeddings":
+            return await self._openai.embeddings(body, request_id)
+        raise NotFoundError(f"batch lines cannot target {endpoint}")
+
+    def default_model(self, endpoint: str) -> str | None:
+        if endpoint == "/v1/classify":
+            settings = self._config.capability("classification").settings
+            return settings.get("generative_model") or settings.get("embedding_model")
+        runner = "pooling" if endpoint == "/v1/embeddings" else "generate"
+        models = [model.name for model in self._config.models if model.runner == runner]
+        return models[0] if len(models) == 1 else None

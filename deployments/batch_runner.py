@@ -1,0 +1,132 @@
+"""The batch runner: a deployment of its own, so ingress restarts never touch running batches.
+
+Each replica looks in the job store for batches with work left (new, interrupted by a crash, or
+ended but not yet handed to the result handlers), takes them under a lease and drives them to the
+end through the same capability runners and engines as online traffic. The ingress wakes it when a
+batch is created or cancelled; it also looks on its own every `poll_interval_s`, which is what
+resumes batches after a crash of a runner or of the whole app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from batchjobs.executor import BatchExecutor, failed
+from batchjobs.files import FileStorage
+from batchjobs.handlers import BatchResult, ResultHandler, load_handler, run_handlers
+from batchjobs.schemas import BatchError
+from batchjobs.sql_store import open_store
+from deployments.batch_lines import BatchLines
+from deployments.classify_service import ClassifyService
+from deployments.config import AppConfig
+from deployments.engine_client import EngineClient
+from deployments.openai_api import OpenAIEndpoints
+from deployments.runner_client import RunnerClient
+
+logger = logging.getLogger("capserve.batch")
+BATCH_RUNNER_NAME = "batch-runner"
+# A batch whose run raises (not a crash: an error) this often is failed rather than retried.
+MAX_RUN_ERRORS = 3
+
+
+def build_batch_lines(
+    config: AppConfig,
+    engines: Mapping[str, DeploymentHandle],
+    runners: Mapping[str, DeploymentHandle],
+) -> BatchLines:
+    """Batch lines answered through the app's engines and capability runners: by the batch
+    runner over its bound handles, by `deployments.batch_job` over handles got by name."""
+    engine_clients = {name: EngineClient(name, handle) for name, handle in engines.items()}
+    runner_clients = {name: RunnerClient(name, handle) for name, handle in runners.items()}
+    return BatchLines(
+        config,
+        ClassifyService(config, runner_clients, config.ingress.batching),
+        OpenAIEndpoints(config.models, engine_clients),
+    )
+
+
+@serve.deployment(name=BATCH_RUNNER_NAME)
+class BatchRunner:
+    def __init__(
+        self,
+        config: AppConfig,
+        engines: dict[str, DeploymentHandle],
+        runners: dict[str, DeploymentHandle],
+    ) -> None:
+        self._settings = config.batch
+        self._store = open_store(config.batch_store_url)
+        lines = build_batch_lines(config, engines, runners)
+        self._handlers: list[tuple[str, ResultHandler]] = [
+            (handler.type, load_handler(handler)) for handler in config.batch.result_handlers
+        ]
+        self._executor = BatchExecutor(
+            self._store,
+            FileStorage(config.batch_dir),
+            lines,
+            config.batch,
+            self._hand_over,
+            owner=f"runner-{uuid.uuid4().hex[:12]}",
+        )
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._run_errors: collections.Counter[str] = collections.Counter()
+        self._woken = asyncio.Event()
+        self._polling = asyncio.get_running_loop().create_task(self._poll())
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll."""
+        self._woken.set()
+
+    async def active_batches(self) -> list[str]:
+        return sorted(self._active)
+
+    async def check_health(self) -> None:
+        if self._polling.done():
+            raise RuntimeError("the batch runner's polling loop stopped")
+
+    async def _hand_over(self, result: BatchResult) -> None:
+        await run_handlers(self._handlers, result)
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await self._take_work()
+            except Exception:  # the store may be briefly unreachable; the next poll retries
+                logger.exception("batch runner: looking for work failed")
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), self._settings.poll_interval_s)
+
+    async def _take_work(self) -> None:
+        for batch_id in await self._store.claimable_batches(time.time()):
+            if len(self._active) >= self._settings.max_concurrent_batches:
+                return
+            if batch_id not in self._active:
+                self._active[batch_id] = asyncio.create_task(self._run(batch_id))
+
+    async def _run(self, batch_id: str) -> None:
+        try:
+            await self._executor.run(batch_id)
+        except Exception as error:
+            logger.exception("batch %s: run failed", batch_id)
+            self._run_errors[batch_id] += 1
+            if self._run_errors[batch_id] >= MAX_RUN_ERRORS:
+                await self._fail(batch_id, f"{type(error).__name__}: {error}")
+        finally:
+            del self._active[batch_id]
+            self._woken.set()
+
+    async def _fail(self, batch_id: str, reason: str) -> None:
+        error = BatchError(
+            code="internal_error",
+            message=f"the batch could not be run ({reason}); the runner's log has details",
+        )
+        await self._store.update_batch(batch_id, failed([error], int(time.time())))

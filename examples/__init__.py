@@ -1,0 +1,1 @@
+"""Examples of user extensions, importable from the project root (`examples.module:Class`)."""

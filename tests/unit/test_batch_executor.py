@@ -1,0 +1,290 @@
+"""Chunked, durable batch execution on a real SQLite store with a fake line handler: every
+custom_id exactly once after crashes, cancel, expiry, retries and validation failures."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchjobs.executor import BatchExecutor, ExecutionSettings, LineOutcome
+from batchjobs.files import FileStorage, new_file_id
+from batchjobs.handlers import BatchResult
+from batchjobs.schemas import BatchObject, FileObject, FileRecord, expiry_of
+from batchjobs.sql_store import open_store
+
+ENDPOINT = "/v1/classify"
+
+
+class FakeLines:
+    """Answers `{"texts": [t]}` with its label; "bad" texts get a 400, "flaky" a 503 first."""
+
+    def __init__(
+        self, delay_s: float = 0.0, flaky_failures: int = 0, hang_after: int | None = None
+    ) -> None:
+        self.delay_s = delay_s
+        self.calls: list[str] = []
+        self.flaky_failures = flaky_failures
+        self.hang_after = hang_after
+
+    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
+        text = body["texts"][0]
+        self.calls.append(text)
+        if self.hang_after is not None and len(self.calls) > self.hang_after:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay_s)
+        if text == "bad":
+            return LineOutcome(status_code=400, body={"error": {"message": "bad text"}})
+        if text == "flaky" and self.flaky_failures > 0:
+            self.flaky_failures -= 1
+            return LineOutcome(status_code=503, body={"error": {"message": "engine restarting"}})
+        return LineOutcome(status_code=200, body={"label": f"label-{text}"})
+
+    def default_model(self, endpoint: str) -> str | None:
+        return "fake-model"
+
+
+class Handled:
+    def __init__(self) -> None:
+        self.results: list[BatchResult] = []
+
+    async def __call__(self, result: BatchResult) -> None:
+        self.results.append(result)
+
+
+def settings(**changes: Any) -> ExecutionSettings:
+    values = {"chunk_size": 5, "progress_interval_s": 0.02, "lease_s": 5, "retry_window_s": 5}
+    values.update(changes)
+    return ExecutionSettings(**values)
+
+
+class Setup:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+        self.storage = FileStorage(tmp_path / "files")
+        self.handled = Handled()
+
+    def executor(self, lines: FakeLines, owner: str = "runner-a", **changes: Any) -> BatchExecutor:
+        return BatchExecutor(
+            self.store, self.storage, lines, settings(**changes), self.handled, owner
+        )
+
+    async def batch(self, texts: list[str], raw_lines: list[str] | None = None) -> BatchObject:
+        file_id = new_file_id()
+        path = self.storage.upload_path(file_id)
+        records = raw_lines or [
+            json.dumps(
+                {"custom_id": f"id-{i}", "method": "POST", "url": ENDPOINT, "body": {"texts": [t]}}
+            )
+            for i, t in enumerate(texts)
+        ]
+        path.write_text("\n".join(records) + "\n")
+        now = int(time.time())
+        await self.store.create_file(
+            FileRecord(
+                file=FileObject(
+                    id=file_id,
+                    bytes=path.stat().st_size,
+                    created_at=now,
+                    filename="in.jsonl",
+                    purpose="batch",
+                ),
+                path=str(path),
+            )
+        )
+        batch = BatchObject(
+            id=f"batch_{file_id}",
+            endpoint=ENDPOINT,
+            input_file_id=file_id,
+            completion_window="24h",
+            status="validating",
+            created_at=now,
+            expires_at=expiry_of(now, "24h"),
+        )
+        await self.store.create_batch(batch)
+        return batch
+
+    async def lines_of(self, file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        record = await self.store.get_file(file_id)
+        assert record is not None
+        return [json.loads(line) for line in Path(record.path).read_text().splitlines()]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path):
+    environment = Setup(tmp_path)
+    yield environment
+    await environment.store.close()
+
+
+async def test_a_batch_runs_in_chunks_to_completion(setup: Setup) -> None:
+    texts = [f"t{i}" for i in range(23)]
+    texts[7] = "bad"
+    batch = await setup.batch(texts)
+    assert await setup.executor(FakeLines()).run(batch.id)
+
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.status == "completed"
+    assert done.request_counts.model_dump() == {"total": 23, "completed": 22, "failed": 1}
+    assert done.model == "fake-model" and done.in_progress_at and done.completed_at
+    output = await setup.lines_of(done.output_file_id)
+    errors = await setup.lines_of(done.error_file_id)
+    assert [line["custom_id"] for line in output] == [f"id-{i}" for i in range(23) if i != 7]
+    assert output[0]["response"]["body"] == {"label": "label-t0"}
+    assert output[0]["id"].startswith("batch_req_") and output[0]["error"] is None
+    assert [line["custom_id"] for line in errors] == ["id-7"]
+    assert errors[0]["response"]["status_code"] == 400
+    output_file = await setup.store.get_file(done.output_file_id or "")
+    assert output_file is not None and output_file.file.purpose == "batch_output"
+    assert len(await setup.store.chunks(batch.id)) == 5
+    # Handlers ran once, with the final files; the batch is no longer anyone's work.
+    assert [r.batch.status for r in setup.handled.results] == ["completed"]
+    assert setup.handled.results[0].output_path == output_file.path
+    assert await setup.store.claimable_batches(time.time()) == []
+
+
+async def test_a_crash_mid_batch_resumes_with_every_custom_id_once(setup: Setup) -> None:
+    batch = await setup.batch([f"t{i}" for i in range(30)])
+    # Two chunks go through; the third hangs, and the runner "crashes" in it.
+    first = asyncio.create_task(
+        setup.executor(FakeLines(hang_after=12), owner="runner-a").run(batch.id)
+    )
+    while len(await setup.store.chunks(batch.id)) < 2:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    chunks_before = len(await setup.store.chunks(batch.id))
+    assert chunks_before == 2
+    # Output the crashed runner wrote without a checkpoint is never used.
+    stray = setup.storage.chunk_path(batch.id, chunks_before, "output", "runner-a")
+    stray.write_text('{"custom_id": "id-0"}\n')
+
+    resumed = FakeLines()
+    assert await setup.executor(resumed, owner="runner-b").run(batch.id)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.status == "completed"
+    custom_ids = [line["custom_id"] for line in await setup.lines_of(done.output_file_id)]
+    assert custom_ids == [f"id-{i}" for i in range(30)]
+    # Only lines without a checkpoint ran again.
+    assert len(resumed.calls) == 30 - 5 * chunks_before
+    assert done.request_counts.completed == 30
+
+
+async def test_cancel_stops_the_batch_with_partial_output(setup: Setup) -> None:
+    batch = await setup.batch([f"t{i}" for i in range(40)])
+    run = asyncio.create_task(
+        setup.executor(FakeLines(delay_s=0.02), max_concurrent_lines=2).run(batch.id)
+    )
+    while len(await setup.store.chunks(batch.id)) < 1:
+        await asyncio.sleep(0.01)
+
+    def cancel(current: BatchObject) -> BatchObject:
+        return current.model_copy(update={"status": "cancelling", "cancelling_at": 1})
+
+    await setup.store.update_batch(batch.id, cancel)
+    await asyncio.wait_for(run, 10)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.status == "cancelled" and done.cancelled_at
+    custom_ids = [line["custom_id"] for line in await setup.lines_of(done.output_file_id)]
+    assert 5 <= len(custom_ids) < 40 and len(set(custom_ids)) == len(custom_ids)
+    assert done.request_counts.completed == len(custom_ids)
+    assert [r.batch.status for r in setup.handled.results] == ["cancelled"]
+
+
+async def test_a_batch_cancelled_before_it_runs_ends_cancelled_without_files(
+    setup: Setup,
+) -> None:
+    batch = await setup.batch(["a", "b"])
+    await setup.store.update_batch(
+        batch.id, lambda b: b.model_copy(update={"status": "cancelling"})
+    )
+    lines = FakeLines()
+    await setup.executor(lines).run(batch.id)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.status == "cancelled"
+    assert done.output_file_id is None and lines.calls == []
+
+
+async def test_lines_left_when_the_window_closes_are_written_as_expired(setup: Setup) -> None:
+    batch = await setup.batch([f"t{i}" for i in range(12)])
+    clock = {"now": time.time()}
+    lines = FakeLines()
+
+    class ClosingLines(FakeLines):
+        async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
+            outcome = await lines.run(endpoint, body, request_id)
+            if len(lines.calls) == 5:
+                clock["now"] += 25 * 3600
+            return outcome
+
+    executor = BatchExecutor(
+        setup.store,
+        setup.storage,
+        ClosingLines(),
+        settings(),
+        setup.handled,
+        "runner-a",
+        clock=lambda: clock["now"],
+    )
+    await executor.run(batch.id)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.status == "expired" and done.expired_at
+    output = await setup.lines_of(done.output_file_id)
+    errors = await setup.lines_of(done.error_file_id)
+    assert [line["custom_id"] for line in output] == [f"id-{i}" for i in range(5)]
+    assert [line["custom_id"] for line in errors] == [f"id-{i}" for i in range(5, 12)]
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert done.request_counts.model_dump() == {"total": 12, "completed": 5, "failed": 7}
+
+
+async def test_a_bad_file_fails_the_batch_with_every_fault(setup: Setup) -> None:
+    good = {"custom_id": "a", "method": "POST", "url": ENDPOINT, "body": {"texts": ["x"]}}
+    batch = await setup.batch(
+        [],
+        raw_lines=[
+            json.dumps(good),
+            json.dumps(good),
+            "{oops",
+            json.dumps({**good, "custom_id": "c", "url": "/v1/embeddings"}),
+        ],
+    )
+    lines = FakeLines()
+    await setup.executor(lines).run(batch.id)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.status == "failed" and done.failed_at
+    assert done.errors is not None
+    assert [(e.code, e.line) for e in done.errors.data] == [
+        ("duplicate_custom_id", 2),
+        ("invalid_json_line", 3),
+        ("mismatched_endpoint", 4),
+    ]
+    assert lines.calls == [] and [r.batch.status for r in setup.handled.results] == ["failed"]
+
+
+async def test_retryable_failures_are_retried_then_reported(setup: Setup) -> None:
+    batch = await setup.batch(["flaky", "ok"])
+    await setup.executor(FakeLines(flaky_failures=2)).run(batch.id)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.request_counts.completed == 2
+
+    second = await setup.batch(["flaky"])
+    await setup.executor(FakeLines(flaky_failures=100), retry_window_s=0).run(second.id)
+    done = await setup.store.get_batch(second.id)
+    assert done is not None and done.request_counts.failed == 1
+    (error,) = await setup.lines_of(done.error_file_id)
+    assert error["response"]["status_code"] == 503
+
+
+async def test_a_batch_held_by_another_runner_is_left_alone(setup: Setup) -> None:
+    batch = await setup.batch(["a"])
+    assert await setup.store.claim_batch(batch.id, "runner-x", 60, time.time())
+    lines = FakeLines()
+    assert not await setup.executor(lines).run(batch.id)
+    assert lines.calls == []

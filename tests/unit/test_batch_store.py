@@ -1,0 +1,441 @@
+"""The SQL job store, each test on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from batchjobs.schemas import BatchObject, ChunkRecord, FileObject, FileRecord, RequestCounts
+from batchjobs.sql_store import SqlJobStore, open_store
+from batchjobs.store import LeaseLostError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LEASE_S = 60.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new database on the session's server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    server_url = request.getfixturevalue("postgres_url")
+    name = f"jobs_{uuid.uuid4().hex}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"{server_url.rsplit('/', 1)[0]}/{name}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SqlJobStore]:
+    opened = open_store(store_url)
+    yield opened
+    await opened.close()
+
+
+def file_record(file_id: str, created_at: int, purpose: str = "batch") -> FileRecord:
+    return FileRecord(
+        file=FileObject(
+            id=file_id,
+            bytes=10,
+            created_at=created_at,
+            filename=f"{file_id}.jsonl",
+            purpose=purpose,
+        ),
+        path=f"/data/{file_id}",
+    )
+
+
+def batch_object(
+    batch_id: str, created_at: int = 1_000, status: str = "in_progress", input_file_id: str = "f"
+) -> BatchObject:
+    return BatchObject(
+        id=batch_id,
+        endpoint="/v1/classify",
+        input_file_id=input_file_id,
+        completion_window="24h",
+        status=status,
+        created_at=created_at,
+        request_counts=RequestCounts(total=100),
+    )
+
+
+def chunk(index: int) -> ChunkRecord:
+    return ChunkRecord(index=index, first_line=index * 10, lines=10, completed=10)
+
+
+def count_completed(batch: BatchObject) -> BatchObject:
+    counts = batch.request_counts.model_copy(
+        update={"completed": batch.request_counts.completed + 1}
+    )
+    return batch.model_copy(update={"request_counts": counts})
+
+
+def set_status(status: str):
+    return lambda batch: batch.model_copy(update={"status": status})
+
+
+def ids(items: list[FileRecord] | list[BatchObject]) -> list[str]:
+    return [item.file.id if isinstance(item, FileRecord) else item.id for item in items]
+
+
+async def test_file_round_trips_and_deletes(store: SqlJobStore) -> None:
+    record = file_record("file-a", 100)
+    await store.create_file(record)
+
+    assert await store.get_file("file-a") == record
+    assert await store.get_file("file-missing") is None
+    assert await store.delete_file("file-a") is True
+    assert await store.delete_file("file-a") is False
+    assert await store.get_file("file-a") is None
+
+
+async def test_list_files_pages_by_time_then_id(store: SqlJobStore) -> None:
+    # Two files share a second: the id breaks the tie.
+    for file_id, created_at, purpose in [
+        ("file-c", 300, "batch"),
+        ("file-a", 100, "batch"),
+        ("file-out", 150, "batch_output"),
+        ("file-b2", 200, "batch"),
+        ("file-b1", 200, "batch"),
+    ]:
+        await store.create_file(file_record(file_id, created_at, purpose))
+
+    page, more = await store.list_files(None, 10, "asc", None)
+    assert (ids(page), more) == (["file-a", "file-out", "file-b1", "file-b2", "file-c"], False)
+    page, more = await store.list_files("batch", 10, "desc", None)
+    assert (ids(page), more) == (["file-c", "file-b2", "file-b1", "file-a"], False)
+    page, more = await store.list_files("batch", 2, "asc", None)
+    assert (ids(page), more) == (["file-a", "file-b1"], True)
+    page, more = await store.list_files("batch", 2, "asc", "file-b1")
+    assert (ids(page), more) == (["file-b2", "file-c"], False)
+    page, more = await store.list_files("batch", 2, "desc", "file-b2")
+    assert (ids(page), more) == (["file-b1", "file-a"], False)
+    page, more = await store.list_files("batch_output", 1, "asc", None)
+    assert (ids(page), more) == (["file-out"], False)
+    assert await store.list_files(None, 10, "asc", "file-c") == ([], False)
+    assert await store.list_files(None, 10, "asc", "file-unknown") == ([], False)
+
+
+async def test_list_limit_must_leave_room_for_an_item(store: SqlJobStore) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_files(None, 0, "asc", None)
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_batches(0, None)
+
+
+async def test_batch_round_trips(store: SqlJobStore) -> None:
+    batch = batch_object("batch-1")
+    await store.create_batch(batch)
+
+    assert await store.get_batch("batch-1") == batch
+    assert await store.get_batch("batch-missing") is None
+
+
+@pytest.mark.parametrize("count", [4, 5])
+async def test_list_batches_pages_newest_first(store: SqlJobStore, count: int) -> None:
+    # Ties in created_at are ordered by id, newest (largest) first like the time.
+    created = {f"batch-{n}": 1_000 + n // 2 for n in range(count)}
+    for batch_id, created_at in created.items():
+        await store.create_batch(batch_object(batch_id, created_at))
+    expected = sorted(created, key=lambda batch_id: (created[batch_id], batch_id), reverse=True)
+
+    pages: list[list[str]] = []
+    after = None
+    while True:
+        page, more = await store.list_batches(2, after)
+        pages.append(ids(page))
+        assert page, "a page is never empty"
+        if not more:
+            break
+        after = page[-1].id
+    assert [batch_id for page in pages for batch_id in page] == expected
+    assert len(pages) == (count + 1) // 2
+    assert await store.list_batches(2, expected[-1]) == ([], False)
+    assert await store.list_batches(2, "batch-unknown") == ([], False)
+
+
+async def test_batches_using_file_skips_terminal_ones(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-run", 1, "in_progress", "file-in"))
+    await store.create_batch(batch_object("batch-done", 2, "completed", "file-in"))
+    await store.create_batch(batch_object("batch-new", 3, "validating", "file-in"))
+    await store.create_batch(batch_object("batch-other", 4, "in_progress", "file-other"))
+
+    assert ids(await store.batches_using_file("file-in")) == ["batch-run", "batch-new"]
+    await store.update_batch("batch-run", set_status("cancelled"))
+    assert ids(await store.batches_using_file("file-in")) == ["batch-new"]
+
+
+async def test_update_batch_applies_and_returns_the_change(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+
+    updated = await store.update_batch("batch-1", set_status("cancelling"))
+    assert updated is not None and updated.status == "cancelling"
+    assert await store.get_batch("batch-1") == updated
+    unchanged = await store.update_batch("batch-1", lambda batch: None)
+    assert unchanged == updated
+    assert await store.update_batch("batch-missing", set_status("cancelled")) is None
+
+
+async def test_update_batch_rolls_back_when_the_change_raises(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+
+    def broken(batch: BatchObject) -> BatchObject:
+        raise RuntimeError("change failed")
+
+    with pytest.raises(RuntimeError, match="change failed"):
+        await store.update_batch("batch-1", broken)
+    assert await store.update_batch("batch-1", count_completed) is not None
+    assert (await store.get_batch("batch-1")).request_counts.completed == 1
+
+
+async def test_concurrent_updates_are_all_kept(store_url: str, store: SqlJobStore) -> None:
+    # A second store stands for a second process: its own connection, its own transactions.
+    other = open_store(store_url)
+    try:
+        await store.create_batch(batch_object("batch-1"))
+        await asyncio.gather(
+            *(
+                (store if n % 2 else other).update_batch("batch-1", count_completed)
+                for n in range(50)
+            )
+        )
+    finally:
+        await other.close()
+    assert (await store.get_batch("batch-1")).request_counts.completed == 50
+
+
+async def test_a_lease_is_held_until_it_expires(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+    now = time.time()
+
+    assert await store.claim_batch("batch-1", "runner-a", LEASE_S, now)
+    assert not await store.claim_batch("batch-1", "runner-b", LEASE_S, now + 1)
+    assert await store.claim_batch("batch-1", "runner-a", LEASE_S, now + 1), "renewal"
+    assert not await store.claim_batch("batch-1", "runner-b", LEASE_S, now + LEASE_S)
+    assert await store.claim_batch("batch-1", "runner-b", LEASE_S, now + 1 + LEASE_S + 1)
+    assert not await store.claim_batch("batch-missing", "runner-a", LEASE_S, now)
+
+
+async def test_release_frees_only_the_owners_lease(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+    now = time.time()
+    await store.claim_batch("batch-1", "runner-a", LEASE_S, now)
+
+    await store.release_batch("batch-1", "runner-b")
+    assert not await store.claim_batch("batch-1", "runner-b", LEASE_S, now)
+    await store.release_batch("batch-1", "runner-a")
+    assert await store.claim_batch("batch-1", "runner-b", LEASE_S, now)
+
+
+async def test_a_lost_lease_refuses_updates_and_chunks(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+    await store.create_batch(batch_object("batch-2"))
+    # runner-a's lease on batch-1 ran out; runner-b took batch-2 over from it.
+    await store.claim_batch("batch-1", "runner-a", LEASE_S, time.time() - 2 * LEASE_S)
+    await store.claim_batch("batch-2", "runner-b", LEASE_S, time.time())
+
+    for batch_id in ("batch-1", "batch-2"):
+        with pytest.raises(LeaseLostError):
+            await store.update_batch(batch_id, count_completed, owner="runner-a")
+        with pytest.raises(LeaseLostError):
+            await store.add_chunk(batch_id, "runner-a", chunk(0), count_completed)
+        assert await store.chunks(batch_id) == []
+        assert (await store.get_batch(batch_id)).request_counts.completed == 0
+
+    updated = await store.update_batch("batch-2", count_completed, owner="runner-b")
+    assert updated is not None and updated.request_counts.completed == 1
+
+
+async def test_add_chunk_stores_it_and_changes_the_batch_together(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+    await store.claim_batch("batch-1", "runner-a", LEASE_S, time.time())
+
+    for index in (2, 0, 1):
+        await store.add_chunk("batch-1", "runner-a", chunk(index), count_completed)
+
+    assert [stored.index for stored in await store.chunks("batch-1")] == [0, 1, 2]
+    assert await store.chunks("batch-1") == [chunk(0), chunk(1), chunk(2)]
+    assert (await store.get_batch("batch-1")).request_counts.completed == 3
+    assert await store.chunks("batch-missing") == []
+
+
+async def test_a_chunk_index_is_stored_once(store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+    await store.claim_batch("batch-1", "runner-a", LEASE_S, time.time())
+    await store.add_chunk("batch-1", "runner-a", chunk(0), count_completed)
+
+    replacement = chunk(0).model_copy(update={"completed": 0, "failed": 10})
+    with pytest.raises(LeaseLostError):
+        await store.add_chunk("batch-1", "runner-a", replacement, count_completed)
+    assert await store.chunks("batch-1") == [chunk(0)]
+    assert (await store.get_batch("batch-1")).request_counts.completed == 1
+
+
+async def test_add_chunk_to_a_missing_batch_is_refused(store: SqlJobStore) -> None:
+    with pytest.raises(LeaseLostError):
+        await store.add_chunk("batch-missing", "runner-a", chunk(0), count_completed)
+
+
+async def test_claimable_batches(store: SqlJobStore) -> None:
+    now = time.time()
+    await store.create_batch(batch_object("batch-running", 3, "in_progress"))
+    await store.create_batch(batch_object("batch-new", 1, "validating"))
+    await store.create_batch(batch_object("batch-done", 2, "completed"))
+    await store.create_batch(batch_object("batch-handled", 4, "failed"))
+    await store.create_batch(batch_object("batch-leased", 5, "in_progress"))
+    await store.claim_batch("batch-handled", "runner-a", LEASE_S, now)
+    await store.mark_handled("batch-handled", "runner-a")
+    await store.claim_batch("batch-leased", "runner-a", LEASE_S, now)
+
+    expected = ["batch-new", "batch-done", "batch-running"]
+    assert await store.claimable_batches(now) == expected
+    assert await store.claimable_batches(now + LEASE_S + 1) == [*expected, "batch-leased"]
+    assert not await store.claim_batch("batch-handled", "runner-b", LEASE_S, now)
+
+
+async def test_mark_handled_releases_the_lease(store: SqlJobStore) -> None:
+    now = time.time()
+    await store.create_batch(batch_object("batch-1", status="completed"))
+    await store.claim_batch("batch-1", "runner-a", LEASE_S, now)
+    await store.mark_handled("batch-1", "runner-a")
+
+    assert await store.claimable_batches(now) == []
+    assert not await store.claim_batch("batch-1", "runner-a", LEASE_S, now)
+    with pytest.raises(LeaseLostError):
+        await store.update_batch("batch-1", count_completed, owner="runner-a")
+
+
+async def test_a_reopened_store_sees_everything(store_url: str) -> None:
+    now = time.time()
+    first = open_store(store_url)
+    await first.create_file(file_record("file-in", 100))
+    await first.create_batch(batch_object("batch-1", input_file_id="file-in"))
+    await first.create_batch(batch_object("batch-2", status="completed"))
+    await first.claim_batch("batch-1", "runner-a", LEASE_S, now)
+    await first.add_chunk("batch-1", "runner-a", chunk(0), count_completed)
+    await first.mark_handled("batch-2", "runner-a")
+    await first.close()
+
+    second = open_store(store_url)
+    try:
+        assert await second.get_file("file-in") == file_record("file-in", 100)
+        batch = await second.get_batch("batch-1")
+        assert batch is not None and batch.request_counts.completed == 1
+        assert await second.chunks("batch-1") == [chunk(0)]
+        assert await second.claimable_batches(now) == []
+        assert await second.claimable_batches(now + LEASE_S + 1) == ["batch-1"]
+        await second.add_chunk("batch-1", "runner-a", chunk(1), count_completed)
+    finally:
+        await second.close()
+
+
+CHILD_PROCESS = """
+import asyncio, os, signal, sys
+from batchjobs.sql_store import open_store
+
+def count_completed(batch):
+    counts = batch.request_counts
+    return batch.model_copy(update={"request_counts": counts.model_copy(update={"completed": counts.completed + 1})})
+
+async def main(url: str, count: int) -> None:
+    store = open_store(url)
+    print("open", flush=True)
+    for _ in range(count):
+        await store.update_batch("batch-1", count_completed)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close: what it committed must be there anyway
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_two_processes_share_the_store(store_url: str, store: SqlJobStore) -> None:
+    await store.create_batch(batch_object("batch-1"))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD_PROCESS,
+        store_url,
+        "100",
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    assert await asyncio.wait_for(child.stdout.readline(), timeout=60) == b"open\n"
+    for _ in range(100):
+        await store.update_batch("batch-1", count_completed)
+    assert await asyncio.wait_for(child.wait(), timeout=60) == -9
+
+    reopened = open_store(store_url)
+    try:
+        assert (await reopened.get_batch("batch-1")).request_counts.completed == 200
+    finally:
+        await reopened.close()
+
+
+async def test_sqlite_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    forms = {
+        f"sqlite:///{tmp_path}/absolute/jobs.db": tmp_path / "absolute" / "jobs.db",
+        "sqlite:///relative/jobs.db": tmp_path / "relative" / "jobs.db",
+        str(tmp_path / "plain" / "jobs.db"): tmp_path / "plain" / "jobs.db",
+        "plain-relative.db": tmp_path / "plain-relative.db",
+    }
+    for url, path in forms.items():
+        await open_store(url).close()
+        assert path.is_file(), url
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+async def test_postgres_url_forms(store_url: str) -> None:
+    first = open_store(store_url)
+    second = open_store(store_url.replace("postgresql://", "postgres://", 1))
+    try:
+        await first.create_batch(batch_object("batch-1"))
+        assert await second.get_batch("batch-1") is not None
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize("url", ["mysql://host/db", "sqlite://jobs.db", "sqlite:jobs.db"])
+def test_unknown_url_forms_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        open_store(url)
+
+
+async def test_a_closed_store_refuses_calls(store_url: str) -> None:
+    closed = open_store(store_url)
+    await closed.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await closed.get_batch("batch-1")
+
+
+@pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+async def test_a_cut_postgres_connection_is_replaced(
+    store_url: str, store: SqlJobStore, postgres_url: str
+) -> None:
+    await store.create_batch(batch_object("batch-1"))
+    database = store_url.rsplit("/", 1)[1]
+
+    def cut_connections() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+
+    cut_connections()
+    assert await store.get_batch("batch-1") is not None
+    cut_connections()
+    assert await store.update_batch("batch-1", count_completed) is not None
+    assert (await store.get_batch("batch-1")).request_counts.completed == 1
