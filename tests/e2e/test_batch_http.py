@@ -245,3 +245,76 @@ def test_a_runner_killed_mid_job_resumes_without_loss_or_duplicates(sdk: openai.
     custom_ids = [line["custom_id"] for line in output]
     assert len(custom_ids) == total and set(custom_ids) == {f"k-{i}" for i in range(total)}
     assert done.request_counts.completed == total and done.error_file_id is None
+
+
+def test_parasail_openai_batch_runs_a_chat_job(base_url: str, tmp_path: Path, monkeypatch) -> None:
+    import openai_batch.run
+
+    lines = [
+        {
+            "custom_id": f"chat-{index}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "tiny-llama",
+                "messages": [{"role": "user", "content": f"Count to {index}"}],
+                "max_tokens": 4,
+            },
+        }
+        for index in range(5)
+    ]
+    source = tmp_path / "chat.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    # The client polls once a minute; only its sleep is shortened, nothing it sends.
+    real_sleep = time.sleep
+    monkeypatch.setattr(
+        openai_batch.run, "time", type("Clock", (), {"sleep": lambda s: real_sleep(min(s, 0.5))})
+    )
+    batch_id = openai_batch.run.main(
+        [
+            str(source),
+            "--base-url",
+            f"{base_url}/generative/v1",
+            "--api-key",
+            "unused",
+            "-o",
+            str(output),
+            "-e",
+            str(errors),
+        ]
+    )
+    assert batch_id.startswith("batch_")
+    answers = jsonl(output.read_bytes())
+    assert sorted(a["custom_id"] for a in answers) == [f"chat-{i}" for i in range(5)]
+    body = answers[0]["response"]["body"]
+    assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 4
+    assert isinstance(body["choices"][0]["message"]["content"], str)
+    assert not errors.exists()
+
+
+def test_an_embeddings_batch_answers_in_openai_shape(sdk: openai.OpenAI) -> None:
+    lines = "".join(
+        json.dumps(
+            {
+                "custom_id": f"e-{index}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "minilm", "input": text},
+            }
+        )
+        + "\n"
+        for index, text in enumerate(["card arrival", "exchange rate"])
+    )
+    upload = sdk.files.create(file=lines.encode(), purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+    )
+    done = wait_until(sdk, batch.id, lambda b: b.status in TERMINAL)
+    assert done.status == "completed" and done.model == "minilm"
+    assert done.usage is not None and done.usage.input_tokens > 0
+    answers = jsonl(sdk.files.content(done.output_file_id).content)
+    body = answers[0]["response"]["body"]
+    assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
