@@ -47,6 +47,9 @@ logger = logging.getLogger("capserve.batch")
 
 # What a later attempt may fix: the engine overloaded, restarting or briefly unreachable.
 RETRIED_STATUSES = frozenset({429, 503, 504})
+# Other server errors are retried a little too: a replica that died mid-call answers 500 once,
+# while a line that trips a bug fails every time and must not hold the batch up for long.
+SERVER_ERROR_ATTEMPTS = 3
 
 
 class LineOutcome(BaseModel):
@@ -335,7 +338,9 @@ class BatchExecutor:
                         }
                     },
                 )
-            if outcome.status_code not in RETRIED_STATUSES or self._clock() >= deadline:
+            transient = outcome.status_code in RETRIED_STATUSES and self._clock() < deadline
+            server_error = outcome.status_code >= 500 and attempt + 1 < SERVER_ERROR_ATTEMPTS
+            if not (transient or server_error):
                 break
             await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
         succeeded = 200 <= outcome.status_code < 300
@@ -430,6 +435,8 @@ class BatchExecutor:
             return None
         destination = self._storage.batch_folder(batch.id) / f"{kind}.jsonl"
         size = await asyncio.to_thread(FileStorage.assemble, parts, destination)
+        # Output belongs to whoever owns the input.
+        source = await self._store.get_file(batch.input_file_id)
         await self._store.create_file(
             FileRecord(
                 file=FileObject(
@@ -440,6 +447,7 @@ class BatchExecutor:
                     purpose="batch_output",
                 ),
                 path=str(destination),
+                tenant=source.tenant if source else None,
             )
         )
         return file_id

@@ -7,13 +7,13 @@ later, when it runs: a bad body fails that line only, in the error file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH, JsonTooDeepError, loads_within_depth
 from batchjobs.schemas import BatchError, InputLine
 
 MAX_REPORTED_ERRORS = 100
@@ -61,10 +61,19 @@ class InputCheck:
         return [*self.errors, summary]
 
 
-def _parse(raw: bytes, line_number: int) -> InputLine | BatchError:
+def _parse(raw: bytes, line_number: int, max_depth: int) -> InputLine | BatchError:
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        # The line wraps its body in one more object than the body would have online.
+        data = loads_within_depth(raw, max_depth + 1)
+    except JsonTooDeepError:
+        return BatchError(
+            code="invalid_json_line",
+            message=f"line {line_number} nests arrays and objects deeper than {max_depth + 1} "
+            f"levels (its body may nest {max_depth}); flatten it",
+            line=line_number,
+        )
+    except ValueError as error:
+        # Besides malformed JSON and bad UTF-8: integers past Python's 4300-digit limit.
         return BatchError(
             code="invalid_json_line",
             message=f"line {line_number} is not valid JSON: {error}",
@@ -96,19 +105,29 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield line_number, raw
 
 
-def read_tasks(path: Path, start: int = 0) -> Iterator[NumberedLine]:
-    """The tasks of a checked file from task `start` on (blank lines are not tasks)."""
+def read_tasks(
+    path: Path, start: int = 0, max_depth: int = DEFAULT_MAX_JSON_DEPTH
+) -> Iterator[NumberedLine]:
+    """The tasks of a checked file from task `start` on (blank lines are not tasks); `max_depth`
+    is the one the file was checked with."""
     for index, (line_number, raw) in enumerate(_raw_lines(path)):
         if index < start:
             continue
-        parsed = _parse(raw, line_number)
+        parsed = _parse(raw, line_number, max_depth)
         if isinstance(parsed, BatchError):
             raise InputChangedError(f"{path} changed after it was checked: {parsed.message}")
         yield NumberedLine(index=index, line_number=line_number, line=parsed)
 
 
-def check_input(path: Path, endpoint: str, max_lines: int, max_bytes: int) -> InputCheck:
-    """Checks every line against the batch's endpoint and the limits."""
+def check_input(
+    path: Path,
+    endpoint: str,
+    max_lines: int,
+    max_bytes: int,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
+) -> InputCheck:
+    """Checks every line against the batch's endpoint and the limits; a line's body may nest
+    `max_depth` levels, as a request body may online."""
     check = InputCheck()
     size = path.stat().st_size
     if size > max_bytes:
@@ -124,7 +143,7 @@ def check_input(path: Path, endpoint: str, max_lines: int, max_bytes: int) -> In
         check.tasks += 1
         if check.tasks > max_lines:
             continue
-        parsed = _parse(raw, line_number)
+        parsed = _parse(raw, line_number, max_depth)
         if isinstance(parsed, BatchError):
             check.add(parsed)
             continue

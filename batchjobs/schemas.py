@@ -50,6 +50,8 @@ class FileRecord(BaseModel):
 
     file: FileObject
     path: str
+    tenant: str | None = None
+    """The API key name that owns it; None when made with keys off (or by a `batch_job`)."""
 
 
 class FileList(BaseModel):
@@ -170,11 +172,15 @@ def _with_ends(page: Page) -> Page:
     return page
 
 
+# OpenAI's bounds on a file's expires_after: an hour to 30 days.
+MIN_EXPIRES_AFTER_S, MAX_EXPIRES_AFTER_S = 3600, 30 * 24 * 3600
+
+
 class ExpiresAfter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     anchor: Literal["created_at"]
-    seconds: int = Field(ge=3600, le=30 * 24 * 3600)
+    seconds: int = Field(ge=MIN_EXPIRES_AFTER_S, le=MAX_EXPIRES_AFTER_S)
 
 
 class CreateBatchRequest(BaseModel):

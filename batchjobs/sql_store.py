@@ -47,6 +47,7 @@ _SCHEMA = (
         id TEXT PRIMARY KEY,
         created_at BIGINT NOT NULL,
         purpose TEXT NOT NULL,
+        tenant TEXT,
         record TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS files_by_time ON files (created_at, id)",
@@ -56,6 +57,7 @@ _SCHEMA = (
         created_at BIGINT NOT NULL,
         status TEXT NOT NULL,
         input_file_id TEXT NOT NULL,
+        tenant TEXT,
         owner TEXT,
         lease_until DOUBLE PRECISION,
         handled INTEGER NOT NULL DEFAULT 0,
@@ -70,6 +72,9 @@ _SCHEMA = (
         PRIMARY KEY (batch_id, chunk_index)
     )""",
 )
+# Columns added after the first release, which `CREATE TABLE IF NOT EXISTS` does not add to the
+# tables of an existing store.
+_ADDED_COLUMNS = (("files", "tenant", "TEXT"), ("batches", "tenant", "TEXT"))
 
 
 class _Cursor(Protocol):
@@ -99,6 +104,8 @@ class _Dialect:
     lock_row: str
     """Appended to the SELECT that reads the row a write transaction goes on to change."""
     begin_schema: tuple[str, ...]
+    columns_of: str
+    """A query of the column names of the table named by its one parameter."""
     connect: Callable[[], _Connection]
     is_broken: Callable[[_Connection], bool]
 
@@ -121,6 +128,7 @@ def _sqlite(path: Path) -> _Dialect:
         begin_write="BEGIN IMMEDIATE",
         lock_row="",
         begin_schema=("BEGIN IMMEDIATE",),
+        columns_of="SELECT name FROM pragma_table_info(?)",
         connect=connect,
         is_broken=lambda _: False,
     )
@@ -140,6 +148,8 @@ def _postgres(url: str) -> _Dialect:
         lock_row=" FOR UPDATE",
         # Concurrent CREATE ... IF NOT EXISTS can still collide in PostgreSQL's catalogs.
         begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"),
+        columns_of="SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = ?",
         connect=connect,
         is_broken=is_broken,
     )
@@ -177,17 +187,22 @@ class SqlJobStore:
         file = record.file
         await self._write(
             lambda sql: sql(
-                "INSERT INTO files (id, created_at, purpose, record) VALUES (?, ?, ?, ?)",
+                "INSERT INTO files (id, created_at, purpose, tenant, record) "
+                "VALUES (?, ?, ?, ?, ?)",
                 file.id,
                 file.created_at,
                 file.purpose,
+                record.tenant,
                 record.model_dump_json(),
             )
         )
 
-    async def get_file(self, file_id: str) -> FileRecord | None:
+    async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None:
+        owned, params = _owned_by(tenant)
         row = await self._read(
-            lambda sql: sql("SELECT record FROM files WHERE id = ?", file_id).fetchone()
+            lambda sql: sql(
+                f"SELECT record FROM files WHERE id = ?{owned}", file_id, *params
+            ).fetchone()
         )
         return None if row is None else FileRecord.model_validate_json(row[0])
 
@@ -197,10 +212,14 @@ class SqlJobStore:
         limit: int,
         order: Literal["asc", "desc"],
         after: str | None,
+        tenant: str | None = None,
     ) -> tuple[list[FileRecord], bool]:
         _check_limit(limit)
         clauses: list[str] = []
         params: list[Any] = []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            params.append(tenant)
         if purpose is not None:
             clauses.append("purpose = ?")
             params.append(purpose)
@@ -226,32 +245,42 @@ class SqlJobStore:
         )
         return deleted > 0
 
-    async def create_batch(self, batch: BatchObject) -> None:
+    async def create_batch(self, batch: BatchObject, tenant: str | None = None) -> None:
         await self._write(
             lambda sql: sql(
-                "INSERT INTO batches (id, created_at, status, input_file_id, record) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO batches (id, created_at, status, input_file_id, tenant, record) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 batch.id,
                 batch.created_at,
                 batch.status,
                 batch.input_file_id,
+                tenant,
                 batch.model_dump_json(),
             )
         )
 
-    async def get_batch(self, batch_id: str) -> BatchObject | None:
+    async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchObject | None:
+        owned, params = _owned_by(tenant)
         row = await self._read(
-            lambda sql: sql("SELECT record FROM batches WHERE id = ?", batch_id).fetchone()
+            lambda sql: sql(
+                f"SELECT record FROM batches WHERE id = ?{owned}", batch_id, *params
+            ).fetchone()
         )
         return None if row is None else BatchObject.model_validate_json(row[0])
 
-    async def list_batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
+    async def list_batches(
+        self, limit: int, after: str | None, tenant: str | None = None
+    ) -> tuple[list[BatchObject], bool]:
         _check_limit(limit)
-        where = ""
+        clauses: list[str] = []
         params: list[Any] = []
+        if tenant is not None:
+            clauses.append("tenant = ?")
+            params.append(tenant)
         if after is not None:
-            where = "WHERE (created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?)"
+            clauses.append("(created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?)")
             params.append(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT record FROM batches {where} ORDER BY created_at DESC, id DESC LIMIT ?"
         rows = await self._read(lambda sql: sql(query, *params, limit + 1).fetchall())
         return [BatchObject.model_validate_json(row[0]) for row in rows[:limit]], len(rows) > limit
@@ -392,6 +421,10 @@ class SqlJobStore:
     def _create_schema(self, sql: _Sql) -> None:
         for statement in _SCHEMA:
             sql(statement)
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[0] for row in sql(self._dialect.columns_of, table).fetchall()}
+            if column not in present:
+                sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     async def _read(self, work: Callable[[_Sql], T]) -> T:
         def read() -> T:
@@ -458,6 +491,11 @@ def _store_batch(sql: _Sql, batch_id: str, batch: BatchObject) -> None:
         batch.model_dump_json(),
         batch_id,
     )
+
+
+def _owned_by(tenant: str | None) -> tuple[str, tuple[str, ...]]:
+    """The condition limiting a query to `tenant`'s rows (none for None), and its parameters."""
+    return ("", ()) if tenant is None else (" AND tenant = ?", (tenant,))
 
 
 def _check_limit(limit: int) -> None:

@@ -22,9 +22,12 @@ class LeaseLostError(RuntimeError):
 
 
 class JobStore(Protocol):
+    """`tenant`, where a method takes one, limits it to the files and batches of that API key
+    name (what is not theirs does not exist for them); None means every tenant's."""
+
     async def create_file(self, record: FileRecord) -> None: ...
 
-    async def get_file(self, file_id: str) -> FileRecord | None: ...
+    async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None: ...
 
     async def list_files(
         self,
@@ -32,17 +35,20 @@ class JobStore(Protocol):
         limit: int,
         order: Literal["asc", "desc"],
         after: str | None,
+        tenant: str | None = None,
     ) -> tuple[list[FileRecord], bool]:
         """A page ordered by (created_at, id), and whether more follow it."""
         ...
 
     async def delete_file(self, file_id: str) -> bool: ...
 
-    async def create_batch(self, batch: BatchObject) -> None: ...
+    async def create_batch(self, batch: BatchObject, tenant: str | None = None) -> None: ...
 
-    async def get_batch(self, batch_id: str) -> BatchObject | None: ...
+    async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchObject | None: ...
 
-    async def list_batches(self, limit: int, after: str | None) -> tuple[list[BatchObject], bool]:
+    async def list_batches(
+        self, limit: int, after: str | None, tenant: str | None = None
+    ) -> tuple[list[BatchObject], bool]:
         """A page, newest first, starting after the batch `after`; and whether more follow."""
         ...
 

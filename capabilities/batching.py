@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from capabilities.base import Capability, RunContext
 from capabilities.cache import ResultCache, cache_key
-from capabilities.errors import InvalidRequestError
+from capabilities.errors import EngineUnavailableError, InvalidRequestError
 
 logger = logging.getLogger("capserve.batching")
 
@@ -36,9 +36,12 @@ class RunCall(BaseModel):
 class RunFailure(BaseModel):
     """Why a call failed; the ingress turns it back into a typed error."""
 
-    kind: Literal["invalid_request", "internal"]
+    kind: Literal["invalid_request", "unavailable", "internal"]
     message: str
     param: str | None = None
+    retry_after_s: float | None = Field(
+        default=None, description="When an `unavailable` call is worth trying again."
+    )
 
 
 class RunReply(BaseModel):
@@ -101,6 +104,10 @@ def _failure(error: Exception) -> RunFailure:
             f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}" for issue in error.errors()
         )
         return RunFailure(kind="invalid_request", message=problems)
+    if isinstance(error, EngineUnavailableError):
+        # Expected while an engine is down or overloaded: the caller answers 503, no traceback.
+        logger.warning("capability run failed: %s", error)
+        return RunFailure(kind="unavailable", message=str(error), retry_after_s=error.retry_after_s)
     logger.error("capability run failed", exc_info=error)
     return RunFailure(kind="internal", message=f"{type(error).__name__}: {error}")
 

@@ -15,3 +15,11 @@ class InvalidRequestError(CapabilityError):
 
 class ExamplesError(CapabilityError):
     """A labelled examples file is missing, empty or lacks a named column."""
+
+
+class EngineUnavailableError(CapabilityError):
+    """An engine is overloaded or down; the caller may retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

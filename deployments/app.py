@@ -8,7 +8,13 @@ from ray.serve import Application
 
 from capabilities.errors import CapabilityError
 from deployments.batch_runner import BatchRunner
-from deployments.config import AppConfig, CapabilityConfig, ConfigError, parse_app_config
+from deployments.config import (
+    AppConfig,
+    CapabilityConfig,
+    ConfigError,
+    IngressConfig,
+    parse_app_config,
+)
 from deployments.engine import EngineDeployment
 from deployments.ingress import Ingress
 from deployments.placement import engine_deployment_options
@@ -30,6 +36,8 @@ def check_config(args: dict[str, Any]) -> AppConfig:
 # Deployments only the app itself calls: an access-log line per internal call costs CPU that the
 # 2-core default cannot spare, and the ingress's access log already records every request.
 INTERNAL_LOGGING = {"enable_access_log": False}
+# Retry-After of the ingress's own 503s: its queue drains as requests finish, so soon.
+INGRESS_RETRY_AFTER_S = 1.0
 
 
 def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
@@ -50,9 +58,22 @@ def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
         "max_ongoing_requests": max(
             deployment.max_ongoing_requests, capability.batching.max_batch_size
         ),
+        "max_queued_requests": deployment.max_queued_requests,
         "ray_actor_options": {"num_cpus": deployment.num_cpus},
         "logging_config": INTERNAL_LOGGING,
         **scaling,
+    }
+
+
+def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
+    """Serve options of the HTTP ingress. Requests beyond its queue get Serve's own 503 (a
+    text body, as the proxy answers it before the app sees the request) with Retry-After."""
+    return {
+        "num_replicas": ingress.num_replicas,
+        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "max_queued_requests": ingress.max_queued_requests,
+        "backpressure_config": {"retry_after_s": INGRESS_RETRY_AFTER_S},
+        "ray_actor_options": {"num_cpus": ingress.num_cpus},
     }
 
 
@@ -70,6 +91,7 @@ def build_app(args: dict[str, Any]) -> Application:
             capability.name,
             capability.import_path,
             engines,
+            {model.name: model.deployment.calls for model in config.models},
             config.cache_dir,
             capability.batching,
             config.cache,
@@ -82,9 +104,6 @@ def build_app(args: dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": 0},
         logging_config=INTERNAL_LOGGING,
     ).bind(config, engines, runners)
-    ingress = config.ingress
-    return Ingress.options(
-        num_replicas=ingress.num_replicas,
-        max_ongoing_requests=ingress.max_ongoing_requests,
-        ray_actor_options={"num_cpus": ingress.num_cpus},
-    ).bind(config, engines, runners, stats, batch_runner)
+    return Ingress.options(**ingress_options(config.ingress)).bind(
+        config, engines, runners, stats, batch_runner
+    )

@@ -10,14 +10,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
-from starlette.routing import Route
 
 from batchjobs.files import FileStorage, FileTooLargeError, new_file_id, sortable_id
 from batchjobs.schemas import (
+    MAX_EXPIRES_AFTER_S,
+    MIN_EXPIRES_AFTER_S,
     BatchList,
     BatchObject,
     CreateBatchRequest,
@@ -29,6 +30,7 @@ from batchjobs.schemas import (
     expiry_of,
 )
 from batchjobs.store import JobStore
+from deployments.auth import principal_of
 from deployments.config import AppConfig
 from deployments.errors import (
     BadRequestError,
@@ -37,6 +39,7 @@ from deployments.errors import (
     UnsupportedMediaTypeError,
 )
 from deployments.request_body import read_json
+from deployments.routes import ApiRoute
 
 UPLOAD_READ_BYTES = 1 << 20
 # Form fields besides the file are short; a multipart body's framing adds a little to the file.
@@ -68,14 +71,25 @@ class UploadForm(BaseModel):
     expires_after_anchor: Literal["created_at"] | None = Field(
         default=None, alias="expires_after[anchor]"
     )
-    expires_after_seconds: int | None = Field(default=None, alias="expires_after[seconds]")
+    expires_after_seconds: int | None = Field(
+        default=None,
+        alias="expires_after[seconds]",
+        ge=MIN_EXPIRES_AFTER_S,
+        le=MAX_EXPIRES_AFTER_S,
+    )
+
+    @model_validator(mode="after")
+    def _anchor_and_seconds_together(self) -> UploadForm:
+        if (self.expires_after_anchor is None) != (self.expires_after_seconds is None):
+            raise ValueError(
+                "send expires_after[anchor] and expires_after[seconds] together, or neither"
+            )
+        return self
 
     def expires_after(self) -> ExpiresAfter | None:
-        if self.expires_after_anchor is None and self.expires_after_seconds is None:
+        if self.expires_after_anchor is None or self.expires_after_seconds is None:
             return None
-        return ExpiresAfter.model_validate(
-            {"anchor": self.expires_after_anchor, "seconds": self.expires_after_seconds}
-        )
+        return ExpiresAfter(anchor=self.expires_after_anchor, seconds=self.expires_after_seconds)
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -96,17 +110,94 @@ class BatchApi:
         self._storage = storage
         self._wake_runner = wake_runner
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[ApiRoute]:
+        file_errors = (404,)
         return [
-            Route("/v1/files", self.upload_file, methods=["POST"]),
-            Route("/v1/files", self.list_files, methods=["GET"]),
-            Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
-            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
-            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
-            Route("/v1/batches", self.create_batch, methods=["POST"]),
-            Route("/v1/batches", self.list_batches, methods=["GET"]),
-            Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
-            Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
+            ApiRoute(
+                "/v1/files",
+                "POST",
+                self.upload_file,
+                "Upload a JSONL batch input file",
+                "batch",
+                form=UploadForm,
+                answer=FileObject,
+                errors=(400, 413, 415, 422),
+            ),
+            ApiRoute(
+                "/v1/files",
+                "GET",
+                self.list_files,
+                "The caller's files",
+                "batch",
+                query=FileListQuery,
+                answer=FileList,
+                errors=(422,),
+            ),
+            ApiRoute(
+                "/v1/files/{file_id}",
+                "GET",
+                self.get_file,
+                "A file",
+                "batch",
+                answer=FileObject,
+                errors=file_errors,
+            ),
+            ApiRoute(
+                "/v1/files/{file_id}",
+                "DELETE",
+                self.delete_file,
+                "Delete a file",
+                "batch",
+                answer=FileDeleted,
+                errors=(400, 404),
+            ),
+            ApiRoute(
+                "/v1/files/{file_id}/content",
+                "GET",
+                self.file_content,
+                "A file's bytes",
+                "batch",
+                binary=True,
+                errors=file_errors,
+            ),
+            ApiRoute(
+                "/v1/batches",
+                "POST",
+                self.create_batch,
+                "Run a batch over an uploaded file",
+                "batch",
+                body=CreateBatchRequest,
+                answer=BatchObject,
+                errors=(400, 404, 413, 422),
+            ),
+            ApiRoute(
+                "/v1/batches",
+                "GET",
+                self.list_batches,
+                "The caller's batches, newest first",
+                "batch",
+                query=BatchListQuery,
+                answer=BatchList,
+                errors=(422,),
+            ),
+            ApiRoute(
+                "/v1/batches/{batch_id}",
+                "GET",
+                self.get_batch,
+                "A batch, with live request counts",
+                "batch",
+                answer=BatchObject,
+                errors=(404,),
+            ),
+            ApiRoute(
+                "/v1/batches/{batch_id}/cancel",
+                "POST",
+                self.cancel_batch,
+                "Cancel a batch; its finished lines stay in the output",
+                "batch",
+                answer=BatchObject,
+                errors=(400, 404),
+            ),
         ]
 
     async def upload_file(self, request: Request) -> JSONResponse:
@@ -141,36 +232,37 @@ class BatchApi:
             purpose=upload_form.purpose,
             expires_at=now + expires_after.seconds if expires_after else None,
         )
-        await self._store.create_file(FileRecord(file=file, path=str(path)))
+        tenant = principal_of(request).tenant
+        await self._store.create_file(FileRecord(file=file, path=str(path), tenant=tenant))
         return JSONResponse(file.model_dump(mode="json"))
 
     async def list_files(self, request: Request) -> JSONResponse:
         query = FileListQuery.model_validate(dict(request.query_params))
         records, has_more = await self._store.list_files(
-            query.purpose, query.limit, query.order, query.after
+            query.purpose, query.limit, query.order, query.after, principal_of(request).tenant
         )
         listing = FileList(data=[record.file for record in records], has_more=has_more)
         return JSONResponse(listing.model_dump(mode="json"))
 
-    async def _file(self, file_id: str) -> FileRecord:
-        record = await self._store.get_file(file_id)
+    async def _file(self, request: Request, file_id: str) -> FileRecord:
+        record = await self._store.get_file(file_id, principal_of(request).tenant)
         expired = record is not None and (record.file.expires_at or float("inf")) <= time.time()
         if record is None or expired:
             raise NotFoundError(f"no file with id {file_id!r}", "file_id")
         return record
 
     async def get_file(self, request: Request) -> JSONResponse:
-        record = await self._file(request.path_params["file_id"])
+        record = await self._file(request, request.path_params["file_id"])
         return JSONResponse(record.file.model_dump(mode="json"))
 
     async def file_content(self, request: Request) -> FileResponse:
-        record = await self._file(request.path_params["file_id"])
+        record = await self._file(request, request.path_params["file_id"])
         return FileResponse(
             record.path, media_type="application/octet-stream", filename=record.file.filename
         )
 
     async def delete_file(self, request: Request) -> JSONResponse:
-        record = await self._file(request.path_params["file_id"])
+        record = await self._file(request, request.path_params["file_id"])
         running = await self._store.batches_using_file(record.file.id)
         if running:
             raise BadRequestError(
@@ -183,9 +275,10 @@ class BatchApi:
         return JSONResponse(FileDeleted(id=record.file.id).model_dump())
 
     async def create_batch(self, request: Request) -> JSONResponse:
-        payload = await read_json(request, self._config.limits.max_body_bytes)
+        payload = await read_json(request, self._config.limits)
         body = CreateBatchRequest.model_validate(payload)
-        record = await self._store.get_file(body.input_file_id)
+        tenant = principal_of(request).tenant
+        record = await self._store.get_file(body.input_file_id, tenant)
         if record is None:
             raise NotFoundError(f"no file with id {body.input_file_id!r}", "input_file_id")
         if record.file.purpose != "batch":
@@ -205,25 +298,29 @@ class BatchApi:
             expires_at=expiry_of(now, body.completion_window),
             metadata=body.metadata,
         )
-        await self._store.create_batch(batch)
+        await self._store.create_batch(batch, tenant)
         self._wake_runner()
         return JSONResponse(batch.model_dump(mode="json"))
 
     async def list_batches(self, request: Request) -> JSONResponse:
         query = BatchListQuery.model_validate(dict(request.query_params))
-        batches, has_more = await self._store.list_batches(query.limit, query.after)
+        batches, has_more = await self._store.list_batches(
+            query.limit, query.after, principal_of(request).tenant
+        )
         listing = BatchList(data=batches, has_more=has_more)
         return JSONResponse(listing.model_dump(mode="json"))
 
     async def get_batch(self, request: Request) -> JSONResponse:
         batch_id = request.path_params["batch_id"]
-        batch = await self._store.get_batch(batch_id)
+        batch = await self._store.get_batch(batch_id, principal_of(request).tenant)
         if batch is None:
             raise NotFoundError(f"no batch with id {batch_id!r}", "batch_id")
         return JSONResponse(batch.model_dump(mode="json"))
 
     async def cancel_batch(self, request: Request) -> JSONResponse:
         batch_id = request.path_params["batch_id"]
+        if await self._store.get_batch(batch_id, principal_of(request).tenant) is None:
+            raise NotFoundError(f"no batch with id {batch_id!r}", "batch_id")
         now = int(time.time())
 
         def cancel(current: BatchObject) -> BatchObject | None:

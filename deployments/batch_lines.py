@@ -9,7 +9,11 @@ from batchjobs.schemas import BatchUsage
 from deployments.classify_service import ClassifyService
 from deployments.config import AppConfig
 from deployments.errors import NotFoundError, api_error_for, error_json
-from deployments.openai_api import OpenAIEndpoints
+from deployments.openai_api import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    OpenAIEndpoints,
+)
 from deployments.schemas import ClassifyRequest
 
 
@@ -50,9 +54,11 @@ class BatchLines:
             response = await self._classify.classify(request, request_id)
             return response.model_dump(mode="json")
         if endpoint == "/v1/chat/completions":
-            return await self._openai.chat_completions(body, request_id)
+            chat = ChatCompletionRequest.model_validate(body)
+            return await self._openai.chat_completions(chat, request_id)
         if endpoint == "/v1/embeddings":
-            return await self._openai.embeddings(body, request_id)
+            embeddings = EmbeddingRequest.model_validate(body)
+            return await self._openai.embeddings(embeddings, request_id)
         raise NotFoundError(f"batch lines cannot target {endpoint}")
 
     def default_model(self, endpoint: str) -> str | None:

@@ -27,10 +27,10 @@ from batchjobs.schemas import BatchError
 from batchjobs.sql_store import open_store
 from deployments.batch_lines import BatchLines
 from deployments.classify_service import ClassifyService
-from deployments.config import AppConfig
-from deployments.engine_client import EngineClient
+from deployments.config import AppConfig, BatchingConfig
+from deployments.engine_client import engine_clients
 from deployments.openai_api import OpenAIEndpoints
-from deployments.runner_client import RunnerClient
+from deployments.runner_client import runner_clients
 
 logger = logging.getLogger("capserve.batch")
 BATCH_RUNNER_NAME = "batch-runner"
@@ -42,15 +42,15 @@ def build_batch_lines(
     config: AppConfig,
     engines: Mapping[str, DeploymentHandle],
     runners: Mapping[str, DeploymentHandle],
+    batching: BatchingConfig | None,
 ) -> BatchLines:
     """Batch lines answered through the app's engines and capability runners: by the batch
-    runner over its bound handles, by `deployments.batch_job` over handles got by name."""
-    engine_clients = {name: EngineClient(name, handle) for name, handle in engines.items()}
-    runner_clients = {name: RunnerClient(name, handle) for name, handle in runners.items()}
+    runner over its bound handles, by `deployments.batch_job` over handles got by name (outside
+    Serve, so without `batching`: see ClassifyService)."""
     return BatchLines(
         config,
-        ClassifyService(config, runner_clients, config.ingress.batching),
-        OpenAIEndpoints(config.models, engine_clients),
+        ClassifyService(config, runner_clients(config, runners), batching),
+        OpenAIEndpoints(config.models, engine_clients(config, engines)),
     )
 
 
@@ -64,7 +64,7 @@ class BatchRunner:
     ) -> None:
         self._settings = config.batch
         self._store = open_store(config.batch_store_url)
-        lines = build_batch_lines(config, engines, runners)
+        lines = build_batch_lines(config, engines, runners, config.ingress.batching)
         self._handlers: list[tuple[str, ResultHandler]] = [
             (handler.type, load_handler(handler)) for handler in config.batch.result_handlers
         ]

@@ -38,14 +38,24 @@ class ClassifyService:
     calls of concurrent requests in this process."""
 
     def __init__(
-        self, config: AppConfig, runners: Mapping[str, RunnerClient], batching: BatchingConfig
+        self,
+        config: AppConfig,
+        runners: Mapping[str, RunnerClient],
+        batching: BatchingConfig | None,
     ) -> None:
+        """`batching` coalesces the runner calls of concurrent requests. `@serve.batch` works only
+        inside a Serve replica, so a driver outside Serve (a `ray job submit` job) passes None and
+        calls the runners directly; they still batch on their side."""
         self._config = config
         self._runners = runners
         self._registry = config.registry()
         self._classes = {c.name: c.capability_class() for c in config.capabilities}
-        self._call_runner.set_max_batch_size(batching.max_batch_size)
-        self._call_runner.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        if batching is None:
+            self._send = self._call_runner_directly
+        else:
+            self._call_runner.set_max_batch_size(batching.max_batch_size)
+            self._call_runner.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+            self._send = self._call_runner
 
     async def classify(self, body: ClassifyRequest, request_id: str) -> ClassifyResponse:
         plan = Plan.of(
@@ -58,7 +68,7 @@ class ClassifyService:
             name: str, texts: list[str], parents: dict[str, list[BaseModel]]
         ) -> list[BaseModel]:
             call = RunCall(texts=texts, parents=parents, options=options.get(name, {}))
-            reply = self._runners[name].checked(await self._call_runner(name, call))
+            reply = self._runners[name].checked(await self._send(name, call))
             versions[name] = reply.version
             return reply.outputs or []
 
@@ -86,6 +96,9 @@ class ClassifyService:
             return None
         settings = self._config.capability("classification").settings
         return settings.get("generative_model" if strategy == "generative" else "embedding_model")
+
+    async def _call_runner_directly(self, name: str, call: RunCall) -> RunReply:
+        return await self._runners[name].run(call)
 
     # Batches only route calls, and each waits on a runner: many may be in flight at once.
     @serve.batch(max_concurrent_batches=64)

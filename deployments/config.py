@@ -10,9 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batchjobs.executor import ExecutionSettings
 from batchjobs.handlers import ResultHandlerConfig
+from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH
 from capabilities.base import Capability
 from capabilities.cache import CacheConfig
 from capabilities.registry import Registry, RegistryError, capability_class
+from deployments.auth import AuthConfig
+from deployments.rate_limit import RateLimitConfig
 
 PACKAGE_SCHEME = "pkg:"
 
@@ -51,11 +54,53 @@ class BatchingConfig(StrictModel):
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
 
 
+class CallGuardConfig(StrictModel):
+    """How callers of a deployment stop waiting on it: timeouts for a replica to take a call and
+    to answer it, and a circuit breaker that answers 503 at once while the deployment keeps
+    failing."""
+
+    timeout_s: float = Field(
+        default=60, gt=0, description="How long one call may take before it fails with 503."
+    )
+    startup_timeout_s: float = Field(
+        default=900,
+        gt=0,
+        description="The timeout until the deployment first answers this caller: it may still "
+        "be starting (an engine loads for minutes on a CPU).",
+    )
+    accept_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="How long a call may wait for a replica to take it: longer means every "
+        "replica is saturated or none is running (e.g. while Serve replaces a dead one).",
+    )
+    failure_threshold: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive timeouts or dead replicas after which calls fail at once.",
+    )
+    cooldown_s: float = Field(
+        default=5, gt=0, description="How long calls fail at once before one probe is let through."
+    )
+
+
+# A runner call waits on its engine calls, so it must outlast their timeouts: an engine outage
+# then reaches the ingress as the runner's answer, not as the runner's own breaker opening.
+ENGINE_CALLS = CallGuardConfig()
+RUNNER_CALLS = CallGuardConfig(timeout_s=120)
+MAX_QUEUED_REQUESTS_DESCRIPTION = (
+    "Requests each caller holds while every replica is busy or down; beyond them it answers "
+    "503 at once."
+)
+
+
 class DeploymentConfig(StrictModel):
     """Serve deployment settings of one engine."""
 
     num_replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=256, gt=0)
+    max_queued_requests: int = Field(default=512, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION)
+    calls: CallGuardConfig = ENGINE_CALLS
     num_cpus: float = Field(default=0, ge=0)
     accelerator: Literal["cpu", "gpu"] = "cpu"
 
@@ -95,6 +140,11 @@ class LimitsConfig(StrictModel):
     max_items_per_request: int = Field(default=256, gt=0)
     max_text_chars: int = Field(default=2000, gt=0)
     max_body_bytes: int = Field(default=2_000_000, gt=0)
+    max_json_depth: int = Field(
+        default=DEFAULT_MAX_JSON_DEPTH,
+        gt=0,
+        description="How deep a JSON body may nest arrays and objects; deeper ones get a 400.",
+    )
 
 
 class IngressConfig(StrictModel):
@@ -102,6 +152,9 @@ class IngressConfig(StrictModel):
 
     num_replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=512, gt=0)
+    max_queued_requests: int = Field(
+        default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
+    )
     num_cpus: float = Field(default=0, ge=0)
     batching: BatchingConfig = Field(
         default=BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.002),
@@ -117,7 +170,11 @@ class RunnerDeploymentConfig(StrictModel):
         default=None, description="Serve autoscaling_config; replaces num_replicas when set."
     )
     max_ongoing_requests: int = Field(default=512, gt=0)
+    max_queued_requests: int = Field(
+        default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
+    )
     num_cpus: float = Field(default=0, ge=0)
+    calls: CallGuardConfig = RUNNER_CALLS
 
 
 class CapabilityConfig(StrictModel):
@@ -203,6 +260,10 @@ class AppConfig(StrictModel):
     )
     ingress: IngressConfig = IngressConfig()
     batch: BatchConfig = BatchConfig()
+    auth: AuthConfig = Field(
+        default=AuthConfig(), description="API keys; with none every endpoint is open."
+    )
+    rate_limits: RateLimitConfig = RateLimitConfig()
     cache_dir: Path = Path("~/.cache/capserve")
 
     @field_validator("cache_dir")
@@ -237,7 +298,18 @@ class AppConfig(StrictModel):
         unknown = sorted(set(self.default_capabilities) - set(registry.depends_on))
         if unknown:
             raise ValueError(f"default_capabilities: {unknown} are not configured capabilities")
+        self._check_rate_limits_are_shared()
         return self
+
+    def _check_rate_limits_are_shared(self) -> None:
+        limited = self.rate_limits.default is not None or any(
+            key.rate_limits is not None for key in self.auth.all_keys()
+        )
+        if limited and self.ingress.num_replicas > 1 and self.rate_limits.redis_url is None:
+            raise ValueError(
+                f"rate_limits.redis_url: {self.ingress.num_replicas} ingress replicas would "
+                "each count a key's limits alone; set a Redis URL for them to share"
+            )
 
     def _check_model_references(self, capability: str, settings: BaseModel) -> None:
         by_name = {model.name: model for model in self.models}

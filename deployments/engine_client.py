@@ -1,41 +1,60 @@
-"""The engine protocol over a Serve `DeploymentHandle`, so capability logic never sees Ray."""
+"""The engine protocol over a Serve `DeploymentHandle`, so capability logic never sees Ray.
+
+Every call ends: within the engine's call timeout, or at once while its circuit breaker is open,
+with `EngineUnavailableError` (a 503 with Retry-After) when the engine is overloaded or down.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.engine import ChoiceResult
+from capabilities.errors import EngineUnavailableError
+from deployments.config import ENGINE_CALLS, AppConfig, CallGuardConfig
 from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.guarded_handle import GuardedHandle
 
 
 class EngineClient:
     """Forwards protocol calls to an engine deployment; replies are coalesced there."""
 
-    def __init__(self, name: str, handle: DeploymentHandle) -> None:
+    def __init__(
+        self, name: str, handle: DeploymentHandle, calls: CallGuardConfig = ENGINE_CALLS
+    ) -> None:
         self.name = name
-        self._handle = handle
+        self._engine = GuardedHandle(f"engine {name!r}", handle, calls, EngineUnavailableError)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await self._handle.embed.remote(list(texts))
+        return await self._engine.call("embed", list(texts))
 
     async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
-        return await self._handle.choose.remote(list(prompts), list(choices))
+        return await self._engine.call("choose", list(prompts), list(choices))
 
     async def generate_json(
         self, prompts: Sequence[str], json_schema: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        return await self._handle.generate_json.remote(list(prompts), json_schema)
+        return await self._engine.call("generate_json", list(prompts), json_schema)
 
     async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
-        return await self._handle.chat.remote(call)
+        return await self._engine.call("chat", call)
 
     async def embeddings(self, texts: Sequence[str]) -> Embeddings:
-        return await self._handle.embeddings.remote(list(texts))
+        return await self._engine.call("embeddings", list(texts))
 
     async def ready(self) -> None:
         """Returns when the engine answers a real request; raises when it cannot."""
-        await self._handle.ready.remote()
+        await self._engine.check("ready")
+
+
+def engine_clients(
+    config: AppConfig, handles: Mapping[str, DeploymentHandle]
+) -> dict[str, EngineClient]:
+    """A client per engine, guarded as its model's `deployment.calls` says."""
+    return {
+        name: EngineClient(name, handle, config.model(name).deployment.calls)
+        for name, handle in handles.items()
+    }

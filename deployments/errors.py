@@ -7,12 +7,13 @@ SDK and curl users read the same thing.
 from __future__ import annotations
 
 import logging
+import math
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from capabilities.errors import ExamplesError, InvalidRequestError
+from capabilities.errors import EngineUnavailableError, ExamplesError, InvalidRequestError
 
 logger = logging.getLogger("capserve")
 
@@ -39,6 +40,10 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the JSON body."""
+        return {}
 
 
 class BadRequestError(ApiError):
@@ -77,8 +82,44 @@ class UnsupportedMediaTypeError(ApiError):
     status_code, type, code = 415, "invalid_request_error", "unsupported_media_type"
 
 
-class NotReadyError(ApiError):
+class AuthenticationError(ApiError):
+    status_code, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="capserve"'}
+
+
+class PermissionDeniedError(ApiError):
+    status_code, type, code = 403, "invalid_request_error", "insufficient_scope"
+
+
+class RetryLaterError(ApiError):
+    """A condition that passes: the answer says in Retry-After when to try again."""
+
+    def __init__(self, message: str, retry_after_s: float, param: str | None = None) -> None:
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        # Retry-After takes whole seconds; rounding up never invites a retry that fails again.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class RateLimitedError(RetryLaterError):
+    status_code, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class NotReadyError(RetryLaterError):
     status_code, type, code = 503, "server_error", "not_ready"
+
+    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
+        super().__init__(message, retry_after_s)
+
+
+class ServiceUnavailableError(RetryLaterError):
+    """The engine or a runner is overloaded or down; the circuit breaker answers for it."""
+
+    status_code, type, code = 503, "server_error", "service_unavailable"
 
 
 class EngineOutputError(ApiError):
@@ -114,6 +155,8 @@ def api_error_for(error: Exception, where: str) -> ApiError:
         return BadRequestError(str(error), error.param)
     if isinstance(error, ExamplesError):
         return BadRequestError(str(error))
+    if isinstance(error, EngineUnavailableError):
+        return ServiceUnavailableError(str(error), error.retry_after_s)
     if isinstance(error, ApiError):
         return error
     logger.error("unhandled error in %s", where, exc_info=error)
@@ -128,8 +171,9 @@ def error_json(error: ApiError) -> dict[str, object]:
 async def handle_error(request: Request, error: Exception) -> JSONResponse:
     """The one place where exceptions become HTTP answers; nothing else builds error responses."""
     api_error = api_error_for(error, f"{request.method} {request.url.path}")
-    headers = {"Retry-After": "5"} if api_error.status_code == 503 else None
-    return JSONResponse(error_json(api_error), status_code=api_error.status_code, headers=headers)
+    return JSONResponse(
+        error_json(api_error), status_code=api_error.status_code, headers=api_error.headers()
+    )
 
 
 class CapabilityFailedError(ApiError):

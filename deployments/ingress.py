@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 from ray import serve
@@ -25,27 +26,42 @@ from starlette.routing import Route
 from batchjobs.files import FileStorage
 from batchjobs.sql_store import open_store
 from capabilities.errors import CapabilityError
+from deployments.auth import Authenticator, principal_of
 from deployments.batch_api import BatchApi
 from deployments.classify_service import ClassifyService
 from deployments.config import AppConfig
-from deployments.engine_client import EngineClient
+from deployments.engine_client import engine_clients
 from deployments.errors import (
     ApiError,
+    BadRequestError,
     MethodNotAllowedError,
     NotFoundError,
     NotReadyError,
     handle_error,
 )
-from deployments.openai_api import OpenAIEndpoints
+from deployments.openai_api import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    OpenAIEndpoints,
+)
+from deployments.openapi import OpenApiDocument, openapi_endpoint
+from deployments.rate_limit import RateLimiter
 from deployments.request_body import read_json
-from deployments.runner_client import RunnerClient
+from deployments.routes import ApiRoute, Endpoint
+from deployments.runner_client import runner_clients
 from deployments.schemas import (
     CapabilityCard,
     CapabilityList,
     ClassifyRequest,
+    ClassifyResponse,
+    HealthStatus,
     ModelCard,
     ModelList,
+    ReadyStatus,
 )
+from deployments.stats import StatsSnapshot
 
 READY_TIMEOUT_S = 10.0
 REQUEST_ID_HEADER = "x-request-id"
@@ -62,9 +78,12 @@ async def _http_error(request: Request, error: Exception) -> Response:
         return await handle_error(
             request, MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
         )
-    return await handle_error(
-        request, NotFoundError(f"no route {request.method} {request.url.path}")
-    )
+    if error.status_code == 404:
+        return await handle_error(
+            request, NotFoundError(f"no route {request.method} {request.url.path}")
+        )
+    # Starlette's own 400s, e.g. a multipart body it cannot parse.
+    return await handle_error(request, BadRequestError(f"malformed request: {error.detail}"))
 
 
 class CatchAllMiddleware(BaseHTTPMiddleware):
@@ -77,7 +96,23 @@ class CatchAllMiddleware(BaseHTTPMiddleware):
             return await handle_error(request, error)
 
 
-def build_http_app(routes: list[Route]) -> Starlette:
+def _guarded(route: ApiRoute, authenticator: Authenticator, rate_limiter: RateLimiter) -> Endpoint:
+    """The route's endpoint behind the key check and the caller's request rate limit; the
+    endpoint finds its caller with `principal_of`."""
+
+    async def endpoint(request: Request) -> Response:
+        principal = authenticator.authenticate(request.headers.get("authorization"), route.access)
+        request.state.principal = principal
+        if route.access != "public":
+            await rate_limiter.admit(principal.name, principal.rate_limits, "requests", 1)
+        return await route.endpoint(request)
+
+    return endpoint
+
+
+def build_http_app(
+    routes: Sequence[ApiRoute], authenticator: Authenticator, rate_limiter: RateLimiter
+) -> Starlette:
     handlers = {
         ApiError: handle_error,
         CapabilityError: handle_error,
@@ -85,7 +120,10 @@ def build_http_app(routes: list[Route]) -> Starlette:
         HTTPException: _http_error,
     }
     return Starlette(
-        routes=routes,
+        routes=[
+            Route(route.path, _guarded(route, authenticator, rate_limiter), methods=[route.method])
+            for route in routes
+        ],
         middleware=[Middleware(CatchAllMiddleware)],
         exception_handlers=handlers,  # type: ignore[arg-type]
     )
@@ -103,12 +141,14 @@ class Ingress:
         batch_runner: DeploymentHandle,
     ) -> None:
         self._config = config
-        self._engines = {name: EngineClient(name, handle) for name, handle in engines.items()}
-        self._runners = {name: RunnerClient(name, handle) for name, handle in runners.items()}
+        self._engines = engine_clients(config, engines)
+        self._runners = runner_clients(config, runners)
         self._stats = stats
         self._registry = config.registry()
         self._classify = ClassifyService(config, self._runners, config.ingress.batching)
         self._started = int(time.time())
+        self._authenticator = Authenticator(config.auth.all_keys())
+        self._rate_limiter = RateLimiter(config.rate_limits)
         self._openai = OpenAIEndpoints(config.models, self._engines)
         self._batch_api = BatchApi(
             config,
@@ -118,33 +158,101 @@ class Ingress:
         )
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return build_http_app(
-            [
-                Route("/v1/classify", self.classify, methods=["POST"]),
-                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-                Route("/v1/capabilities", self.capabilities, methods=["GET"]),
-                Route("/v1/stats", self.stats, methods=["GET"]),
-                Route("/v1/models", self.models, methods=["GET"]),
-                Route("/healthz", self.healthz, methods=["GET"]),
-                Route("/readyz", self.readyz, methods=["GET"]),
-                *self._batch_api.routes(),
-            ]
-        )
+        return build_http_app(self.api_routes(), self._authenticator, self._rate_limiter)
+
+    def api_routes(self) -> list[ApiRoute]:
+        return [
+            ApiRoute(
+                "/v1/classify",
+                "POST",
+                self.classify,
+                "Classify texts; recommendations, alerts and gates on request",
+                "classify",
+                body=ClassifyRequest,
+                answer=ClassifyResponse,
+                errors=(400, 413, 422),
+            ),
+            ApiRoute(
+                "/v1/chat/completions",
+                "POST",
+                self.chat_completions,
+                "OpenAI chat completion on a generative model",
+                "classify",
+                body=ChatCompletionRequest,
+                answer=ChatCompletion,
+                errors=(400, 404, 413, 422),
+            ),
+            ApiRoute(
+                "/v1/embeddings",
+                "POST",
+                self.embeddings,
+                "OpenAI embeddings on an embedding model",
+                "classify",
+                body=EmbeddingRequest,
+                answer=EmbeddingList,
+                errors=(400, 404, 413, 422),
+            ),
+            ApiRoute(
+                "/v1/capabilities",
+                "GET",
+                self.capabilities,
+                "The capabilities, their dependencies and live settings",
+                "any_key",
+                answer=CapabilityList,
+            ),
+            ApiRoute(
+                "/v1/stats",
+                "GET",
+                self.stats,
+                "Runs, batch sizes and cache hits per capability",
+                "admin",
+                answer=StatsSnapshot,
+            ),
+            ApiRoute(
+                "/v1/models", "GET", self.models, "The served models", "any_key", answer=ModelList
+            ),
+            ApiRoute("/healthz", "GET", self.healthz, "Liveness", "public", answer=HealthStatus),
+            ApiRoute(
+                "/readyz",
+                "GET",
+                self.readyz,
+                "Readiness: engines and capability runners answer",
+                "public",
+                answer=ReadyStatus,
+            ),
+            *self._batch_api.routes(),
+            ApiRoute(
+                "/openapi.json",
+                "GET",
+                openapi_endpoint(self.api_routes),
+                "This API's OpenAPI 3.1 document",
+                "public",
+                answer=OpenApiDocument,
+            ),
+        ]
 
     async def classify(self, request: Request) -> JSONResponse:
-        payload = await read_json(request, self._config.limits.max_body_bytes)
+        payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
+        await self._admit_texts(request, len(body.all_texts()))
         response = await self._classify.classify(body, request_id_of(request))
         return JSONResponse(response.model_dump(mode="json"))
 
     async def chat_completions(self, request: Request) -> JSONResponse:
-        payload = await read_json(request, self._config.limits.max_body_bytes)
-        return JSONResponse(await self._openai.chat_completions(payload, request_id_of(request)))
+        payload = await read_json(request, self._config.limits)
+        body = ChatCompletionRequest.model_validate(payload)
+        await self._admit_texts(request, 1)
+        return JSONResponse(await self._openai.chat_completions(body, request_id_of(request)))
 
     async def embeddings(self, request: Request) -> JSONResponse:
-        payload = await read_json(request, self._config.limits.max_body_bytes)
-        return JSONResponse(await self._openai.embeddings(payload, request_id_of(request)))
+        payload = await read_json(request, self._config.limits)
+        body = EmbeddingRequest.model_validate(payload)
+        await self._admit_texts(request, len(body.texts()))
+        return JSONResponse(await self._openai.embeddings(body, request_id_of(request)))
+
+    async def _admit_texts(self, request: Request, texts: int) -> None:
+        caller = principal_of(request)
+        await self._rate_limiter.admit(caller.name, caller.rate_limits, "texts", texts)
 
     async def capabilities(self, request: Request) -> JSONResponse:
         infos = await asyncio.gather(*(runner.describe() for runner in self._runners.values()))
@@ -173,7 +281,7 @@ class Ingress:
         return JSONResponse(ModelList(data=cards).model_dump())
 
     async def healthz(self, request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse(HealthStatus().model_dump())
 
     async def readyz(self, request: Request) -> JSONResponse:
         checks = [engine.ready() for engine in self._engines.values()]
@@ -184,10 +292,5 @@ class Ingress:
             raise NotReadyError(
                 f"engines or capability runners are not answering: {type(error).__name__}: {error}"
             ) from None
-        return JSONResponse(
-            {
-                "status": "ready",
-                "engines": sorted(self._engines),
-                "capabilities": sorted(self._runners),
-            }
-        )
+        ready = ReadyStatus(engines=sorted(self._engines), capabilities=sorted(self._runners))
+        return JSONResponse(ready.model_dump())

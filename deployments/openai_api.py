@@ -193,15 +193,16 @@ def encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 
 class OpenAIEndpoints:
-    """Both endpoints over the configured models' engines; each returns a JSON-ready body and
-    raises typed errors (`errors.py`) or pydantic's ValidationError."""
+    """Both endpoints over the configured models' engines, given validated requests; each
+    returns a JSON-ready body and raises typed errors (`errors.py`)."""
 
     def __init__(self, models: Sequence[ModelConfig], engines: Mapping[str, OpenAIEngine]) -> None:
         self._runners: dict[str, Runner] = {model.name: model.runner for model in models}
         self._engines = engines
 
-    async def chat_completions(self, payload: Any, request_id: str) -> dict[str, Any]:
-        request = ChatCompletionRequest.model_validate(payload)
+    async def chat_completions(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> dict[str, Any]:
         if request.stream:
             raise StreamNotSupportedError(
                 "stream: streaming is not supported; send stream=false or leave it out", "stream"
@@ -231,8 +232,7 @@ class OpenAIEndpoints:
         )
         return completion.model_dump(mode="json")
 
-    async def embeddings(self, payload: Any, request_id: str) -> dict[str, Any]:
-        request = EmbeddingRequest.model_validate(payload)
+    async def embeddings(self, request: EmbeddingRequest, request_id: str) -> dict[str, Any]:
         texts = request.texts()
         model = self._model(request.model, "pooling", EMBEDDINGS)
         embedded = await self._engines[model].embeddings(texts)

@@ -22,6 +22,7 @@ def engine_deployment_options(config: ModelConfig) -> dict[str, Any]:
         "name": f"engine-{config.name}",
         "num_replicas": deployment.num_replicas,
         "max_ongoing_requests": deployment.max_ongoing_requests,
+        "max_queued_requests": deployment.max_queued_requests,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
         "graceful_shutdown_timeout_s": 20.0,

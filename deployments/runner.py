@@ -22,7 +22,7 @@ from capabilities.base import Capability, Resources
 from capabilities.batching import RunCall, RunReply, run_batch
 from capabilities.cache import CacheConfig
 from capabilities.registry import capability_class
-from deployments.config import BatchingConfig, ConfigError, validation_problems
+from deployments.config import BatchingConfig, CallGuardConfig, ConfigError, validation_problems
 from deployments.engine_client import EngineClient
 
 CONCURRENT_BATCHES = 4
@@ -52,6 +52,7 @@ class CapabilityRunner:
         name: str,
         import_path: str | None,
         engines: dict[str, DeploymentHandle],
+        engine_calls: dict[str, CallGuardConfig],
         cache_dir: Path,
         batching: BatchingConfig,
         cache: CacheConfig,
@@ -59,7 +60,10 @@ class CapabilityRunner:
     ) -> None:
         self._class = capability_class(name, import_path)
         self._resources = Resources(
-            engines={model: EngineClient(model, handle) for model, handle in engines.items()},
+            engines={
+                model: EngineClient(model, handle, engine_calls[model])
+                for model, handle in engines.items()
+            },
             cache_dir=cache_dir,
             counter=_counter,
         )

@@ -103,7 +103,8 @@ class ItemResult(BaseModel):
     """One item's answer: classification fields when it asked for classification, and every
     other capability it asked for under that capability's name."""
 
-    model_config = ConfigDict(extra="allow")
+    # Its serializer returns a plain dict; the fields are the schema of what it answers.
+    model_config = ConfigDict(extra="allow", json_schema_mode_override="validation")
 
     index: int
     id: str | None = None
@@ -159,3 +160,13 @@ class CapabilityList(BaseModel):
         description="Capabilities in dependency order; each level's "
         "members are independent of each other and run concurrently."
     )
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyStatus(BaseModel):
+    status: Literal["ready"] = "ready"
+    engines: list[str]
+    capabilities: list[str]

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +81,34 @@ def deploy_config(applications: list[dict[str, Any]], port: int) -> dict[str, An
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": applications,
     }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def uncached_default_app(namespace: str, cache_dir: str) -> Iterator[str]:
+    """The default app in this process's own Ray with the result cache off, so every request is
+    real work; yields its base URL and shuts Ray down after."""
+    import ray
+    from ray import serve
+
+    from deployments.deploy import deploy, wait_running
+
+    os.chdir(PROJECT_ROOT)
+    port = free_port()
+    ray.init(include_dashboard=False, namespace=namespace, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    app = default_app(cache_dir)
+    app["args"]["cache"] = {"enabled": False}
+    config = deploy_config([app], port)
+    try:
+        deploy(config)
+        wait_running(config)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

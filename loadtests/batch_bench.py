@@ -14,14 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+# Run as a script: the project's packages sit beside this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from deployments.config import ModelConfig
-from loadtests.apps import PROJECT_ROOT, default_app, deploy_config
-from loadtests.bench import Measurement, free_port, raw_engine, read_texts
+from loadtests.apps import PROJECT_ROOT, default_app, uncached_default_app
+from loadtests.bench import Measurement, raw_engine, read_texts
 
 
 def job_texts(count: int) -> list[str]:
@@ -47,22 +51,9 @@ def job_file(texts: list[str], prefix: str = "line") -> bytes:
 
 def run_job(texts: list[str], cache_dir: str) -> dict[str, Any]:
     import openai
-    import ray
-    from ray import serve
 
-    from deployments.deploy import deploy, wait_running
-
-    os.chdir(PROJECT_ROOT)
-    port = free_port()
-    ray.init(include_dashboard=False, namespace="capserve-batch-bench", log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    app = default_app(cache_dir)
-    app["args"]["cache"] = {"enabled": False}
-    config = deploy_config([app], port)
-    try:
-        deploy(config)
-        wait_running(config)
-        sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+    with uncached_default_app("capserve-batch-bench", cache_dir) as base_url:
+        sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
         started = time.perf_counter()
         upload = sdk.files.create(file=("job.jsonl", job_file(texts)), purpose="batch")
         batch = sdk.batches.create(
@@ -87,9 +78,6 @@ def run_job(texts: list[str], cache_dir: str) -> dict[str, Any]:
             "running_s": batch.completed_at - batch.in_progress_at,
             "wall_s": round(wall_s, 1),
         }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def main() -> None:
@@ -107,7 +95,7 @@ def main() -> None:
     raw: Measurement = raw_engine(minilm, texts, [], "")
     with tempfile.TemporaryDirectory(prefix="capserve-batch-bench-") as scratch:
         job = run_job(texts, scratch)
-    raw_rate = raw.count / raw.seconds
+    raw_rate = raw.texts_per_s
     job_rate = job["lines"] / job["wall_s"]
     results = {
         "command": "python loadtests/batch_bench.py " + f"--lines {arguments.lines}",

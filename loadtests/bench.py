@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from loadtests.apps import (
     GENERATIVE_LABELS,
     default_app,
     deploy_config,
+    free_port,
     generative_app,
     set_batching,
     tiny_llama_model,
@@ -108,12 +108,6 @@ def _round(value: float | None) -> float | None:
 def read_texts(name: str, column: str = "text") -> list[str]:
     with (BANKING77 / name).open(newline="", encoding="utf-8") as handle:
         return [row[column] for row in csv.DictReader(handle)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- load generation -------------------------------------------------------------------------

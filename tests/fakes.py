@@ -1,4 +1,5 @@
-"""A deterministic fake engine honouring the engine protocol, for unit tests of logic only."""
+"""A deterministic fake engine honouring the engine protocol, and a clock set by hand; for unit
+tests of logic only."""
 
 from __future__ import annotations
 
@@ -74,3 +75,13 @@ def classified(label: str, confidence: float = 0.9) -> Classification:
         top_k=[LabelScore(label=label, score=confidence)],
         strategy="knn",
     )
+
+
+class FakeClock:
+    """A clock that moves only when a test sets `now`."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

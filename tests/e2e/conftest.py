@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from loadtests.apps import default_app, deploy_config, generative_app
+from tests.e2e.api_keys import ADMIN_KEY, TEST_API_KEYS, bearer
 from tests.http_receiver import HttpReceiver
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +71,7 @@ def e2e_deploy_config(
             {"type": "webhook", "settings": {"url": webhook_url, "secret": WEBHOOK_SECRET}}
         ],
     }
+    app["args"]["auth"] = {"api_keys": TEST_API_KEYS}
     generative = generative_app(app, tiny_llama_path, cache_dir)
     generative["args"]["batch"] = {**TEST_BATCH_SETTINGS, "dir": f"{cache_dir}/batches-generative"}
     return deploy_config([app, generative], port)
@@ -112,5 +114,5 @@ def base_url(serve_cluster: ServeCluster) -> str:
 
 @pytest.fixture(scope="session")
 def client(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(base_url=base_url, timeout=60, headers=bearer(ADMIN_KEY)) as http:
         yield http

@@ -13,6 +13,7 @@ import pytest
 
 from capabilities.webhooks import verify
 from loadtests.batch_bench import job_file
+from tests.e2e.api_keys import ADMIN_KEY
 from tests.e2e.conftest import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +23,7 @@ HELDOUT = Path(__file__).resolve().parents[2] / "data" / "banking77" / "heldout.
 
 @pytest.fixture(scope="module")
 def sdk(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=ADMIN_KEY, max_retries=0)
 
 
 def heldout_texts(count: int) -> list[str]:
@@ -34,10 +35,15 @@ def heldout_texts(count: int) -> list[str]:
 
 
 def wait_until(sdk: openai.OpenAI, batch_id: str, done: Any, timeout_s: float = 300) -> Any:
+    """Polls like a client would, riding out the app being down (after a kill -9)."""
     deadline = time.monotonic() + timeout_s
+    batch = None
     while time.monotonic() < deadline:
-        batch = sdk.batches.retrieve(batch_id)
-        if done(batch):
+        try:
+            batch = sdk.batches.retrieve(batch_id)
+        except (openai.APIConnectionError, openai.InternalServerError, openai.NotFoundError):
+            batch = None
+        if batch is not None and done(batch):
             return batch
         time.sleep(0.3)
     raise AssertionError(f"batch {batch_id} did not get there in {timeout_s} s: {batch}")
@@ -215,16 +221,22 @@ def test_bad_requests_get_clear_non_retryable_errors(sdk: openai.OpenAI, client)
     assert client.get("/v1/files/file-nope/content").status_code == 404
 
 
-def _batch_runner_pid() -> int:
+def _replica_pids(deployment: str) -> list[int]:
+    """Process ids of the default app's replicas whose name contains `deployment`."""
     import ray
 
-    (name,) = [
+    names = [
         actor["name"]
         for actor in ray.util.list_named_actors(all_namespaces=True)
-        if "capserve#batch-runner" in actor["name"]
+        if f"capserve#{deployment}" in actor["name"]
     ]
-    actor = ray.get_actor(name, namespace="serve")
-    return ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
+    actors = [ray.get_actor(name, namespace="serve") for name in names]
+    return ray.get([actor.__ray_call__.remote(lambda _: os.getpid()) for actor in actors])
+
+
+def _batch_runner_pid() -> int:
+    (pid,) = _replica_pids("batch-runner")
+    return pid
 
 
 def test_a_runner_killed_mid_job_resumes_without_loss_or_duplicates(sdk: openai.OpenAI) -> None:
@@ -318,3 +330,27 @@ def test_an_embeddings_batch_answers_in_openai_shape(sdk: openai.OpenAI) -> None
     answers = jsonl(sdk.files.content(done.output_file_id).content)
     body = answers[0]["response"]["body"]
     assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
+
+
+def test_the_whole_app_killed_mid_job_resumes_without_loss_or_duplicates(
+    sdk: openai.OpenAI,
+) -> None:
+    total = 1500
+    upload = sdk.files.create(file=job_file(heldout_texts(total), "w"), purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/classify",
+        completion_window="24h",
+    )
+    wait_until(sdk, batch.id, lambda b: b.request_counts.completed >= 200)
+    # Every replica of the app at once: ingress, engine, capability runners, batch runner.
+    pids = _replica_pids("")
+    assert len(pids) >= 7
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    done = wait_until(sdk, batch.id, lambda b: b.status in TERMINAL, timeout_s=500)
+    assert done.status == "completed", done
+    output = jsonl(sdk.files.content(done.output_file_id).content)
+    custom_ids = [line["custom_id"] for line in output]
+    assert len(custom_ids) == total and set(custom_ids) == {f"w-{i}" for i in range(total)}
+    assert all(line["response"]["status_code"] == 200 for line in output)

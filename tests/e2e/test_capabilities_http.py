@@ -8,6 +8,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.e2e.api_keys import ADMIN_KEY, bearer
+
 pytestmark = pytest.mark.e2e
 ALL_THREE = ["classification", "recommendations", "alerts"]
 
@@ -51,7 +53,7 @@ def runs(snapshot: dict, name: str) -> int:
 
 
 async def send_together(base_url: str, bodies: list[dict]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, headers=bearer(ADMIN_KEY)) as http:
         return await asyncio.gather(*(http.post("/v1/classify", json=b) for b in bodies))
 
 

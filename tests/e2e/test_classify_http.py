@@ -8,6 +8,7 @@ import pytest
 
 from loadtests.apps import GENERATIVE_LABELS
 from tests.conftest import BANKING77
+from tests.e2e.api_keys import ADMIN_KEY, bearer
 
 pytestmark = pytest.mark.e2e
 
@@ -134,7 +135,7 @@ def test_health_readiness_and_models(client):
 
 
 async def test_concurrent_requests_all_succeed(base_url):
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, headers=bearer(ADMIN_KEY)) as http:
         responses = await asyncio.gather(
             *(
                 http.post(

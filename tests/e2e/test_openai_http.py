@@ -7,6 +7,8 @@ import numpy as np
 import openai
 import pytest
 
+from tests.e2e.api_keys import ADMIN_KEY
+
 pytestmark = pytest.mark.e2e
 TEXTS = ["my card has not arrived yet", "what is the exchange rate for euros?"]
 
@@ -18,7 +20,7 @@ def generative(base_url: str) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def default(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=ADMIN_KEY, max_retries=0)
 
 
 def test_chat_completion_answers_with_text_and_token_counts(generative):

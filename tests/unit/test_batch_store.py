@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 import uuid
@@ -42,8 +43,11 @@ async def store(store_url: str) -> AsyncIterator[SqlJobStore]:
     await opened.close()
 
 
-def file_record(file_id: str, created_at: int, purpose: str = "batch") -> FileRecord:
+def file_record(
+    file_id: str, created_at: int, purpose: str = "batch", tenant: str | None = None
+) -> FileRecord:
     return FileRecord(
+        tenant=tenant,
         file=FileObject(
             id=file_id,
             bytes=10,
@@ -313,6 +317,57 @@ async def test_mark_handled_releases_the_lease(store: SqlJobStore) -> None:
     assert not await store.claim_batch("batch-1", "runner-a", LEASE_S, now)
     with pytest.raises(LeaseLostError):
         await store.update_batch("batch-1", count_completed, owner="runner-a")
+
+
+async def test_a_tenant_sees_only_its_own_files_and_batches(store: SqlJobStore) -> None:
+    await store.create_file(file_record("file-a", 100, tenant="team-a"))
+    await store.create_file(file_record("file-b", 101, tenant="team-b"))
+    await store.create_batch(batch_object("batch-a", 100, input_file_id="file-a"), "team-a")
+    await store.create_batch(batch_object("batch-b", 101, input_file_id="file-b"), "team-b")
+
+    assert (await store.get_file("file-a", "team-a")).tenant == "team-a"
+    assert await store.get_file("file-a", "team-b") is None
+    assert await store.get_batch("batch-a", "team-b") is None
+    assert (await store.get_batch("batch-a", "team-a")).id == "batch-a"
+    files, more = await store.list_files(None, 10, "asc", None, "team-b")
+    assert (ids(files), more) == (["file-b"], False)
+    batches, more = await store.list_batches(10, None, "team-a")
+    assert (ids(batches), more) == (["batch-a"], False)
+    # Paging after another tenant's item shows nothing of it either.
+    files, _ = await store.list_files(None, 10, "asc", "file-a", "team-b")
+    assert ids(files) == ["file-b"]
+    # No tenant: everyone's, as with keys off.
+    everything, _ = await store.list_files(None, 10, "asc", None)
+    assert ids(everything) == ["file-a", "file-b"]
+
+
+async def test_a_store_made_before_tenants_gains_the_columns(store_url: str) -> None:
+    if not store_url.startswith("sqlite"):
+        pytest.skip("the same ALTER TABLE path; SQLite is enough to show the upgrade")
+    path = store_url.removeprefix("sqlite:///")
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE files (id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, "
+        "purpose TEXT NOT NULL, record TEXT NOT NULL);"
+        "CREATE TABLE batches (id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, "
+        "status TEXT NOT NULL, input_file_id TEXT NOT NULL, owner TEXT, "
+        "lease_until DOUBLE PRECISION, handled INTEGER NOT NULL DEFAULT 0, record TEXT NOT NULL);"
+    )
+    old.execute(
+        "INSERT INTO files VALUES (?, ?, ?, ?)",
+        ("file-old", 1, "batch", file_record("file-old", 1).model_dump_json()),
+    )
+    old.commit()
+    old.close()
+
+    upgraded = open_store(store_url)
+    try:
+        assert (await upgraded.get_file("file-old")).file.id == "file-old"
+        await upgraded.create_file(file_record("file-new", 2, tenant="team-a"))
+        assert await upgraded.get_file("file-old", "team-a") is None
+        assert (await upgraded.get_file("file-new", "team-a")).tenant == "team-a"
+    finally:
+        await upgraded.close()
 
 
 async def test_a_reopened_store_sees_everything(store_url: str) -> None:

@@ -20,18 +20,11 @@ from capabilities.cache import (
     cache_key,
 )
 from tests import redis_server as redis_fixtures
+from tests.fakes import FakeClock
 from tests.redis_server import free_port, redis_server
 
 # The session's redis-server; importing the fixture by name would read as an unused import.
 redis_url = redis_fixtures.redis_url
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture()

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from capabilities.base import Capability, NoOptions
-from deployments.app import check_config, runner_options
-from deployments.config import ConfigError, ModelConfig
+from deployments.app import check_config, ingress_options, runner_options
+from deployments.config import ConfigError, IngressConfig, ModelConfig
 from deployments.placement import engine_deployment_options
 
 
@@ -215,3 +215,44 @@ def test_runner_options_carry_settings_as_user_config(default_args):
     assert Path(options["user_config"]["rules_path"]).is_absolute()
     assert options["max_ongoing_requests"] >= config.capability("alerts").batching.max_batch_size
     assert options["num_replicas"] == 1
+
+
+def test_rate_limits_across_ingress_replicas_need_redis(default_args):
+    default_args["ingress"] = {"num_replicas": 2}
+    default_args["rate_limits"] = {"default": {"requests": {"per_s": 10}}}
+    with pytest.raises(ConfigError, match=r"rate_limits\.redis_url: 2 ingress replicas"):
+        check_config(default_args)
+    default_args["rate_limits"]["redis_url"] = "redis://cache:6379/0"
+    assert check_config(default_args).rate_limits.redis_url == "redis://cache:6379/0"
+
+
+def test_api_keys_are_read_from_config(default_args):
+    default_args["auth"] = {
+        "api_keys": [{"name": "team-a", "sha256": "a" * 64, "scopes": ["classify", "batch"]}]
+    }
+    assert [key.name for key in check_config(default_args).auth.all_keys()] == ["team-a"]
+    default_args["auth"]["api_keys"][0]["scopes"] = ["everything"]
+    with pytest.raises(ConfigError, match=r"auth\.api_keys\.0\.scopes\.0"):
+        check_config(default_args)
+
+
+def test_every_deployment_bounds_its_queue(default_args):
+    default_args["models"][0]["deployment"]["max_queued_requests"] = 64
+    default_args["capabilities"][0]["deployment"] = {"max_queued_requests": 32}
+    config = check_config(default_args)
+    assert engine_deployment_options(config.model("minilm"))["max_queued_requests"] == 64
+    assert runner_options(config.capability("classification"))["max_queued_requests"] == 32
+    assert runner_options(config.capability("alerts"))["max_queued_requests"] > 0
+    ingress = ingress_options(IngressConfig(max_queued_requests=16))
+    assert ingress["max_queued_requests"] == 16
+    assert ingress["backpressure_config"]["retry_after_s"] > 0
+
+
+def test_a_queue_bound_and_call_guard_are_validated(default_args):
+    default_args["models"][0]["deployment"]["max_queued_requests"] = 0
+    with pytest.raises(ConfigError, match=r"models\.0\.deployment\.max_queued_requests"):
+        check_config(default_args)
+    default_args["models"][0]["deployment"]["max_queued_requests"] = 8
+    default_args["models"][0]["deployment"]["calls"] = {"timeout_s": 30, "cooldown_s": 0}
+    with pytest.raises(ConfigError, match=r"models\.0\.deployment\.calls\.cooldown_s"):
+        check_config(default_args)

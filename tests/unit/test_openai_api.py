@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from deployments.config import ModelConfig
 from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, JsonOutput, Rejection
 from deployments.errors import ApiError
-from deployments.openai_api import OpenAIEndpoints
+from deployments.openai_api import ChatCompletionRequest, EmbeddingRequest, OpenAIEndpoints
 from tests.fakes import FakeEngine
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -45,6 +45,14 @@ def endpoints(*models: ModelConfig, reply: ChatOutput | Rejection | None = None)
     return OpenAIEndpoints(models, engines), engines
 
 
+async def chat(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
+    return await api.chat_completions(ChatCompletionRequest.model_validate(payload), request_id)
+
+
+async def embed(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
+    return await api.embeddings(EmbeddingRequest.model_validate(payload), request_id)
+
+
 def raised(error: pytest.ExceptionInfo) -> tuple[int, str, str]:
     assert isinstance(error.value, ApiError)
     return error.value.status_code, error.value.code, error.value.message
@@ -52,7 +60,7 @@ def raised(error: pytest.ExceptionInfo) -> tuple[int, str, str]:
 
 async def test_chat_completion_has_openai_shape_and_counts():
     api, _ = endpoints(model("llama", "generate"), model("minilm", "pooling"))
-    body = await api.chat_completions({"model": "llama", "messages": USER}, "req-1")
+    body = await chat(api, {"model": "llama", "messages": USER}, "req-1")
     assert body["id"] == "chatcmpl-req-1"
     assert body["object"] == "chat.completion" and body["model"] == "llama"
     assert isinstance(body["created"], int)
@@ -71,7 +79,8 @@ async def test_chat_completion_has_openai_shape_and_counts():
 
 async def test_chat_request_becomes_the_engine_call():
     api, engines = endpoints(model("llama", "generate"))
-    await api.chat_completions(
+    await chat(
+        api,
         {
             "messages": [
                 {"role": "system", "content": "be brief"},
@@ -106,7 +115,7 @@ async def test_chat_request_becomes_the_engine_call():
 
 async def test_chat_defaults_are_openai_defaults_and_nulls_mean_unset():
     api, engines = endpoints(model("llama", "generate"))
-    await api.chat_completions({"messages": USER, "temperature": None, "stop": None}, "req")
+    await chat(api, {"messages": USER, "temperature": None, "stop": None}, "req")
     [call] = engines["llama"].calls
     assert (call.max_tokens, call.temperature, call.top_p, call.stop) == (None, 1.0, 1.0, [])
 
@@ -127,7 +136,7 @@ SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required"
 )
 async def test_response_format_maps_to_structured_output(response_format, json_output):
     api, engines = endpoints(model("llama", "generate"))
-    await api.chat_completions({"messages": USER, "response_format": response_format}, "req")
+    await chat(api, {"messages": USER, "response_format": response_format}, "req")
     assert engines["llama"].calls[0].json_output == json_output
 
 
@@ -147,14 +156,14 @@ async def test_response_format_maps_to_structured_output(response_format, json_o
 async def test_malformed_chat_requests_fail_validation(payload):
     api, engines = endpoints(model("llama", "generate"))
     with pytest.raises(ValidationError):
-        await api.chat_completions(payload, "req")
+        await chat(api, payload, "req")
     assert engines["llama"].calls == []
 
 
 async def test_streaming_is_refused_with_its_own_code():
     api, _ = endpoints(model("llama", "generate"))
     with pytest.raises(ApiError) as error:
-        await api.chat_completions({"messages": USER, "stream": True}, "req")
+        await chat(api, {"messages": USER, "stream": True}, "req")
     assert raised(error)[:2] == (400, "stream_not_supported")
     assert error.value.param == "stream"
 
@@ -162,7 +171,7 @@ async def test_streaming_is_refused_with_its_own_code():
 async def test_more_than_one_choice_is_refused():
     api, _ = endpoints(model("llama", "generate"))
     with pytest.raises(ApiError) as error:
-        await api.chat_completions({"messages": USER, "n": 2}, "req")
+        await chat(api, {"messages": USER, "n": 2}, "req")
     assert raised(error)[:2] == (400, "invalid_request")
     assert "only n=1" in error.value.message and error.value.param == "n"
 
@@ -170,14 +179,14 @@ async def test_more_than_one_choice_is_refused():
 async def test_an_engine_rejection_is_a_bad_request():
     api, _ = endpoints(model("llama", "generate"), reply=Rejection(message="no chat template"))
     with pytest.raises(ApiError) as error:
-        await api.chat_completions({"messages": USER}, "req")
+        await chat(api, {"messages": USER}, "req")
     assert raised(error) == (400, "invalid_request", "no chat template")
 
 
 async def test_unknown_model_is_not_found():
     api, _ = endpoints(model("llama", "generate"), model("minilm", "pooling"))
     with pytest.raises(ApiError) as error:
-        await api.chat_completions({"model": "gpt-4o", "messages": USER}, "req")
+        await chat(api, {"model": "gpt-4o", "messages": USER}, "req")
     status, code, message = raised(error)
     assert (status, code) == (404, "model_not_found")
     assert "'gpt-4o'" in message and "['llama', 'minilm']" in message
@@ -186,7 +195,7 @@ async def test_unknown_model_is_not_found():
 async def test_chat_on_an_embedding_model_names_the_models_that_can():
     api, _ = endpoints(model("llama", "generate"), model("minilm", "pooling"))
     with pytest.raises(ApiError) as error:
-        await api.chat_completions({"model": "minilm", "messages": USER}, "req")
+        await chat(api, {"model": "minilm", "messages": USER}, "req")
     status, _, message = raised(error)
     assert status == 400
     assert "'minilm' cannot serve /v1/chat/completions" in message and "['llama']" in message
@@ -194,17 +203,17 @@ async def test_chat_on_an_embedding_model_names_the_models_that_can():
 
 async def test_model_may_be_omitted_only_when_one_model_can_serve():
     api, _ = endpoints(model("llama", "generate"), model("minilm", "pooling"))
-    assert (await api.chat_completions({"messages": USER}, "req"))["model"] == "llama"
-    assert (await api.embeddings({"input": "x"}, "req"))["model"] == "minilm"
+    assert (await chat(api, {"messages": USER}, "req"))["model"] == "llama"
+    assert (await embed(api, {"input": "x"}, "req"))["model"] == "minilm"
 
     two, _ = endpoints(model("llama", "generate"), model("qwen", "generate"))
     with pytest.raises(ApiError) as error:
-        await two.chat_completions({"messages": USER}, "req")
+        await chat(two, {"messages": USER}, "req")
     assert raised(error)[0] == 400 and "['llama', 'qwen']" in error.value.message
 
     none, _ = endpoints(model("minilm", "pooling"))
     with pytest.raises(ApiError) as error:
-        await none.chat_completions({"messages": USER}, "req")
+        await chat(none, {"messages": USER}, "req")
     assert raised(error)[0] == 400
     assert "no model here serves /v1/chat/completions" in error.value.message
 
@@ -212,7 +221,7 @@ async def test_model_may_be_omitted_only_when_one_model_can_serve():
 async def test_embeddings_have_openai_shape_and_token_counts():
     api, _ = endpoints(model("minilm", "pooling"))
     texts = ["my card is lost", "top up"]
-    body = await api.embeddings({"model": "minilm", "input": texts, "user": "x"}, "req")
+    body = await embed(api, {"model": "minilm", "input": texts, "user": "x"}, "req")
     assert body["object"] == "list" and body["model"] == "minilm"
     assert body["usage"] == {"prompt_tokens": 6, "total_tokens": 6}
     assert [(d["object"], d["index"]) for d in body["data"]] == [("embedding", 0), ("embedding", 1)]
@@ -224,18 +233,18 @@ async def test_embeddings_have_openai_shape_and_token_counts():
 
 async def test_base64_embeddings_are_little_endian_float32():
     api, _ = endpoints(model("minilm", "pooling"))
-    floats = await api.embeddings({"input": "my card is lost"}, "req")
-    encoded = await api.embeddings({"input": "my card is lost", "encoding_format": "base64"}, "r")
+    floats = await embed(api, {"input": "my card is lost"}, "req")
+    encoded = await embed(api, {"input": "my card is lost", "encoding_format": "base64"}, "r")
     vector = np.frombuffer(base64.b64decode(encoded["data"][0]["embedding"]), dtype="<f4")
     assert np.array_equal(vector, np.array(floats["data"][0]["embedding"], dtype=np.float32))
 
 
 async def test_dimensions_are_accepted_only_when_they_are_the_models():
     api, _ = endpoints(model("minilm", "pooling"))
-    body = await api.embeddings({"input": "x", "dimensions": 64}, "req")
+    body = await embed(api, {"input": "x", "dimensions": 64}, "req")
     assert len(body["data"][0]["embedding"]) == 64
     with pytest.raises(ApiError) as error:
-        await api.embeddings({"input": "x", "dimensions": 32}, "req")
+        await embed(api, {"input": "x", "dimensions": 32}, "req")
     assert raised(error)[0] == 400 and error.value.param == "dimensions"
     assert "returns 64 dimensions" in error.value.message
 
@@ -244,7 +253,7 @@ async def test_dimensions_are_accepted_only_when_they_are_the_models():
 async def test_token_id_inputs_are_refused(tokens):
     api, _ = endpoints(model("minilm", "pooling"))
     with pytest.raises(ApiError) as error:
-        await api.embeddings({"input": tokens}, "req")
+        await embed(api, {"input": tokens}, "req")
     assert raised(error)[0] == 400 and "token ids are not supported" in error.value.message
 
 
@@ -255,20 +264,20 @@ async def test_token_id_inputs_are_refused(tokens):
 async def test_malformed_embedding_requests_fail_validation(payload):
     api, _ = endpoints(model("minilm", "pooling"))
     with pytest.raises(ValidationError):
-        await api.embeddings(payload, "req")
+        await embed(api, payload, "req")
 
 
 async def test_an_empty_input_list_is_refused():
     api, _ = endpoints(model("minilm", "pooling"))
     with pytest.raises(ApiError) as error:
-        await api.embeddings({"input": []}, "req")
+        await embed(api, {"input": []}, "req")
     assert raised(error)[0] == 400 and error.value.param == "input"
 
 
 async def test_embeddings_on_a_generative_model_name_the_models_that_can():
     api, _ = endpoints(model("llama", "generate"), model("minilm", "pooling"))
     with pytest.raises(ApiError) as error:
-        await api.embeddings({"model": "llama", "input": "x"}, "req")
+        await embed(api, {"model": "llama", "input": "x"}, "req")
     status, _, message = raised(error)
     assert status == 400
     assert "'llama' cannot serve /v1/embeddings" in message and "['minilm']" in message

@@ -1,0 +1,141 @@
+"""Calls through a Serve `DeploymentHandle` that always end: each has timeouts and passes a
+circuit breaker, and Ray's overload and dead-replica errors become one typed "unavailable"
+error, which the HTTP surface answers as 503 with Retry-After.
+
+Without this a call to a deployment whose only replica died waits in the handle's queue until
+Serve has replaced it (minutes for an engine), and so does every request behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ray.exceptions import RayActorError, TaskCancelledError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from deployments.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
+from deployments.config import CallGuardConfig
+
+# A health check answers quickly or not at all; it never waits a whole call timeout.
+CHECK_TIMEOUT_S = 10.0
+# The callee's queue is full: it is alive, so only this call fails, not the breaker.
+BUSY_RETRY_AFTER_S = 1.0
+# A (message, retry_after_s) constructor of the error callers map to 503.
+UnavailableError = Callable[[str, float], Exception]
+
+
+class NotAcceptedError(TimeoutError):
+    """No replica took the call in time: all are busy, or none is running."""
+
+
+# The callee is gone or not answering: these count against the breaker.
+DOWN_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,  # NotAcceptedError too
+    RayActorError,  # ActorDiedError, ActorUnavailableError
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+
+
+def outcome_of(error: BaseException) -> Outcome:
+    """What a failed call says about the callee; one that raised its own error still answered."""
+    if isinstance(error, DOWN_ERRORS):
+        return "failure"
+    if isinstance(error, (BackPressureError, asyncio.CancelledError, TaskCancelledError)):
+        return "unknown"
+    return "success"
+
+
+async def accepted(response: DeploymentResponse[Any]) -> None:
+    """Returns once a replica has taken the call. Serve 2.60 (pinned) has no public way to wait
+    for this; its router holds a call for a deployment without running replicas until one
+    starts, which is what the accept timeout bounds."""
+    await response._fetch_future_result_async()
+
+
+class GuardedHandle:
+    """One deployment's handle behind timeouts and a circuit breaker; other errors propagate."""
+
+    def __init__(
+        self,
+        name: str,
+        handle: DeploymentHandle,
+        calls: CallGuardConfig,
+        unavailable: UnavailableError,
+    ) -> None:
+        self.name = name
+        self._handle = handle
+        self._calls = calls
+        self._unavailable = unavailable
+        self._breaker = CircuitBreaker(name, calls.failure_threshold, calls.cooldown_s, outcome_of)
+        # Until the callee first answers it may be starting, which is no reason to give up soon.
+        self._answered = False
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """`handle.<method>.remote(*args)` through the breaker, within the accept and call
+        timeouts; within the startup timeout alone while the callee has never answered (a
+        runner's `load` waits so for its engine when the app starts)."""
+        if self._answered:
+            accept_s, timeout_s = self._calls.accept_timeout_s, self._calls.timeout_s
+        else:
+            accept_s = timeout_s = self._calls.startup_timeout_s
+        with self._unavailable_errors(accept_s, timeout_s), self._breaker.attempt():
+            return await self._send(method, args, accept_s, timeout_s)
+
+    async def check(self, method: str) -> Any:
+        """A call that bypasses the breaker: a health check reports the callee as it is, and its
+        short timeout must never fail other callers."""
+        with self._unavailable_errors(CHECK_TIMEOUT_S, CHECK_TIMEOUT_S):
+            return await self._send(method, (), CHECK_TIMEOUT_S, CHECK_TIMEOUT_S)
+
+    async def _send(
+        self, method: str, args: Sequence[Any], accept_s: float, timeout_s: float
+    ) -> Any:
+        response = getattr(self._handle, method).remote(*args)
+        try:
+            async with asyncio.timeout(timeout_s):
+                try:
+                    async with asyncio.timeout(accept_s):
+                        await accepted(response)
+                except TimeoutError:
+                    raise NotAcceptedError from None
+                result = await response
+        except (TimeoutError, asyncio.CancelledError):
+            # Frees the queue place or replica slot that nobody waits for any more.
+            response.cancel()
+            raise
+        self._answered = True
+        return result
+
+    @contextmanager
+    def _unavailable_errors(self, accept_s: float, timeout_s: float) -> Iterator[None]:
+        retry_after_s = self._breaker.cooldown_s
+        try:
+            yield
+        except CircuitOpenError as error:
+            raise self._unavailable(str(error), error.retry_after_s) from None
+        except BackPressureError as error:
+            raise self._unavailable(
+                f"{self.name} is overloaded: {error}", error.retry_after_s or BUSY_RETRY_AFTER_S
+            ) from None
+        except NotAcceptedError:
+            raise self._unavailable(
+                f"{self.name} took no call within {accept_s:g} s: it is busy or restarting",
+                retry_after_s,
+            ) from None
+        except TimeoutError:
+            raise self._unavailable(
+                f"{self.name} did not answer within {timeout_s:g} s", retry_after_s
+            ) from None
+        except DOWN_ERRORS as error:
+            raise self._unavailable(
+                f"{self.name} is down ({type(error).__name__})", retry_after_s
+            ) from None

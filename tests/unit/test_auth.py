@@ -1,0 +1,108 @@
+"""API keys: config, the key check's 401/403 answers, and the key-making CLI."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.auth import (
+    ANONYMOUS,
+    ApiKey,
+    AuthConfig,
+    Authenticator,
+    key_hash,
+    main,
+    new_key_entry,
+)
+from deployments.errors import AuthenticationError, PermissionDeniedError
+
+KEY = "sk-capserve-test"
+
+
+def authenticator(*scopes: str) -> Authenticator:
+    return Authenticator([ApiKey(name="team-a", sha256=key_hash(KEY), scopes=list(scopes))])
+
+
+def test_with_no_keys_everyone_is_the_anonymous_principal() -> None:
+    assert Authenticator([]).authenticate(None, "admin") is ANONYMOUS
+    assert ANONYMOUS.tenant is None
+
+
+def test_public_routes_need_no_key() -> None:
+    assert authenticator("classify").authenticate(None, "public") is ANONYMOUS
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer ", "Basic abc", KEY, "Bearer wrong"])
+def test_a_missing_or_wrong_key_is_401(header: str | None) -> None:
+    with pytest.raises(AuthenticationError) as raised:
+        authenticator("classify").authenticate(header, "classify")
+    assert raised.value.status_code == 401
+    assert raised.value.headers() == {"WWW-Authenticate": 'Bearer realm="capserve"'}
+    assert KEY not in raised.value.message
+
+
+def test_a_key_without_the_scope_is_403_naming_it() -> None:
+    with pytest.raises(PermissionDeniedError) as raised:
+        authenticator("classify").authenticate(f"Bearer {KEY}", "batch")
+    assert raised.value.status_code == 403
+    assert "'batch'" in raised.value.message and "team-a" in raised.value.message
+
+
+def test_a_valid_key_is_its_holder() -> None:
+    principal = authenticator("classify", "batch").authenticate(f"bearer  {KEY} ", "batch")
+    assert (principal.name, principal.tenant) == ("team-a", "team-a")
+    assert principal.scopes == {"classify", "batch"}
+    assert authenticator("batch").authenticate(f"Bearer {KEY}", "any_key").name == "team-a"
+
+
+def test_keys_come_from_config_and_file(tmp_path: Path) -> None:
+    _, in_config = new_key_entry("team-a", ["classify"])
+    _, in_file = new_key_entry("team-b", ["batch"])
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump({"api_keys": [in_file.model_dump()]}))
+    config = AuthConfig(api_keys=[in_config], api_keys_file=path)
+    assert [key.name for key in config.all_keys()] == ["team-a", "team-b"]
+
+
+def test_a_key_listed_twice_is_refused() -> None:
+    _, entry = new_key_entry("team-a", ["classify"])
+    with pytest.raises(ValidationError, match="appears twice"):
+        AuthConfig(api_keys=[entry, entry.model_copy(update={"name": "team-b"})])
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "cannot read"), ("api_keys: [{name: x}]", "sha256"), ("{", "not YAML")],
+)
+def test_a_bad_keys_file_names_the_problem(tmp_path: Path, content: str | None, problem: str):
+    path = tmp_path / "keys.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValidationError, match=problem):
+        AuthConfig(api_keys_file=path)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "a", "sha256": "short", "scopes": ["classify"]},
+        {"name": "a", "sha256": "0" * 64, "scopes": []},
+        {"name": "a", "sha256": "0" * 64, "scopes": ["root"]},
+        {"name": "a b", "sha256": "0" * 64, "scopes": ["classify"]},
+    ],
+)
+def test_bad_key_entries_are_refused(entry: dict) -> None:
+    with pytest.raises(ValidationError):
+        ApiKey.model_validate(entry)
+
+
+def test_the_cli_prints_a_key_and_the_entry_that_admits_it(capsys) -> None:
+    main(["new", "--name", "team-a", "--scopes", "classify", "batch"])
+    out = capsys.readouterr().out
+    key = out.split(": ", 1)[1].split("\n", 1)[0]
+    entry = ApiKey.model_validate(yaml.safe_load(out.split("args.auth.api_keys:\n", 1)[1])[0])
+    assert key.startswith("sk-capserve-") and entry.sha256 == key_hash(key)
+    assert Authenticator([entry]).authenticate(f"Bearer {key}", "batch").name == "team-a"
+    main(["hash", key])
+    assert capsys.readouterr().out.strip() == key_hash(key)

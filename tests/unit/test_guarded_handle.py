@@ -1,0 +1,219 @@
+"""The engine and runner clients over a fake Serve handle: timeouts, the breaker, and Ray's
+overload and dead-replica errors answered as 503s with Retry-After."""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+import pytest
+from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import BackPressureError
+
+from capabilities.batching import RunCall, RunFailure, RunReply, _failure
+from capabilities.errors import EngineUnavailableError
+from deployments.config import CallGuardConfig
+from deployments.engine_client import EngineClient
+from deployments.errors import ServiceUnavailableError, api_error_for
+from deployments.runner_client import RunnerClient
+
+CALLS = CallGuardConfig(
+    timeout_s=0.2, startup_timeout_s=0.2, accept_timeout_s=0.05, failure_threshold=2, cooldown_s=7
+)
+Behaviour = Callable[..., Awaitable[Any]]
+
+
+class FakeResponse:
+    """Awaitable like Serve's `DeploymentResponse`, and cancellable like it; a replica takes the
+    call at once, or when `acceptance` is set."""
+
+    def __init__(self, result: Callable[[], Awaitable[Any]], acceptance: asyncio.Event | None):
+        self._result = result
+        self._acceptance = acceptance
+        self.cancelled = False
+
+    async def _fetch_future_result_async(self) -> None:
+        if self._acceptance is not None:
+            await self._acceptance.wait()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeMethod:
+    def __init__(self, handle: "FakeHandle", name: str) -> None:
+        self._handle = handle
+        self._name = name
+
+    def remote(self, *args: Any) -> FakeResponse:
+        self._handle.calls.append(self._name)
+        response = FakeResponse(lambda: self._handle.behaviour(*args), self._handle.acceptance)
+        self._handle.responses.append(response)
+        return response
+
+
+class FakeHandle:
+    """`handle.<method>.remote(...)` runs `behaviour` whatever the method."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.acceptance: asyncio.Event | None = None
+        self.calls: list[str] = []
+        self.responses: list[FakeResponse] = []
+
+    def __getattr__(self, name: str) -> FakeMethod:
+        return FakeMethod(self, name)
+
+
+def raising(error: BaseException) -> Behaviour:
+    async def behaviour(*args: Any) -> Any:
+        raise error
+
+    return behaviour
+
+
+async def hanging(*args: Any) -> Any:
+    await asyncio.Event().wait()
+
+
+async def echo(*args: Any) -> Any:
+    return args
+
+
+def engine(behaviour: Behaviour) -> tuple[EngineClient, FakeHandle]:
+    handle = FakeHandle(behaviour)
+    return EngineClient("minilm", handle, CALLS), handle  # type: ignore[arg-type]
+
+
+def test_a_call_returns_the_reply():
+    client, handle = engine(echo)
+    assert asyncio.run(client.embed(("a", "b"))) == (["a", "b"],)
+    assert handle.calls == ["embed"]
+
+
+def test_a_dead_replica_is_an_unavailable_engine():
+    client, _ = engine(raising(ActorDiedError()))
+    with pytest.raises(EngineUnavailableError) as failed:
+        asyncio.run(client.embed(["a"]))
+    assert "engine 'minilm' is down (ActorDiedError)" in str(failed.value)
+    assert failed.value.retry_after_s == 7
+
+
+def test_a_call_that_outlasts_the_timeout_is_cancelled_and_unavailable():
+    client, handle = engine(hanging)
+    with pytest.raises(EngineUnavailableError, match="did not answer within 0.2 s"):
+        asyncio.run(client.embed(["a"]))
+    assert handle.responses[0].cancelled
+
+
+def test_a_call_no_replica_takes_fails_within_the_accept_timeout():
+    client, handle = engine(echo)
+
+    async def scenario() -> None:
+        await client.embed(["a"])
+        handle.acceptance = asyncio.Event()
+        with pytest.raises(EngineUnavailableError, match="took no call within 0.05 s"):
+            await client.embed(["b"])
+
+    asyncio.run(scenario())
+    assert handle.responses[-1].cancelled
+
+
+def test_until_the_engine_first_answers_calls_wait_the_startup_timeout():
+    async def slow(*args: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return args
+
+    handle = FakeHandle(slow)
+    calls = CallGuardConfig(timeout_s=0.05, startup_timeout_s=30, accept_timeout_s=0.05)
+    client = EngineClient("minilm", handle, calls)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        handle.acceptance = asyncio.Event()
+        starting = asyncio.create_task(client.embed(["starting"]))
+        await asyncio.sleep(0.2)
+        handle.acceptance.set()
+        assert await starting == (["starting"],)
+        with pytest.raises(EngineUnavailableError, match="did not answer within 0.05 s"):
+            await client.embed(["started"])
+
+    asyncio.run(scenario())
+
+
+def test_repeated_failures_open_the_breaker_so_calls_fail_without_waiting():
+    client, handle = engine(hanging)
+
+    async def scenario() -> None:
+        for _ in range(CALLS.failure_threshold):
+            with pytest.raises(EngineUnavailableError):
+                await client.embed(["a"])
+        with pytest.raises(EngineUnavailableError, match="calls resume in") as rejected:
+            await client.embed(["a"])
+        assert 0 < rejected.value.retry_after_s <= CALLS.cooldown_s
+
+    asyncio.run(scenario())
+    assert len(handle.calls) == CALLS.failure_threshold
+
+
+def test_a_full_queue_fails_the_call_but_not_the_breaker():
+    full = BackPressureError(num_queued_requests=4, max_queued_requests=4, retry_after_s=2)
+    client, handle = engine(raising(full))
+
+    async def scenario() -> None:
+        for _ in range(CALLS.failure_threshold + 1):
+            with pytest.raises(EngineUnavailableError, match="overloaded") as failed:
+                await client.embed(["a"])
+            assert failed.value.retry_after_s == 2
+
+    asyncio.run(scenario())
+    assert len(handle.calls) == CALLS.failure_threshold + 1
+
+
+def test_other_errors_propagate_unchanged():
+    client, _ = engine(raising(ValueError("a real bug")))
+    with pytest.raises(ValueError, match="a real bug"):
+        asyncio.run(client.embed(["a"]))
+
+
+def test_the_readiness_check_bypasses_an_open_breaker():
+    client, handle = engine(raising(ActorDiedError()))
+
+    async def scenario() -> None:
+        for _ in range(CALLS.failure_threshold + 1):
+            with pytest.raises(EngineUnavailableError):
+                await client.embed(["a"])
+        handle.behaviour = echo
+        await client.ready()
+
+    asyncio.run(scenario())
+    assert handle.calls[-1] == "ready"
+
+
+def test_an_unavailable_runner_is_a_503_with_retry_after():
+    handle = FakeHandle(raising(ActorDiedError()))
+    runner = RunnerClient("classification", handle, CALLS)  # type: ignore[arg-type]
+    with pytest.raises(ServiceUnavailableError) as failed:
+        asyncio.run(runner.run(RunCall(texts=["a"])))
+    assert failed.value.status_code == 503
+    assert failed.value.headers() == {"Retry-After": "7"}
+
+
+def test_an_engine_outage_inside_a_runner_comes_back_as_a_503():
+    failure = _failure(EngineUnavailableError("engine 'minilm' is down", 4.2))
+    assert failure == RunFailure(
+        kind="unavailable", message="engine 'minilm' is down", retry_after_s=4.2
+    )
+    runner = RunnerClient("classification", FakeHandle(echo))  # type: ignore[arg-type]
+    with pytest.raises(ServiceUnavailableError) as failed:
+        runner.checked(RunReply(failure=failure, version="v1"))
+    assert "capability 'classification' is unavailable" in failed.value.message
+    assert failed.value.headers() == {"Retry-After": "5"}
+
+
+def test_an_engine_outage_at_the_ingress_is_a_503():
+    answer = api_error_for(EngineUnavailableError("engine 'minilm' is down", 3), "test")
+    assert isinstance(answer, ServiceUnavailableError)
+    assert (answer.status_code, answer.code) == (503, "service_unavailable")
+    assert answer.headers() == {"Retry-After": "3"}
