@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from batchjobs.files import FileStorage, write_durably
 from batchjobs.handlers import BatchResult
+from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH
 from batchjobs.lines import NumberedLine, check_input, read_tasks
 from batchjobs.schemas import (
     BatchError,
@@ -80,6 +81,12 @@ class ExecutionSettings(BaseModel):
     )
     max_lines: int = Field(default=50_000, gt=0)
     max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_json_depth: int = Field(
+        default=DEFAULT_MAX_JSON_DEPTH,
+        gt=0,
+        description="How deep a line's body may nest arrays and objects; checked when the batch "
+        "is validated and again, with the same limit, when its lines are read to run.",
+    )
     lease_s: float = Field(default=30, gt=0, description="How long a silent runner owns a batch.")
     retry_window_s: float = Field(
         default=300, ge=0, description="How long a line is retried on 429/503/504 before failing."
@@ -204,6 +211,7 @@ class BatchExecutor:
             batch.endpoint,
             self._settings.max_lines,
             self._settings.max_file_bytes,
+            self._settings.max_json_depth,
         )
         if not check.ok:
             return await self._update(batch.id, failed(check.reported_errors(), now))
@@ -229,7 +237,9 @@ class BatchExecutor:
             return await self._update(batch.id, failed([_input_gone(batch)], int(self._clock())))
         chunks = await self._store.chunks(batch.id)
         done = sum(chunk.lines for chunk in chunks)
-        tasks = read_tasks(Path(input_record.path), start=done)
+        tasks = read_tasks(
+            Path(input_record.path), start=done, max_depth=self._settings.max_json_depth
+        )
         index = len(chunks)
         while done < batch.request_counts.total:
             if batch.expires_at is not None and self._clock() >= batch.expires_at:

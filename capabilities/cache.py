@@ -125,6 +125,19 @@ def _url_for_logs(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
+def fail_fast_redis(url: str, timeout_s: float) -> redis.Redis:
+    """A client for a Redis that requests use on their way: redis-py's defaults retry 10 times
+    with backoff and wait on sockets without a limit, which a down Redis would add to every
+    request; one immediate retry still rides out a pooled connection that a Redis restart
+    closed."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), retries=1),
+    )
+
+
 class RedisCache:
     """Entries in a shared Redis under `prefix`, expiring after `ttl_s`; never raises on Redis
     errors: a failed read is all misses, a failed write is dropped."""
@@ -142,15 +155,7 @@ class RedisCache:
         self.ttl_s = ttl_s
         self.prefix = prefix
         self._url_for_logs = _url_for_logs(url)
-        # redis-py's defaults retry 10 times with backoff and wait on sockets without a limit,
-        # which a down Redis would add to every request; one immediate retry still rides out a
-        # pooled connection that a Redis restart closed.
-        self._client: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), retries=1),
-        )
+        self._client = fail_fast_redis(url, timeout_s)
         self._clock = clock
         self._last_warning_at: float | None = None
         self._failures_since_warning = 0

@@ -85,11 +85,16 @@ def openapi_document(routes: Sequence[ApiRoute], root_path: str = "") -> dict[st
 
 
 def openapi_endpoint(routes: Callable[[], Sequence[ApiRoute]]) -> Endpoint:
-    """The endpoint answering the document of `routes()`; it is called at request time, so the
-    table may include this very endpoint's route."""
+    """The endpoint answering the document of `routes()`; it is called at the first request, so
+    the table may include this very endpoint's route. The table never changes, so each app's
+    document is built once."""
+    documents: dict[str, dict[str, Any]] = {}
 
     async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document(routes(), request.scope.get("root_path", "")))
+        root_path = request.scope.get("root_path", "")
+        if root_path not in documents:
+            documents[root_path] = openapi_document(routes(), root_path)
+        return JSONResponse(documents[root_path])
 
     return openapi
 

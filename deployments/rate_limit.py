@@ -16,12 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-import redis.asyncio as redis
 from pydantic import BaseModel, ConfigDict, Field
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from capabilities.cache import fail_fast_redis
 from deployments.errors import PayloadTooLargeError, RateLimitedError
 
 logger = logging.getLogger("capserve")
@@ -119,13 +117,7 @@ class RedisBuckets:
     WARNING_INTERVAL_S = 60.0
 
     def __init__(self, url: str, fallback: LocalBuckets, timeout_s: float = 0.5) -> None:
-        # No retries and short timeouts: a down Redis must not add seconds to every request.
-        self._client: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), retries=1),
-        )
+        self._client = fail_fast_redis(url, timeout_s)
         self._take = self._client.register_script(TAKE_SCRIPT)
         self._fallback = fallback
         self._last_warning_at = -math.inf

@@ -268,6 +268,20 @@ async def test_a_bad_file_fails_the_batch_with_every_fault(setup: Setup) -> None
     assert lines.calls == [] and [r.batch.status for r in setup.handled.results] == ["failed"]
 
 
+async def test_the_configured_json_depth_bounds_batch_lines(setup: Setup) -> None:
+    nested = {"custom_id": "deep", "method": "POST", "url": ENDPOINT, "body": {"texts": ["x"]}}
+    # The body nests 2 levels (object, list): within a limit of 2, beyond a limit of 1.
+    within = await setup.batch([], raw_lines=[json.dumps(nested)])
+    await setup.executor(FakeLines(), max_json_depth=2).run(within.id)
+    assert (await setup.store.get_batch(within.id)).status == "completed"
+
+    beyond = await setup.batch([], raw_lines=[json.dumps(nested)])
+    await setup.executor(FakeLines(), max_json_depth=1).run(beyond.id)
+    done = await setup.store.get_batch(beyond.id)
+    assert done.status == "failed"
+    assert [(e.code, e.line) for e in done.errors.data] == [("invalid_json_line", 1)]
+
+
 async def test_retryable_failures_are_retried_then_reported(setup: Setup) -> None:
     batch = await setup.batch(["flaky", "ok"])
     await setup.executor(FakeLines(flaky_failures=2)).run(batch.id)
