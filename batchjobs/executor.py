@@ -99,6 +99,18 @@ class ExecutionSettings(BaseModel):
 ResultHandlers = Callable[[BatchResult], Awaitable[None]]
 
 
+class BatchProgress(Protocol):
+    """Told what the executor got done, as it happens (the batch runner exports it as metrics)."""
+
+    def lines_done(self, completed: int, failed: int) -> None:
+        """A chunk's lines are checkpointed; `failed` includes expired lines."""
+        ...
+
+    def batch_ended(self, status: str) -> None:
+        """The batch ended with `status` and was handed to the result handlers: once per batch."""
+        ...
+
+
 def output_file_id(batch_id: str, kind: str) -> str:
     """Derived from the batch, so finalizing twice (after a crash) makes the same file."""
     return f"file-{hashlib.sha256(f'{batch_id}:{kind}'.encode()).hexdigest()[:32]}"
@@ -128,6 +140,7 @@ class BatchExecutor:
         result_handlers: ResultHandlers,
         owner: str,
         clock: Callable[[], float] = time.time,
+        progress: BatchProgress | None = None,
     ) -> None:
         self._store = store
         self._storage = storage
@@ -136,6 +149,7 @@ class BatchExecutor:
         self._result_handlers = result_handlers
         self._owner = owner
         self._clock = clock
+        self._progress = progress
 
     async def run(self, batch_id: str) -> bool:
         """Takes the batch (False when another runner holds it) and drives it to the end."""
@@ -179,6 +193,8 @@ class BatchExecutor:
         if batch.terminal:
             await self._result_handlers(await self._result_of(batch))
             await self._store.mark_handled(batch_id, self._owner)
+            if self._progress is not None:
+                self._progress.batch_ended(batch.status)
 
     async def _get(self, batch_id: str) -> BatchObject:
         batch = await self._store.get_batch(batch_id)
@@ -252,6 +268,8 @@ class BatchExecutor:
             chunk = self._write_chunk(batch.id, index, done, result)
             chunks.append(chunk)
             await self._store.add_chunk(batch.id, self._owner, chunk, _counted(chunks))
+            if self._progress is not None:
+                self._progress.lines_done(chunk.completed, chunk.failed)
             done += chunk.lines
             index += 1
             if stop is not None:

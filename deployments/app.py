@@ -43,11 +43,6 @@ INGRESS_RETRY_AFTER_S = 1.0
 def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
     """Serve options of one capability runner; its settings travel as `user_config`."""
     deployment = capability.deployment
-    scaling: dict[str, Any] = (
-        {"autoscaling_config": deployment.autoscaling_config}
-        if deployment.autoscaling_config is not None
-        else {"num_replicas": deployment.num_replicas}
-    )
     settings = capability.parsed_settings().model_dump(
         mode="json", by_alias=True, exclude_none=True
     )
@@ -61,7 +56,7 @@ def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
         "max_queued_requests": deployment.max_queued_requests,
         "ray_actor_options": {"num_cpus": deployment.num_cpus},
         "logging_config": INTERNAL_LOGGING,
-        **scaling,
+        **deployment.scaling_options(),
     }
 
 
@@ -69,7 +64,7 @@ def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
     """Serve options of the HTTP ingress. Requests beyond its queue get Serve's own 503 (a
     text body, as the proxy answers it before the app sees the request) with Retry-After."""
     return {
-        "num_replicas": ingress.num_replicas,
+        **ingress.scaling_options(),
         "max_ongoing_requests": ingress.max_ongoing_requests,
         "max_queued_requests": ingress.max_queued_requests,
         "backpressure_config": {"retry_after_s": INGRESS_RETRY_AFTER_S},
@@ -79,13 +74,15 @@ def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]) -> Application:
     config = check_config(args)
+    stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind(
+        [model.name for model in config.models]
+    )
     engines = {
         model.name: EngineDeployment.options(
             **engine_deployment_options(model), logging_config=INTERNAL_LOGGING
-        ).bind(model)
+        ).bind(model, stats)
         for model in config.models
     }
-    stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind()
     runners = {
         capability.name: CapabilityRunner.options(**runner_options(capability)).bind(
             capability.name,

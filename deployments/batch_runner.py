@@ -25,6 +25,7 @@ from batchjobs.files import FileStorage
 from batchjobs.handlers import BatchResult, ResultHandler, load_handler, run_handlers
 from batchjobs.schemas import BatchError
 from batchjobs.sql_store import open_store
+from deployments import metrics
 from deployments.batch_lines import BatchLines
 from deployments.classify_service import ClassifyService
 from deployments.config import AppConfig, BatchingConfig
@@ -54,6 +55,17 @@ def build_batch_lines(
     )
 
 
+class BatchMetrics:
+    """The executor's progress as Prometheus counters."""
+
+    def lines_done(self, completed: int, failed: int) -> None:
+        metrics.count(metrics.BATCH_LINES, completed, {"outcome": "completed"})
+        metrics.count(metrics.BATCH_LINES, failed, {"outcome": "failed"})
+
+    def batch_ended(self, status: str) -> None:
+        metrics.count(metrics.BATCHES, 1, {"status": status})
+
+
 @serve.deployment(name=BATCH_RUNNER_NAME)
 class BatchRunner:
     def __init__(
@@ -75,6 +87,7 @@ class BatchRunner:
             config.batch,
             self._hand_over,
             owner=f"runner-{uuid.uuid4().hex[:12]}",
+            progress=BatchMetrics(),
         )
         self._active: dict[str, asyncio.Task[None]] = {}
         self._run_errors: collections.Counter[str] = collections.Counter()
@@ -111,6 +124,7 @@ class BatchRunner:
                 return
             if batch_id not in self._active:
                 self._active[batch_id] = asyncio.create_task(self._run(batch_id))
+                self._count_active()
 
     async def _run(self, batch_id: str) -> None:
         try:
@@ -122,7 +136,11 @@ class BatchRunner:
                 await self._fail(batch_id, f"{type(error).__name__}: {error}")
         finally:
             del self._active[batch_id]
+            self._count_active()
             self._woken.set()
+
+    def _count_active(self) -> None:
+        metrics.set_gauge(metrics.BATCHES_IN_PROGRESS, len(self._active), {})
 
     async def _fail(self, batch_id: str, reason: str) -> None:
         error = BatchError(

@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# Ray's own check, so a selector Ray would refuse at deploy time fails at config parse instead
+# (private: Ray is pinned, check on upgrade).
+from ray._private.label_utils import validate_label_selector
+
 from batchjobs.executor import ExecutionSettings
 from batchjobs.handlers import ResultHandlerConfig
 from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH
@@ -94,15 +98,138 @@ MAX_QUEUED_REQUESTS_DESCRIPTION = (
 )
 
 
-class DeploymentConfig(StrictModel):
-    """Serve deployment settings of one engine."""
+class AutoscalingConfig(StrictModel):
+    """Serve's autoscaler for one deployment: replicas follow load between two bounds.
 
-    num_replicas: int = Field(default=1, ge=1)
+    Serve aims for `target_ongoing_requests` per replica, averaged over `look_back_period_s`,
+    and acts once the need has lasted the upscale or downscale delay."""
+
+    min_replicas: int = Field(default=1, ge=0, description="0 lets the deployment scale to zero.")
+    max_replicas: int = Field(ge=1)
+    initial_replicas: int | None = Field(
+        default=None, ge=0, description="Replicas at first deploy; min_replicas when unset."
+    )
+    target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="Requests running or queued per replica that Serve aims for."
+    )
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Delay of the last step, 1 to 0; downscale_delay_s if unset.",
+    )
+    look_back_period_s: float = Field(default=30.0, gt=0)
+    upscaling_factor: float | None = Field(
+        default=None, gt=0, description="Scales each upscaling step; below 1 damps it."
+    )
+    downscaling_factor: float | None = Field(
+        default=None, gt=0, description="Scales each downscaling step; below 1 damps it."
+    )
+    aggregation_function: Literal["mean", "max", "min"] = "mean"
+
+    @model_validator(mode="after")
+    def _bounds_are_ordered(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be at least min_replicas "
+                f"({self.min_replicas})"
+            )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({initial}) must lie between min_replicas "
+                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Serve's `autoscaling_config` option."""
+        return self.model_dump(exclude_none=True)
+
+
+class ReplicaScaling(StrictModel):
+    """How many replicas a deployment runs: a fixed count, or Serve's autoscaler."""
+
+    num_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="A fixed replica count; 1 when neither it nor autoscaling_config is set.",
+    )
+    autoscaling_config: AutoscalingConfig | None = Field(
+        default=None, description="Replicas follow load instead of a fixed count."
+    )
+
+    @model_validator(mode="after")
+    def _fixed_or_autoscaled(self) -> ReplicaScaling:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError(
+                "num_replicas and autoscaling_config exclude each other: remove num_replicas "
+                "to autoscale, or autoscaling_config for a fixed count"
+            )
+        return self
+
+    @property
+    def max_replicas(self) -> int:
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.max_replicas
+        return self.num_replicas or 1
+
+    def scaling_options(self) -> dict[str, Any]:
+        """Serve's `num_replicas` or `autoscaling_config` option."""
+        if self.autoscaling_config is not None:
+            return {"autoscaling_config": self.autoscaling_config.serve_options()}
+        return {"num_replicas": self.num_replicas or 1}
+
+
+class DeploymentConfig(ReplicaScaling):
+    """Serve deployment settings of one engine, with where its replicas may run."""
+
     max_ongoing_requests: int = Field(default=256, gt=0)
     max_queued_requests: int = Field(default=512, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION)
     calls: CallGuardConfig = ENGINE_CALLS
     num_cpus: float = Field(default=0, ge=0)
     accelerator: Literal["cpu", "gpu"] = "cpu"
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica needs, e.g. `{capserve_engine: 1}` to keep "
+        "engines on the nodes started with that resource. A sharded engine asks for them in the "
+        "bundle its replica actor sits in.",
+    )
+    max_replicas_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="At most this many replicas on one node, so that replicas spread over "
+        "nodes. Not for sharded engines: Serve places their placement groups itself.",
+    )
+    label_selector: dict[str, str] | None = Field(
+        default=None,
+        description="Node labels a replica's node must match (every bundle's, for a sharded "
+        "engine), e.g. `{ray.io/accelerator-type: H100}`.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
+        builtin = sorted({"CPU", "GPU"} & set(value))
+        if builtin:
+            raise ValueError(
+                f"{builtin} come from num_cpus, accelerator and engine_args; name only custom "
+                "resources here"
+            )
+        negative = sorted(name for name, amount in value.items() if amount <= 0)
+        if negative:
+            raise ValueError(f"amounts must be positive, got {negative}")
+        return value
+
+    @field_validator("label_selector")
+    @classmethod
+    def _valid_label_selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        problem = validate_label_selector(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class ModelConfig(StrictModel):
@@ -126,10 +253,16 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _sharding_needs_gpus(self) -> ModelConfig:
-        if self.engine_args.world_size > 1 and self.deployment.accelerator != "gpu":
+        world_size = self.engine_args.world_size
+        if world_size > 1 and self.deployment.accelerator != "gpu":
             raise ValueError(
                 "engine_args: tensor_parallel_size x pipeline_parallel_size > 1 needs "
                 "deployment.accelerator: gpu"
+            )
+        if world_size > 1 and self.deployment.max_replicas_per_node is not None:
+            raise ValueError(
+                f"deployment.max_replicas_per_node: a sharded engine ({world_size} GPUs) runs "
+                "in a placement group, which Serve places without it; remove it"
             )
         return self
 
@@ -147,10 +280,9 @@ class LimitsConfig(StrictModel):
     )
 
 
-class IngressConfig(StrictModel):
+class IngressConfig(ReplicaScaling):
     """Serve settings of the HTTP ingress deployment."""
 
-    num_replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=512, gt=0)
     max_queued_requests: int = Field(
         default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
@@ -162,13 +294,9 @@ class IngressConfig(StrictModel):
     )
 
 
-class RunnerDeploymentConfig(StrictModel):
+class RunnerDeploymentConfig(ReplicaScaling):
     """Serve settings of one capability runner; each capability scales on its own."""
 
-    num_replicas: int = Field(default=1, ge=1)
-    autoscaling_config: dict[str, Any] | None = Field(
-        default=None, description="Serve autoscaling_config; replaces num_replicas when set."
-    )
     max_ongoing_requests: int = Field(default=512, gt=0)
     max_queued_requests: int = Field(
         default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
@@ -305,9 +433,10 @@ class AppConfig(StrictModel):
         limited = self.rate_limits.default is not None or any(
             key.rate_limits is not None for key in self.auth.all_keys()
         )
-        if limited and self.ingress.num_replicas > 1 and self.rate_limits.redis_url is None:
+        replicas = self.ingress.max_replicas
+        if limited and replicas > 1 and self.rate_limits.redis_url is None:
             raise ValueError(
-                f"rate_limits.redis_url: {self.ingress.num_replicas} ingress replicas would "
+                f"rate_limits.redis_url: up to {replicas} ingress replicas would "
                 "each count a key's limits alone; set a Redis URL for them to share"
             )
 

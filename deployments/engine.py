@@ -1,8 +1,9 @@
 """The engine deployment: each replica holds one vLLM `AsyncLLM` and coalesces calls.
 
-Every public method is a `@serve.batch` entry point: concurrent calls from any number of callers
-arrive as one list, run concurrently inside the engine (which batches continuously), and answer
-each caller with its own slice.
+Every public entry point hands its call to a `@serve.batch` method: concurrent calls from any
+number of callers arrive as one list, run concurrently inside the engine (which batches
+continuously), and answer each caller with its own slice. Each call is counted (Prometheus and the
+replica's report to /v1/stats) from when it enters the replica until it is answered.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from capabilities.engine import ChoiceResult
+from deployments import metrics
 from deployments.config import ModelConfig
 from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.replica_telemetry import CallCounter, ReplicaReporter
 from deployments.vllm_engine import VLLMEngine
 
 Result = TypeVar("Result")
@@ -32,12 +36,53 @@ async def _per_call(
 
 @serve.deployment
 class EngineDeployment:
-    async def __init__(self, config: ModelConfig) -> None:
-        self._engine = VLLMEngine(config)
+    async def __init__(self, config: ModelConfig, stats: DeploymentHandle) -> None:
         self._config = config
-        for entry in (self.embed, self.choose, self.generate_json, self.chat, self.embeddings):
+        self._model_tags = {"model": config.name}
+        self._engine = VLLMEngine(config, self._count_tokens)
+        batches = (self._embed, self._choose, self._generate_json, self._chat, self._embeddings)
+        for entry in batches:
             entry.set_max_batch_size(config.batching.max_batch_size)
             entry.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
+        self._calls = CallCounter()
+        self._reporting = ReplicaReporter(stats, self._calls, model=config.name).start()
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        return await self._served("embed", self._embed(texts))
+
+    async def embeddings(self, texts: list[str]) -> Embeddings:
+        return await self._served("embeddings", self._embeddings(texts))
+
+    async def choose(self, prompts: list[str], choices: list[str]) -> list[ChoiceResult]:
+        return await self._served("choose", self._choose(prompts, choices))
+
+    async def generate_json(
+        self, prompts: list[str], json_schema: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        return await self._served("generate_json", self._generate_json(prompts, json_schema))
+
+    async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
+        return await self._served("chat", self._chat(call))
+
+    async def _served(self, method: str, call: Awaitable[Result]) -> Result:
+        self._calls.started()
+        self._set_queue_depth()
+        try:
+            return await call
+        finally:
+            self._calls.finished()
+            self._set_queue_depth()
+            metrics.count(metrics.ENGINE_REQUESTS, 1, {**self._model_tags, "method": method})
+
+    def _set_queue_depth(self) -> None:
+        metrics.set_gauge(metrics.ENGINE_QUEUE_DEPTH, self._calls.in_flight, self._model_tags)
+
+    def _batch_formed(self, method: str, calls: int) -> None:
+        tags = {**self._model_tags, "method": method}
+        metrics.observe(metrics.ENGINE_BATCH_SIZE, calls, tags)
+
+    def _count_tokens(self, prompt: int, generation: int) -> None:
+        metrics.record_engine_tokens(self._config.name, prompt, generation)
 
     async def _embedded(self, calls: list[list[str]]) -> list[Embeddings]:
         # One engine call for all texts of all callers, then split back per caller.
@@ -45,27 +90,32 @@ class EngineDeployment:
         return embedded.split([len(texts) for texts in calls])
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def embed(self, calls: list[list[str]]) -> list[np.ndarray]:
+    async def _embed(self, calls: list[list[str]]) -> list[np.ndarray]:
+        self._batch_formed("embed", len(calls))
         return [part.vectors for part in await self._embedded(calls)]
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def embeddings(self, calls: list[list[str]]) -> list[Embeddings]:
+    async def _embeddings(self, calls: list[list[str]]) -> list[Embeddings]:
+        self._batch_formed("embeddings", len(calls))
         return await self._embedded(calls)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def choose(
+    async def _choose(
         self, prompts: list[list[str]], choices: list[list[str]]
     ) -> list[list[ChoiceResult]]:
+        self._batch_formed("choose", len(prompts))
         return await _per_call(self._engine.choose, prompts, choices)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def generate_json(
+    async def _generate_json(
         self, prompts: list[list[str]], json_schemas: list[dict[str, Any]]
     ) -> list[list[dict[str, Any]]]:
+        self._batch_formed("generate_json", len(prompts))
         return await _per_call(self._engine.generate_json, prompts, json_schemas)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def chat(self, calls: list[ChatCall]) -> list[ChatOutput | Rejection]:
+    async def _chat(self, calls: list[ChatCall]) -> list[ChatOutput | Rejection]:
+        self._batch_formed("chat", len(calls))
         return await self._engine.chat(calls)
 
     async def ready(self) -> None:

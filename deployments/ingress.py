@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
 from ray import serve
@@ -22,6 +23,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Lifespan
 
 from batchjobs.files import FileStorage
 from batchjobs.sql_store import open_store
@@ -48,7 +50,9 @@ from deployments.openai_api import (
 )
 from deployments.openapi import OpenApiDocument, openapi_endpoint
 from deployments.rate_limit import RateLimiter
+from deployments.replica_telemetry import IngressTelemetry
 from deployments.request_body import read_json
+from deployments.request_timing import RequestObserver, RequestTimingMiddleware
 from deployments.routes import ApiRoute, Endpoint
 from deployments.runner_client import runner_clients
 from deployments.schemas import (
@@ -110,8 +114,14 @@ def _guarded(route: ApiRoute, authenticator: Authenticator, rate_limiter: RateLi
 
 
 def build_http_app(
-    routes: Sequence[ApiRoute], authenticator: Authenticator, rate_limiter: RateLimiter
+    routes: Sequence[ApiRoute],
+    authenticator: Authenticator,
+    rate_limiter: RateLimiter,
+    observer: RequestObserver,
+    lifespan: Lifespan[Starlette],
 ) -> Starlette:
+    """The Starlette app of `routes`; `observer` sees every request once, timed outside all
+    other middleware; `lifespan` runs the app's background work."""
     handlers = {
         ApiError: handle_error,
         CapabilityError: handle_error,
@@ -123,8 +133,12 @@ def build_http_app(
             Route(route.path, _guarded(route, authenticator, rate_limiter), methods=[route.method])
             for route in routes
         ],
-        middleware=[Middleware(CatchAllMiddleware)],
+        middleware=[
+            Middleware(RequestTimingMiddleware, observer=observer),
+            Middleware(CatchAllMiddleware),
+        ],
         exception_handlers=handlers,  # type: ignore[arg-type]
+        lifespan=lifespan,
     )
 
 
@@ -143,6 +157,7 @@ class Ingress:
         self._engines = engine_clients(config, engines)
         self._runners = runner_clients(config, runners)
         self._stats = stats
+        self._telemetry = IngressTelemetry(stats)
         self._registry = config.registry()
         self._classify = ClassifyService(config, self._runners, config.ingress.batching)
         self._started = int(time.time())
@@ -157,7 +172,24 @@ class Ingress:
         )
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return build_http_app(self.api_routes(), self._authenticator, self._rate_limiter)
+        return build_http_app(
+            self.api_routes(),
+            self._authenticator,
+            self._rate_limiter,
+            self._telemetry,
+            self._reporting,
+        )
+
+    @asynccontextmanager
+    async def _reporting(self, app: Starlette) -> AsyncIterator[None]:
+        """Serve runs the app's lifespan in the replica once it is built: the replica reports
+        itself and flushes request latencies to /v1/stats for as long as it serves."""
+        tasks = self._telemetry.start()
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
 
     def api_routes(self) -> list[ApiRoute]:
         return [
@@ -203,7 +235,8 @@ class Ingress:
                 "/v1/stats",
                 "GET",
                 self.stats,
-                "Runs, batch sizes and cache hits per capability",
+                "Capability runs, batch sizes and cache hits; latency percentiles per route "
+                "over the last minute; live replicas, their nodes, and engines' GPUs",
                 "admin",
                 answer=StatsSnapshot,
             ),

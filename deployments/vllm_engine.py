@@ -10,7 +10,7 @@ import asyncio
 import json
 import math
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,18 @@ from deployments.choice_probabilities import DecodeStep, StepAlternative, choice
 from deployments.config import ModelConfig
 from deployments.engine_calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
 from deployments.errors import EngineOutputError
+from deployments.placement import distributed_executor_backend
+
+TokenCounter = Callable[[int, int], None]
+"""Told each finished request's prompt and generated token counts."""
+
+
+def token_counts(output: Any) -> tuple[int, int]:
+    """(prompt, generated) tokens of a finished `RequestOutput` or `PoolingRequestOutput`; a
+    pooling output generates none."""
+    prompt = len(output.prompt_token_ids or ())
+    completions = output.outputs if isinstance(output.outputs, list) else []
+    return prompt, sum(len(completion.token_ids) for completion in completions)
 
 
 def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
@@ -38,7 +50,7 @@ def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
         model=config.model,
         runner=config.runner,
         served_model_name=[config.name],
-        distributed_executor_backend="ray" if args.world_size > 1 else None,
+        distributed_executor_backend=distributed_executor_backend(config),
         disable_log_stats=True,
         structured_outputs_config=structured,
         **args.model_dump(exclude_none=True),
@@ -84,11 +96,13 @@ def chat_sampling_params(call: ChatCall) -> SamplingParams:
 
 
 class VLLMEngine:
-    """Wraps an `AsyncLLM`; every method takes many inputs and runs them concurrently."""
+    """Wraps an `AsyncLLM`; every method takes many inputs and runs them concurrently.
+    `count_tokens`, when given, is told the tokens of every request that finishes."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, count_tokens: TokenCounter | None = None) -> None:
         self.name = config.name
         self.config = config
+        self._count_tokens = count_tokens
         self._llm = AsyncLLM.from_engine_args(engine_args_for(config))
         self._max_len = self._llm.model_config.max_model_len
         tokenizer = self._llm.tokenizer
@@ -99,6 +113,8 @@ class VLLMEngine:
         final = None
         async for output in outputs:
             final = output
+        if final is not None and self._count_tokens is not None:
+            self._count_tokens(*token_counts(final))
         return final
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:

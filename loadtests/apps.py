@@ -93,6 +93,16 @@ def free_port() -> int:
 def uncached_default_app(namespace: str, cache_dir: str) -> Iterator[str]:
     """The default app in this process's own Ray with the result cache off, so every request is
     real work; yields its base URL and shuts Ray down after."""
+    app = default_app(cache_dir)
+    app["args"]["cache"] = {"enabled": False}
+    with running_app(namespace, app) as base_url:
+        yield base_url
+
+
+@contextmanager
+def running_app(namespace: str, app: dict[str, Any], **ray_options: Any) -> Iterator[str]:
+    """`app` in this process's own Ray, started with `ray_options` on top of no dashboard and no
+    worker logs; yields its base URL and shuts Ray down after."""
     import ray
     from ray import serve
 
@@ -100,10 +110,10 @@ def uncached_default_app(namespace: str, cache_dir: str) -> Iterator[str]:
 
     os.chdir(PROJECT_ROOT)
     port = free_port()
-    ray.init(include_dashboard=False, namespace=namespace, log_to_driver=False)
+    ray.init(
+        namespace=namespace, **{"include_dashboard": False, "log_to_driver": False} | ray_options
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    app = default_app(cache_dir)
-    app["args"]["cache"] = {"enabled": False}
     config = deploy_config([app], port)
     try:
         deploy(config)

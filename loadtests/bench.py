@@ -41,6 +41,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from capabilities.classification import KnnIndex, LabelSpec, generative_prompt
+from cluster.processes import stop_process
 from deployments.config import ModelConfig
 from loadtests.apps import (
     GENERATIVE_LABELS,
@@ -274,11 +275,7 @@ class VllmServe:
         raise TimeoutError(f"vllm serve not ready after {timeout_s} s; see {self.log.name}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process, timeout_s=60)
 
 
 def peer_embeddings(

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from cluster.processes import stop_process
+
 INSTALL_HINT = "apt-get install -y redis-server"
 START_TIMEOUT_S = 10.0
 
@@ -73,12 +75,7 @@ def redis_server() -> Iterator[str]:
                 time.sleep(0.05)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -42,9 +42,11 @@ def _free_port() -> int:
 class ServeCluster:
     """The deploy config of the running apps; `deploy` applies a changed copy of it."""
 
-    def __init__(self, config: dict[str, Any], base_url: str) -> None:
+    def __init__(self, config: dict[str, Any], base_url: str, metrics_port: int) -> None:
         self.config = config
         self.base_url = base_url
+        self.metrics_port = metrics_port
+        """The node's Prometheus export (`/metrics`, names prefixed `ray_`)."""
 
     def deploy(self, config: dict[str, Any]) -> None:
         from deployments.deploy import deploy
@@ -93,12 +95,14 @@ def serve_cluster(
     # Relative paths in serve_config.yaml resolve against the directory Serve starts in.
     os.chdir(project_root)
     port = _free_port()
-    ray.init(include_dashboard=False, namespace="capserve-tests")
+    metrics_port = _free_port()
+    ray.init(include_dashboard=False, namespace="capserve-tests", _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))
     cluster = ServeCluster(
         e2e_deploy_config(cache_dir, tiny_llama_path, port, webhook_receiver.url),
         f"http://127.0.0.1:{port}",
+        metrics_port,
     )
     cluster.deploy(cluster.config)
     cluster.wait_running()

@@ -302,3 +302,38 @@ async def test_a_batch_held_by_another_runner_is_left_alone(setup: Setup) -> Non
     lines = FakeLines()
     assert not await setup.executor(lines).run(batch.id)
     assert lines.calls == []
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, int]] = []
+        self.ended: list[str] = []
+
+    def lines_done(self, completed: int, failed: int) -> None:
+        self.lines.append((completed, failed))
+
+    def batch_ended(self, status: str) -> None:
+        self.ended.append(status)
+
+
+async def test_progress_is_told_each_checkpoint_and_the_end_once(setup: Setup) -> None:
+    texts = [f"t{i}" for i in range(12)]
+    texts[6] = "bad"
+    batch = await setup.batch(texts)
+    progress = Progress()
+    executor = BatchExecutor(
+        setup.store,
+        setup.storage,
+        FakeLines(),
+        settings(),
+        setup.handled,
+        "runner-a",
+        progress=progress,
+    )
+    assert await executor.run(batch.id)
+
+    assert progress.lines == [(5, 0), (4, 1), (2, 0)]
+    assert progress.ended == ["completed"]
+    invalid = await setup.batch([], raw_lines=["not json"])
+    assert await executor.run(invalid.id)
+    assert progress.ended == ["completed", "failed"]

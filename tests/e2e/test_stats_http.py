@@ -1,0 +1,138 @@
+"""/v1/stats and the Prometheus metrics of the real app: request latencies per route, the live
+replicas and their nodes, the engines' GPUs (none here), and capserve's series on Ray's metrics
+export port."""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.e2e
+
+TEXTS = ["I still have not received my new card", "top up failed", "What is the exchange rate?"]
+# Replicas report every 2 s and ingresses flush every second; Ray exports metrics every 10 s.
+STATS_TIMEOUT_S = 30.0
+METRICS_TIMEOUT_S = 60.0
+
+
+def eventually(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """`check()`'s first truthy answer, polled until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not show within {timeout_s:.0f} s; last answer: {answer!r}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def stats(client: httpx.Client) -> dict[str, Any]:
+    """A snapshot taken after some classify requests have been answered and reported."""
+    before = client.get("/v1/stats").json()["latency"]["endpoints"].get("/v1/classify", {})
+    for text in TEXTS * 3:
+        assert client.post("/v1/classify", json={"texts": [text]}).status_code == 200
+    assert client.post("/v1/classify", json={"texts": []}).status_code == 422
+    wanted = before.get("requests", 0) + 10
+
+    def reported() -> dict[str, Any] | None:
+        snapshot = client.get("/v1/stats").json()
+        classify = snapshot["latency"]["endpoints"].get("/v1/classify", {})
+        deployments = {replica["deployment"] for replica in snapshot["replicas"]}
+        needed = {"Ingress", "engine-minilm", "capability-classification"}
+        if classify.get("requests", 0) >= wanted and needed <= deployments:
+            return snapshot
+        return None
+
+    return eventually(reported, STATS_TIMEOUT_S, "the classify requests and every replica")
+
+
+def test_latency_percentiles_per_route(stats: dict[str, Any]) -> None:
+    latency = stats["latency"]
+    assert latency["window_s"] == 60
+    classify = latency["endpoints"]["/v1/classify"]
+    assert classify["client_errors"] >= 1  # the empty request's 422
+    assert 0 < classify["p50_ms"] <= classify["p95_ms"]
+    overall = latency["overall"]
+    assert overall["requests"] >= classify["requests"]
+    assert overall["p95_ms"] > 0
+
+
+def test_every_replica_reports_its_node(stats: dict[str, Any]) -> None:
+    replicas = stats["replicas"]
+    by_deployment = {replica["deployment"]: replica for replica in replicas}
+    assert {"Ingress", "engine-minilm", "capability-classification"} <= set(by_deployment)
+    for replica in replicas:
+        assert len(replica["node_id"]) == 56 and int(replica["node_id"], 16) >= 0
+        assert replica["node_ip"] and replica["replica_id"]
+        assert 0 <= replica["last_report_s"] <= 10
+        assert replica["in_flight"] >= 0
+    assert by_deployment["engine-minilm"]["requests"] >= 1
+    assert by_deployment["capability-classification"]["requests"] >= 1
+    assert by_deployment["Ingress"]["requests"] >= 1
+
+
+def test_nodes_gather_the_replicas(stats: dict[str, Any]) -> None:
+    nodes = stats["nodes"]
+    assert nodes, "no node listed"
+    listed = [replica_id for node in nodes for replica_id in node["replicas"]]
+    assert sorted(listed) == sorted(replica["replica_id"] for replica in stats["replicas"])
+    assert sum(node["requests"] for node in nodes) == sum(r["requests"] for r in stats["replicas"])
+
+
+def test_engines_without_gpus(stats: dict[str, Any]) -> None:
+    assert stats["engines"]["minilm"]["replicas"] >= 1
+    assert stats["engines"]["minilm"]["gpus"] == []
+
+
+def test_capability_counts_are_kept(stats: dict[str, Any]) -> None:
+    classification = stats["capabilities"]["classification"]
+    assert classification["texts"] >= 1
+    assert classification["mean_batch_size"] > 0
+
+
+def test_metrics_reach_rays_metrics_export(serve_cluster, stats: dict[str, Any]) -> None:
+    url = f"http://127.0.0.1:{serve_cluster.metrics_port}/metrics"
+
+    def samples() -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = {}
+        try:
+            text = httpx.get(url, timeout=10).text
+        except httpx.HTTPError:
+            return {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith("ray_capserve_"):
+                    found.setdefault(sample.name, []).append(sample)
+        return found
+
+    def exported() -> dict[str, list[Any]] | None:
+        found = samples()
+        classify = [
+            s
+            for s in found.get("ray_capserve_http_requests_total", [])
+            if s.labels.get("endpoint") == "/v1/classify" and s.labels.get("status") == "200"
+        ]
+        engine = found.get("ray_capserve_engine_requests_total", [])
+        return found if classify and engine else None
+
+    found = eventually(exported, METRICS_TIMEOUT_S, "capserve's series on /metrics")
+    classify = next(
+        s
+        for s in found["ray_capserve_http_requests_total"]
+        if s.labels["endpoint"] == "/v1/classify"
+    )
+    assert classify.labels["method"] == "POST"
+    assert classify.labels["deployment"] == "Ingress" and classify.labels["replica"]
+    engine = found["ray_capserve_engine_requests_total"][0]
+    assert engine.labels["model"] in {"minilm", "tiny-llama"} and engine.value >= 1
+    prompt_tokens = [
+        s for s in found["ray_capserve_engine_tokens_total"] if s.labels["kind"] == "prompt"
+    ]
+    assert prompt_tokens and all(s.value > 0 for s in prompt_tokens)
+    assert "ray_capserve_http_request_duration_seconds_bucket" in found
+    assert "ray_capserve_capability_texts_total" in found

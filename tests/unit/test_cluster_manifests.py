@@ -1,0 +1,248 @@
+"""The files under cluster/ against Ray's own schemas, KubeRay's required fields and capserve's
+config checks, so that none can drift from what Ray, KubeRay or capserve accepts. Nothing here
+reaches Kubernetes or a cloud."""
+
+import copy
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import pytest
+import ray
+import ray.autoscaler
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.runtime_env import RuntimeEnv
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.app import check_config, ingress_options, runner_options
+from deployments.config import AppConfig
+from deployments.placement import distributed_executor_backend, engine_deployment_options
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+IMPORT_PATH = "deployments.app:build_app"
+
+
+class Manifest(BaseModel):
+    """Only the fields KubeRay needs; the rest of a Kubernetes object is let through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Container(Manifest):
+    name: str = Field(min_length=1)
+    image: str = Field(min_length=1)
+    resources: dict[str, dict[str, str | int]] = {}
+
+    @property
+    def gpus(self) -> int:
+        return int(self.resources.get("limits", {}).get("nvidia.com/gpu", 0))
+
+
+class PodSpec(Manifest):
+    containers: list[Container] = Field(min_length=1)
+
+
+class PodTemplate(Manifest):
+    spec: PodSpec
+
+
+class HeadGroupSpec(Manifest):
+    rayStartParams: dict[str, str]
+    template: PodTemplate
+
+
+class WorkerGroupSpec(Manifest):
+    groupName: str = Field(min_length=1)
+    replicas: int = Field(ge=0)
+    minReplicas: int = Field(ge=0)
+    maxReplicas: int = Field(ge=1)
+    rayStartParams: dict[str, str]
+    template: PodTemplate
+
+    @model_validator(mode="after")
+    def _replicas_within_bounds(self) -> "WorkerGroupSpec":
+        assert self.minReplicas <= self.replicas <= self.maxReplicas, self.groupName
+        return self
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return max(container.gpus for container in self.template.spec.containers)
+
+
+class RayClusterSpec(Manifest):
+    rayVersion: str
+    headGroupSpec: HeadGroupSpec
+    workerGroupSpecs: list[WorkerGroupSpec] = Field(min_length=1)
+
+    def containers(self) -> list[Container]:
+        groups = [self.headGroupSpec, *self.workerGroupSpecs]
+        return [container for group in groups for container in group.template.spec.containers]
+
+
+class Metadata(Manifest):
+    name: str = Field(min_length=1)
+
+
+class RayServiceSpec(Manifest):
+    serveConfigV2: str
+    rayClusterSpec: RayClusterSpec
+
+
+class RayService(Manifest):
+    apiVersion: Literal["ray.io/v1"]
+    kind: Literal["RayService"]
+    metadata: Metadata
+    spec: RayServiceSpec
+
+
+class RayJobSpec(Manifest):
+    entrypoint: str = Field(min_length=1)
+    runtimeEnvYAML: str
+    shutdownAfterJobFinishes: bool
+    rayClusterSpec: RayClusterSpec | None = None
+    clusterSelector: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> "RayJobSpec":
+        assert (self.rayClusterSpec is None) != (self.clusterSelector is None)
+        return self
+
+
+class RayJob(Manifest):
+    apiVersion: Literal["ray.io/v1"]
+    kind: Literal["RayJob"]
+    metadata: Metadata
+    spec: RayJobSpec
+
+
+@pytest.fixture()
+def in_working_dir(project_root: Path, monkeypatch) -> None:
+    """The runtime_env's working_dir holds the repository; relative paths resolve against it."""
+    monkeypatch.chdir(project_root)
+
+
+def checked_serve_config(text: str) -> tuple[dict[str, Any], AppConfig]:
+    """A one-app serve config as `serve deploy` and capserve's build_app would check it."""
+    config = yaml.safe_load(text)
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == IMPORT_PATH
+    return app, check_config(copy.deepcopy(app["args"]))
+
+
+def documents(path: Path) -> dict[str, dict[str, Any]]:
+    return {document["kind"]: document for document in yaml.safe_load_all(path.read_text())}
+
+
+def check_cluster_images(cluster: RayClusterSpec) -> None:
+    assert cluster.rayVersion == ray.__version__
+    for container in cluster.containers():
+        assert container.image.startswith(f"rayproject/ray:{ray.__version__}-"), container.image
+
+
+def test_the_2x8_gpu_example_shards_the_70b_engine_over_both_nodes(in_working_dir):
+    path = CLUSTER / "examples" / "serve_config.2x8gpu.yaml"
+    app, config = checked_serve_config(path.read_text())
+    llama = config.model("llama70b")
+    options = engine_deployment_options(llama)
+    assert len(options["placement_group_bundles"]) == 16
+    assert options["placement_group_strategy"] == "PACK"
+    assert distributed_executor_backend(llama) == "ray"
+    bge = engine_deployment_options(config.model("bge"))
+    assert bge["autoscaling_config"]["min_replicas"] == 1
+    assert bge["autoscaling_config"]["max_replicas"] == 4
+    assert bge["ray_actor_options"]["num_gpus"] == 1
+    assert "autoscaling_config" in runner_options(config.capability("classification"))
+    assert ingress_options(config.ingress)["num_replicas"] == 2
+    assert config.rate_limits.redis_url is not None
+    assert app["runtime_env"]["working_dir"] == "local:///home/ray/capserve"
+
+
+def test_the_launcher_config_is_valid_for_ray_up_and_fits_the_2x8_example(in_working_dir):
+    cluster = yaml.safe_load((CLUSTER / "launcher" / "gpu-cluster.yaml").read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(cluster, schema)
+    # What `ray up` does before it reaches the cloud: fill in the provider's defaults, validate.
+    validate_config(prepare_config(copy.deepcopy(cluster)))
+    assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
+
+    app, config = checked_serve_config(
+        (CLUSTER / "examples" / "serve_config.2x8gpu.yaml").read_text()
+    )
+    assert f"local://{next(iter(cluster['file_mounts']))}" == app["runtime_env"]["working_dir"]
+    node_types = cluster["available_node_types"].values()
+    llama_gpus = sum(
+        node.get("min_workers", 0) * node["resources"].get("GPU", 0)
+        for node in node_types
+        if "capserve_embed" not in node["resources"]
+    )
+    assert llama_gpus >= config.model("llama70b").engine_args.world_size
+    bge = config.model("bge").deployment
+    embed_nodes = sum(
+        node["max_workers"] for node in node_types if "capserve_embed" in node["resources"]
+    )
+    assert set(bge.resources) == {"capserve_embed"}
+    assert embed_nodes >= bge.max_replicas
+
+
+def test_the_rayservice_embeds_a_config_capserve_accepts(in_working_dir):
+    service = RayService.model_validate(
+        yaml.safe_load((CLUSTER / "kuberay" / "rayservice.yaml").read_text())
+    )
+    cluster = service.spec.rayClusterSpec
+    check_cluster_images(cluster)
+    app, config = checked_serve_config(service.spec.serveConfigV2)
+    serve_config = yaml.safe_load(service.spec.serveConfigV2)
+    assert serve_config["http_options"]["host"] == "0.0.0.0"
+    RuntimeEnv(**app["runtime_env"])
+    gpu_groups = [group for group in cluster.workerGroupSpecs if group.gpus_per_pod > 0]
+    assert gpu_groups, "no worker group has nvidia.com/gpu limits"
+    for model in config.models:
+        assert model.deployment.accelerator == "gpu"
+        # A sharded replica's GPUs share one pod (STRICT_PACK) unless pipeline stages span pods.
+        assert max(group.gpus_per_pod for group in gpu_groups) >= (
+            model.engine_args.tensor_parallel_size
+        )
+    replicas_that_fit = sum(group.maxReplicas * group.gpus_per_pod for group in gpu_groups)
+    assert replicas_that_fit >= sum(model.deployment.max_replicas for model in config.models)
+
+
+def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working_dir):
+    manifests = documents(CLUSTER / "kuberay" / "rayjob.yaml")
+    job = RayJob.model_validate(manifests["RayJob"])
+    cluster = job.spec.rayClusterSpec
+    assert cluster is not None
+    check_cluster_images(cluster)
+    assert any(group.gpus_per_pod > 0 for group in cluster.workerGroupSpecs)
+
+    command = shlex.split(job.spec.entrypoint)
+    assert command[:3] == ["python", "-m", "deployments.batch_job"]
+    flags = dict(zip(command[3::2], command[4::2], strict=True))
+    assert {"--input", "--output", "--config"} <= set(flags)
+
+    # --config names the ConfigMap's file where the head mounts it; the input and output live
+    # on the head's volume.
+    head = cluster.headGroupSpec.template.spec.containers[0]
+    mounts = {mount["mountPath"]: mount["name"] for mount in head.model_extra["volumeMounts"]}
+    config_path = Path(flags["--config"])
+    assert mounts[str(config_path.parent)] == "serve-config"
+    assert Path(flags["--input"]).parent == Path(flags["--output"]).parent
+    assert str(Path(flags["--input"]).parent) in mounts
+    config_map = manifests["ConfigMap"]
+    app, _ = checked_serve_config(config_map["data"][config_path.name])
+
+    job_env = yaml.safe_load(job.spec.runtimeEnvYAML)
+    RuntimeEnv(**job_env)
+    # The driver and the app it deploys run the same code.
+    assert job_env["working_dir"] == app["runtime_env"]["working_dir"]
+    volumes = {
+        volume["name"]: volume
+        for volume in cluster.headGroupSpec.template.spec.model_extra["volumes"]
+    }
+    assert volumes["serve-config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    claim = manifests["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volumes["batches"]["persistentVolumeClaim"]["claimName"] == claim
