@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import httpx
 import psutil
 import yaml
 
+from cluster.processes import free_port
 from deployments.batch_runner import BatchRunner
 from deployments.ingress import Ingress
 from deployments.runner import runner_name
@@ -89,9 +89,7 @@ def _free_ports(count: int, taken: set[int]) -> list[int]:
     without `taken` two nodes could be given the same one."""
     ports: list[int] = []
     while len(ports) < count:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         if port not in taken:
             taken.add(port)
             ports.append(port)

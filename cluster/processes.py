@@ -1,8 +1,17 @@
-"""Ending a server process this project started for a test or a benchmark."""
+"""Server processes this project starts for its tests, benchmarks and local cluster: a port to
+give one, and ending one."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+
+
+def free_port() -> int:
+    """A loopback port free now (the OS picks it; a server started soon after can bind it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:

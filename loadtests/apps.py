@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from cluster.processes import free_port
 from deployments.config import ModelConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +81,6 @@ def deploy_config(applications: list[dict[str, Any]], port: int) -> dict[str, An
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": applications,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

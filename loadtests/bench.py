@@ -41,13 +41,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from capabilities.classification import KnnIndex, LabelSpec, generative_prompt
-from cluster.processes import stop_process
+from cluster.processes import free_port, stop_process
 from deployments.config import ModelConfig
 from loadtests.apps import (
     GENERATIVE_LABELS,
     default_app,
     deploy_config,
-    free_port,
     generative_app,
     set_batching,
     tiny_llama_model,

@@ -38,7 +38,8 @@ from pydantic import BaseModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster.monitoring.prometheus_server import PrometheusClient, RangeSeries, prometheus_server
-from loadtests.apps import PROJECT_ROOT, default_app, free_port, running_app
+from cluster.processes import free_port
+from loadtests.apps import PROJECT_ROOT, default_app, running_app
 from loadtests.profiles import load_texts
 from loadtests.soak import (
     REQUEST_TIMEOUT_S,

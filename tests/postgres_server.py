@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.redis_server import free_port
+from cluster.processes import free_port
 
 INSTALL_HINT = "make services"
 START_TIMEOUT_S = 30

@@ -8,7 +8,6 @@ skipping them, so CI cannot pass without exercising Redis.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,17 +18,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from cluster.processes import stop_process
+from cluster.processes import free_port, stop_process
 
 INSTALL_HINT = "apt-get install -y redis-server"
 START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _answers_ping(port: int) -> bool:

@@ -10,7 +10,6 @@ storage folder. The end-to-end test (tests/e2e/test_prometheus.py) and the metri
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,7 +22,7 @@ import httpx
 import yaml
 from pydantic import BaseModel
 
-from cluster.processes import stop_process
+from cluster.processes import free_port, stop_process
 
 SCRAPE_CONFIG = Path(__file__).with_name("prometheus.yml")
 INSTALL_HINT = "make services"
@@ -97,12 +96,6 @@ def scrape_config(sd_file: Path) -> dict[str, Any]:
     return config
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _is_ready(base_url: str) -> bool:
     try:
         return httpx.get(f"{base_url}/-/ready", timeout=1).status_code == 200
@@ -119,7 +112,7 @@ def prometheus_server(sd_file: Path) -> Iterator[PrometheusClient]:
     executable = shutil.which("prometheus")
     if executable is None:
         raise PrometheusError(f"prometheus is not on PATH; install it with `{INSTALL_HINT}`")
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="capserve-prometheus-") as workdir:
         config_path = Path(workdir) / "prometheus.yml"

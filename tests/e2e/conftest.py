@@ -6,7 +6,6 @@ a built app) is what lets a test change a runner's `user_config` live, as an ope
 """
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.processes import free_port
 from loadtests.apps import default_app, deploy_config, generative_app
 from tests.e2e.api_keys import ADMIN_KEY, TEST_API_KEYS, bearer
 from tests.http_receiver import HttpReceiver
@@ -31,12 +31,6 @@ TEST_BATCH_SETTINGS = {
     "poll_interval_s": 0.5,
     "progress_interval_s": 0.2,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ServeCluster:
@@ -94,8 +88,8 @@ def serve_cluster(
 
     # Relative paths in serve_config.yaml resolve against the directory Serve starts in.
     os.chdir(project_root)
-    port = _free_port()
-    metrics_port = _free_port()
+    port = free_port()
+    metrics_port = free_port()
     ray.init(include_dashboard=False, namespace="capserve-tests", _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))

@@ -19,9 +19,10 @@ from capabilities.cache import (
     RedisCache,
     cache_key,
 )
+from cluster.processes import free_port
 from tests import redis_server as redis_fixtures
 from tests.fakes import FakeClock
-from tests.redis_server import free_port, redis_server
+from tests.redis_server import redis_server
 
 # The session's redis-server; importing the fixture by name would read as an unused import.
 redis_url = redis_fixtures.redis_url

@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 
+from cluster.processes import free_port
 from deployments.errors import PayloadTooLargeError, RateLimitedError
 from deployments.rate_limit import (
     Bucket,
@@ -15,7 +16,6 @@ from deployments.rate_limit import (
 )
 from tests import redis_server as redis_fixtures
 from tests.fakes import FakeClock
-from tests.redis_server import free_port
 
 redis_url = redis_fixtures.redis_url
 
