@@ -21,12 +21,8 @@ $(INSTALLED): pyproject.toml
 
 venv: $(INSTALLED)
 
-# vLLM's CPU worker fragments glibc's heap under steady load (loadtests/results/soak.md); with
-# jemalloc preloaded, which every Ray process inherits, it grows 6x slower. Used when installed.
-JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
-
 run: $(INSTALLED)
-	HF_HUB_OFFLINE=1 LD_PRELOAD=$(JEMALLOC) $(VENV)/bin/serve run serve_config.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/serve run serve_config.yaml
 
 services:
 	@command -v redis-server >/dev/null || { \

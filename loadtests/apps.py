@@ -34,9 +34,19 @@ def tiny_llama_model(path: Path) -> ModelConfig:
     )
 
 
+def _default_app_template() -> dict[str, Any]:
+    return yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())["applications"][0]
+
+
+def use_app_environment() -> None:
+    """Sets the default app's `runtime_env` variables in this process where unset, so that what a
+    script runs outside Serve (the raw engine, `vllm serve`) runs with the settings the replicas get."""
+    for name, value in _default_app_template()["runtime_env"]["env_vars"].items():
+        os.environ.setdefault(name, str(value))
+
+
 def default_app(cache_dir: str) -> dict[str, Any]:
-    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
-    app = copy.deepcopy(config["applications"][0])
+    app = copy.deepcopy(_default_app_template())
     app["args"]["cache_dir"] = cache_dir
     return app
 

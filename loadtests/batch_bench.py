@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deployments.config import ModelConfig
-from loadtests.apps import PROJECT_ROOT, default_app, uncached_default_app
+from loadtests.apps import PROJECT_ROOT, default_app, uncached_default_app, use_app_environment
 from loadtests.bench import Measurement, raw_engine, read_texts
 
 
@@ -87,8 +86,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=50_000)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "loadtests" / "results")
     arguments = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_app_environment()
     texts = job_texts(arguments.lines)
     app = default_app(str(Path.home() / ".cache" / "capserve"))
     minilm = ModelConfig.model_validate(app["args"]["models"][0])

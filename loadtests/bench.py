@@ -50,6 +50,7 @@ from loadtests.apps import (
     generative_app,
     set_batching,
     tiny_llama_model,
+    use_app_environment,
 )
 
 BANKING77 = PROJECT_ROOT / "data" / "banking77"
@@ -568,8 +569,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=4096, help="texts of the saturation workload")
     parser.add_argument("--generative-texts", type=int, default=256)
     arguments = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_app_environment()
     started = time.perf_counter()
     corpus = read_texts("heldout.csv") + read_texts("examples.csv")
     workloads = Workloads.of(corpus, arguments.texts, arguments.generative_texts)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster.monitoring.prometheus_server import PrometheusClient, RangeSeries, prometheus_server
 from cluster.processes import free_port
-from loadtests.apps import PROJECT_ROOT, default_app, running_app
+from loadtests.apps import PROJECT_ROOT, default_app, running_app, use_app_environment
 from loadtests.profiles import load_texts
 from loadtests.soak import (
     REQUEST_TIMEOUT_S,
@@ -313,8 +313,7 @@ def parse_settings() -> PlotSettings:
 
 def main() -> None:
     settings = parse_settings()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_app_environment()
     texts = load_texts(PROJECT_ROOT / "data" / "banking77" / "heldout.csv")[: settings.text_pool]
     panels = panel_queries(json.loads(DASHBOARD.read_text()))
     with tempfile.TemporaryDirectory(prefix="capserve-metrics-") as cache_dir:

@@ -47,7 +47,7 @@ from pydantic import BaseModel
 # Run as a script: the project's packages sit beside this folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtests.apps import PROJECT_ROOT, uncached_default_app
+from loadtests.apps import PROJECT_ROOT, uncached_default_app, use_app_environment
 from loadtests.batch_bench import job_file
 from loadtests.bench import Measurement
 from loadtests.profiles import (
@@ -713,8 +713,7 @@ def parse_settings() -> tuple[SoakSettings, Path]:
 
 def main() -> None:
     settings, out = parse_settings()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    use_app_environment()
     texts = load_texts(PROJECT_ROOT / "data" / "banking77" / "heldout.csv")
     texts += load_texts(PROJECT_ROOT / "data" / "banking77" / "train.csv")
     with (
