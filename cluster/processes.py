@@ -1,10 +1,18 @@
 """Server processes this project starts for its tests, benchmarks and local cluster: a port to
-give one, and ending one."""
+give one, starting one until it is ready, and ending one."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ServerNotReady(RuntimeError):
+    """A server exited, or did not answer, before it was ready; the message carries its log."""
 
 
 def free_port() -> int:
@@ -22,3 +30,31 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def running_server(
+    command: list[str],
+    log_path: Path,
+    is_ready: Callable[[], bool],
+    what: str,
+    timeout_s: float,
+    poll_s: float = 0.1,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Starts `command` with its output in `log_path`, waits until `is_ready()`, and stops the
+    process on exit. Raises ServerNotReady when it exits first or `timeout_s` passes."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not is_ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ServerNotReady(
+                    f"{what} was not ready within {timeout_s:.0f} s "
+                    f"(exit status {process.poll()}); its log:\n"
+                    f"{log_path.read_text(errors='replace')}"
+                )
+            time.sleep(poll_s)
+        yield process
+    finally:
+        stop_process(process)

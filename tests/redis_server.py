@@ -8,9 +8,7 @@ skipping them, so CI cannot pass without exercising Redis.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cluster.processes import free_port, stop_process
+from cluster.processes import ServerNotReady, free_port, running_server
 
 INSTALL_HINT = "apt-get install -y redis-server"
 START_TIMEOUT_S = 10.0
@@ -52,22 +50,19 @@ def redis_server() -> Iterator[str]:
             "--dir": workdir,
         }
         command = [executable, *(part for option in options.items() for part in option)]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        ready = running_server(
+            command,
+            log_path,
+            lambda: _answers_ping(port),
+            f"redis-server on port {port}",
+            START_TIMEOUT_S,
+            poll_s=0.05,
+        )
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not _answers_ping(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"redis-server on port {port} did not answer PING within "
-                        f"{START_TIMEOUT_S:.0f} s (exit status {process.poll()}); its log:\n"
-                        f"{log_path.read_text(errors='replace')}",
-                        pytrace=False,
-                    )
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            stop_process(process)
+            with ready:
+                yield f"redis://127.0.0.1:{port}/0"
+        except ServerNotReady as error:
+            pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,7 @@ storage folder. The end-to-end test (tests/e2e/test_prometheus.py) and the metri
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +20,7 @@ import httpx
 import yaml
 from pydantic import BaseModel
 
-from cluster.processes import free_port, stop_process
+from cluster.processes import ServerNotReady, free_port, running_server
 
 SCRAPE_CONFIG = Path(__file__).with_name("prometheus.yml")
 INSTALL_HINT = "make services"
@@ -124,18 +122,15 @@ def prometheus_server(sd_file: Path) -> Iterator[PrometheusClient]:
             f"--storage.tsdb.path={Path(workdir) / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
         ]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        ready = running_server(
+            command,
+            log_path,
+            lambda: _is_ready(base_url),
+            f"Prometheus on port {port}",
+            START_TIMEOUT_S,
+        )
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not _is_ready(base_url):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise PrometheusError(
-                        f"Prometheus on port {port} was not ready within {START_TIMEOUT_S:.0f} s "
-                        f"(exit status {process.poll()}); its log:\n"
-                        f"{log_path.read_text(errors='replace')}"
-                    )
-                time.sleep(0.1)
-            yield PrometheusClient(base_url)
-        finally:
-            stop_process(process)
+            with ready:
+                yield PrometheusClient(base_url)
+        except ServerNotReady as error:
+            raise PrometheusError(str(error)) from None
