@@ -51,10 +51,23 @@ NODE_LABEL = "capserve.io/node"
 OBJECT_STORE_BYTES = 256 * 1024**2
 NODE_START_TIMEOUT_S = 60.0
 APP_READY_TIMEOUT_S = 600.0
+# Marks a helper driver's answer: Ray's drivers also print the cluster's warnings to stdout
+# ("raylet has lagging heartbeats ..."), sometimes after the answer.
+DRIVER_ANSWER = "capserve-driver-answer:"
 
 
 class ClusterError(RuntimeError):
     """The cluster or the app on it did not come up; the message says which part and why."""
+
+
+def driver_answer(stdout: str) -> Any:
+    """The JSON value a helper driver printed after DRIVER_ANSWER; None if it printed none."""
+    answers = [
+        line.removeprefix(DRIVER_ANSWER)
+        for line in stdout.splitlines()
+        if line.startswith(DRIVER_ANSWER)
+    ]
+    return json.loads(answers[-1]) if answers else None
 
 
 @dataclass(frozen=True)
@@ -241,23 +254,26 @@ class LocalCluster:
 
     def alive_nodes(self) -> int:
         """Nodes the GCS counts as alive, as `ray list nodes` would show them."""
-        script = (
-            f"import ray; ray.init(address={self.address!r}, log_to_driver=False); "
-            "print(sum(node['Alive'] for node in ray.nodes()))"
-        )
-        return int(self._driver(script) or 0)
+        return self._ask_driver("sum(node['Alive'] for node in ray.nodes())") or 0
 
     def node_ids(self) -> dict[str, str]:
         """Ray's node id of each alive node, by the name in its `capserve.io/node` label."""
-        script = (
-            f"import json, ray; ray.init(address={self.address!r}, log_to_driver=False); "
-            f"print(json.dumps({{node['Labels'].get({NODE_LABEL!r}): node['NodeID'] "
-            "for node in ray.nodes() if node['Alive']}))"
+        return (
+            self._ask_driver(
+                f"{{node['Labels'].get({NODE_LABEL!r}): node['NodeID'] "
+                "for node in ray.nodes() if node['Alive']}"
+            )
+            or {}
         )
-        return json.loads(self._driver(script) or "{}")
 
-    def _driver(self, script: str) -> str:
-        """The last line a short Ray driver prints, or "" when it fails."""
+    def _ask_driver(self, expression: str) -> Any:
+        """`expression` (which may use `ray` and `serve`) evaluated by a short Ray driver
+        attached to the cluster; None when the driver fails."""
+        script = (
+            "import json, ray; from ray import serve; "
+            f"ray.init(address={self.address!r}, log_to_driver=False); "
+            f"print({DRIVER_ANSWER!r} + json.dumps({expression}))"
+        )
         result = subprocess.run(
             [sys.executable, "-c", script],
             check=False,
@@ -266,8 +282,7 @@ class LocalCluster:
             text=True,
             timeout=60,
         )
-        lines = result.stdout.strip().splitlines()
-        return lines[-1] if result.returncode == 0 and lines else ""
+        return driver_answer(result.stdout) if result.returncode == 0 else None
 
     def deploy(self, serve_config: dict[str, Any]) -> None:
         """Deploys (or updates) the app with `serve run`, as a user would, and waits for it to
@@ -293,17 +308,14 @@ class LocalCluster:
         """Waits until Serve runs the app with every deployment at its target replica count.
         `/readyz` alone is not enough after an update: the old replicas answer it while Serve
         is still replacing them one by one."""
-        script = (
-            "import json, ray; from ray import serve; "
-            f"ray.init(address={self.address!r}, log_to_driver=False); "
-            "apps = serve.status().applications; "
-            "print(json.dumps({name: [app.status.value] + [d.status.value for d in "
-            "app.deployments.values()] for name, app in apps.items()}))"
+        expression = (
+            "{name: [app.status.value] + [d.status.value for d in app.deployments.values()] "
+            "for name, app in serve.status().applications.items()}"
         )
         deadline = time.monotonic() + timeout_s
         statuses: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
-            statuses = json.loads(self._driver(script) or "{}")
+            statuses = self._ask_driver(expression) or {}
             if statuses and all(
                 app[0] == "RUNNING" and all(status == "HEALTHY" for status in app[1:])
                 for app in statuses.values()

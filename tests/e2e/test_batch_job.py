@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -34,6 +35,12 @@ def run_job(project_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def job_summary(job: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The summary line of the job's stdout; Ray may print the cluster's warnings there too."""
+    (line,) = [line for line in job.stdout.splitlines() if line.startswith('{"batch_id"')]
+    return json.loads(line)
+
+
 def config_file(serve_cluster: ServeCluster, folder: Path) -> Path:
     path = folder / "serve_config.yaml"
     path.write_text(yaml.safe_dump(serve_cluster.config))
@@ -54,7 +61,7 @@ def test_classify_lines_run_on_the_running_app(
     job = run_job(project_root, *args)
     assert job.returncode == 0, job.stderr
     assert "using the running app 'capserve'" in job.stderr
-    summary = json.loads(job.stdout.splitlines()[-1])
+    summary = job_summary(job)
     assert summary["status"] == "completed", job.stderr
     assert summary["completed"] == LINES, job.stderr[-4000:]
     lines = jsonl(output.read_bytes())
@@ -67,7 +74,7 @@ def test_classify_lines_run_on_the_running_app(
     output.unlink()
     again = run_job(project_root, *args)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout.splitlines()[-1])["lines_per_s"] == 0
+    assert job_summary(again)["lines_per_s"] == 0
     assert jsonl(output.read_bytes()) == lines
     # The job never touches the apps it did not deploy.
     assert {name: app.status for name, app in serve.status().applications.items()} == {
