@@ -163,7 +163,7 @@ def test_metrics_reach_rays_metrics_export(serve_cluster, stats: dict[str, Any])
     def exported() -> dict[str, list[Any]] | None:
         last.clear()
         last.update(samples())
-        return dict(last) if answered_classify(last) and asserted <= last.keys() else None
+        return last if answered_classify(last) and asserted <= last.keys() else None
 
     found = eventually(
         exported,
