@@ -1,5 +1,7 @@
 # `make run` serves the default app on 127.0.0.1:8000; `make test` runs the whole suite.
 # Both (re)build .venv first, and skip that in a second when pyproject.toml has not changed.
+# CAPSERVE_SERVE_FLAGS picks Ray Serve's high-throughput modes for both, e.g.
+# `make run CAPSERVE_SERVE_FLAGS=haproxy,throughput`; unset, cluster/serve_flags.py's default.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
@@ -22,7 +24,7 @@ $(INSTALLED): pyproject.toml
 venv: $(INSTALLED)
 
 run: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/serve run serve_config.yaml
+	HF_HUB_OFFLINE=1 $(PYTHON) -m cluster.serve_flags $(VENV)/bin/serve run serve_config.yaml
 
 services:
 	@command -v redis-server >/dev/null || { \

@@ -37,6 +37,7 @@ import psutil
 import yaml
 
 from cluster.processes import free_port
+from cluster.serve_flags import ray_env, selected_flags
 from deployments.batch_runner import BatchRunner
 from deployments.ingress import Ingress
 from deployments.runner import runner_name
@@ -146,6 +147,8 @@ class LocalCluster:
         self._nodes: dict[str, RunningNode] = {}
         self._ports: set[int] = set()
         self.gcs_port, self.http_port, self.metrics_port = _free_ports(3, self._ports)
+        # Chosen once: every `ray start` and `serve run` of the cluster must see the same modes.
+        self._serve_env = ray_env(selected_flags(), lambda: _free_ports(1, self._ports)[0])
         self.logs = self._root / "logs"
         self.logs.mkdir()
 
@@ -165,13 +168,18 @@ class LocalCluster:
     @property
     def env(self) -> dict[str, str]:
         """What every process of this cluster runs with, drivers included: Ray's token auth
-        with this cluster's own token, so no other Ray on the machine can join or be joined."""
-        return os.environ | {
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(self._token),
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "HF_HUB_OFFLINE": "1",
-        }
+        with this cluster's own token, so no other Ray on the machine can join or be joined, and
+        Serve's modes (CAPSERVE_SERVE_FLAGS)."""
+        return (
+            os.environ
+            | {
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(self._token),
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "HF_HUB_OFFLINE": "1",
+            }
+            | self._serve_env
+        )
 
     def __enter__(self) -> Self:
         try:

@@ -20,6 +20,7 @@ from capabilities.engine import ChoiceResult
 from deployments import metrics
 from deployments.config import ModelConfig
 from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.guarded_handle import GuardedCallee
 from deployments.replica_telemetry import CallCounter, ReplicaReporter
 from deployments.vllm_engine import VLLMEngine
 
@@ -35,7 +36,7 @@ async def _per_call(
 
 
 @serve.deployment
-class EngineDeployment:
+class EngineDeployment(GuardedCallee):
     async def __init__(self, config: ModelConfig, stats: DeploymentHandle) -> None:
         self._config = config
         self._model_tags = {"model": config.name}

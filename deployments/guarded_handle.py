@@ -9,7 +9,7 @@ Serve has replaced it (minutes for an engine), and so does every request behind 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,7 +19,7 @@ from ray.serve.exceptions import (
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
 from deployments.config import CallGuardConfig
@@ -54,11 +54,21 @@ def outcome_of(error: BaseException) -> Outcome:
     return "success"
 
 
-async def accepted(response: DeploymentResponse[Any]) -> None:
+async def accepted(response: DeploymentResponseGenerator[Any]) -> None:
     """Returns once a replica has taken the call. Serve 2.60 (pinned) has no public way to wait
     for this; its router holds a call for a deployment without running replicas until one
     starts, which is what the accept timeout bounds."""
     await response._fetch_future_result_async()
+
+
+class GuardedCallee:
+    """Base of every deployment called through a `GuardedHandle`: each call arrives as a stream
+    of one item. Serve reports that a replica took a streamed call as soon as it does on both of
+    its transports, while over gRPC (RAY_SERVE_THROUGHPUT_OPTIMIZED) a unary call's acceptance
+    comes only with its answer, so the accept timeout would cut every call longer than it."""
+
+    async def guarded_call(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        yield await getattr(self, method)(*args)
 
 
 class GuardedHandle:
@@ -72,7 +82,7 @@ class GuardedHandle:
         unavailable: UnavailableError,
     ) -> None:
         self.name = name
-        self._handle = handle
+        self._handle = handle.options(stream=True)
         self._calls = calls
         self._unavailable = unavailable
         self._breaker = CircuitBreaker(name, calls.failure_threshold, calls.cooldown_s, outcome_of)
@@ -80,7 +90,7 @@ class GuardedHandle:
         self._answered = False
 
     async def call(self, method: str, *args: Any) -> Any:
-        """`handle.<method>.remote(*args)` through the breaker, within the accept and call
+        """The callee's `<method>(*args)` through the breaker, within the accept and call
         timeouts; within the startup timeout alone while the callee has never answered (a
         runner's `load` waits so for its engine when the app starts)."""
         if self._answered:
@@ -99,7 +109,7 @@ class GuardedHandle:
     async def _send(
         self, method: str, args: Sequence[Any], accept_s: float, timeout_s: float
     ) -> Any:
-        response = getattr(self._handle, method).remote(*args)
+        response = self._handle.guarded_call.remote(method, *args)
         try:
             async with asyncio.timeout(timeout_s):
                 try:
@@ -107,7 +117,8 @@ class GuardedHandle:
                         await accepted(response)
                 except TimeoutError:
                     raise NotAcceptedError from None
-                result = await response
+                # Read to its end: Serve frees the replica's slot when the stream ends.
+                (result,) = [item async for item in response]
         except (TimeoutError, asyncio.CancelledError):
             # Frees the queue place or replica slot that nobody waits for any more.
             response.cancel()

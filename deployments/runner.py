@@ -24,6 +24,7 @@ from capabilities.registry import capability_class
 from deployments import metrics
 from deployments.config import BatchingConfig, CallGuardConfig, ConfigError, validation_problems
 from deployments.engine_client import EngineClient
+from deployments.guarded_handle import GuardedCallee
 from deployments.replica_telemetry import CallCounter, ReplicaReporter
 
 CONCURRENT_BATCHES = 4
@@ -41,7 +42,7 @@ def runner_name(capability: str) -> str:
 
 
 @serve.deployment
-class CapabilityRunner:
+class CapabilityRunner(GuardedCallee):
     def __init__(
         self,
         name: str,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from cluster.processes import free_port
+from cluster.serve_flags import ray_env, selected_flags
 from loadtests.apps import default_app, deploy_config, generative_app
 from tests.e2e.api_keys import ADMIN_KEY, TEST_API_KEYS, bearer
 from tests.http_receiver import HttpReceiver
@@ -90,6 +91,9 @@ def serve_cluster(
     os.chdir(project_root)
     port = free_port()
     metrics_port = free_port()
+    # Serve's modes (CAPSERVE_SERVE_FLAGS) reach the controller, proxy and replicas only through
+    # the environment of the process that starts Ray.
+    os.environ.update(ray_env(selected_flags(), free_port))
     ray.init(include_dashboard=False, namespace="capserve-tests", _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))

@@ -2,7 +2,7 @@
 overload and dead-replica errors answered as 503s with Retry-After."""
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from capabilities.errors import EngineUnavailableError
 from deployments.config import CallGuardConfig
 from deployments.engine_client import EngineClient
 from deployments.errors import ServiceUnavailableError, api_error_for
+from deployments.guarded_handle import GuardedCallee
 from deployments.runner_client import RunnerClient
 
 CALLS = CallGuardConfig(
@@ -23,8 +24,8 @@ Behaviour = Callable[..., Awaitable[Any]]
 
 
 class FakeResponse:
-    """Awaitable like Serve's `DeploymentResponse`, and cancellable like it; a replica takes the
-    call at once, or when `acceptance` is set."""
+    """A one-item stream like Serve's `DeploymentResponseGenerator`, and cancellable like it; a
+    replica takes the call at once, or when `acceptance` is set."""
 
     def __init__(self, result: Callable[[], Awaitable[Any]], acceptance: asyncio.Event | None):
         self._result = result
@@ -35,36 +36,38 @@ class FakeResponse:
         if self._acceptance is not None:
             await self._acceptance.wait()
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        yield await self._result()
 
     def cancel(self) -> None:
         self.cancelled = True
 
 
-class FakeMethod:
-    def __init__(self, handle: "FakeHandle", name: str) -> None:
-        self._handle = handle
-        self._name = name
-
-    def remote(self, *args: Any) -> FakeResponse:
-        self._handle.calls.append(self._name)
-        response = FakeResponse(lambda: self._handle.behaviour(*args), self._handle.acceptance)
-        self._handle.responses.append(response)
-        return response
-
-
 class FakeHandle:
-    """`handle.<method>.remote(...)` runs `behaviour` whatever the method."""
+    """`handle.options(stream=True).guarded_call.remote(method, ...)` runs `behaviour` whatever
+    the method, as the `GuardedCallee` behind it would run the method."""
 
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
         self.acceptance: asyncio.Event | None = None
         self.calls: list[str] = []
         self.responses: list[FakeResponse] = []
+        self.streamed = False
 
-    def __getattr__(self, name: str) -> FakeMethod:
-        return FakeMethod(self, name)
+    def options(self, *, stream: bool) -> "FakeHandle":
+        self.streamed = stream
+        return self
+
+    @property
+    def guarded_call(self) -> "FakeHandle":
+        return self
+
+    def remote(self, method: str, *args: Any) -> FakeResponse:
+        assert self.streamed, "a GuardedCallee answers streamed calls only"
+        self.calls.append(method)
+        response = FakeResponse(lambda: self.behaviour(*args), self.acceptance)
+        self.responses.append(response)
+        return response
 
 
 def raising(error: BaseException) -> Behaviour:
@@ -217,3 +220,14 @@ def test_an_engine_outage_at_the_ingress_is_a_503():
     assert isinstance(answer, ServiceUnavailableError)
     assert (answer.status_code, answer.code) == (503, "service_unavailable")
     assert answer.headers() == {"Retry-After": "3"}
+
+
+def test_a_callee_answers_a_guarded_call_as_a_stream_of_its_one_answer():
+    class Callee(GuardedCallee):
+        async def embed(self, texts: list[str]) -> list[int]:
+            return [len(text) for text in texts]
+
+    async def scenario() -> list[Any]:
+        return [item async for item in Callee().guarded_call("embed", ["ab", "c"])]
+
+    assert asyncio.run(scenario()) == [[2, 1]]
