@@ -1,5 +1,5 @@
-"""`/v1/classify` over the capability runners: what the ingress answers online and what the
-batch runner answers for each `/v1/classify` line, through the same DAG and batching."""
+"""`/v1/classify` over the capabilities: what the ingress answers online and what the batch
+runner answers for each `/v1/classify` line, through the same DAG and batching."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pydantic import BaseModel
 from ray import serve
 
 from capabilities.base import Capability
-from capabilities.batching import RunCall, RunReply, merge_calls, split_reply
+from capabilities.batching import RunCall
 from capabilities.classification import Classification
 from capabilities.plan import Plan, execute
+from deployments.capability_clients import CallOutcome, CapabilityClient, answer_of
 from deployments.config import AppConfig, BatchingConfig
-from deployments.runner_client import RunnerClient
 from deployments.schemas import ClassifyRequest, ClassifyResponse, ItemResult
 
 
@@ -34,28 +34,29 @@ def item_result(
 
 
 class ClassifyService:
-    """Plans each request's capabilities and runs them on the runners, coalescing the runner
-    calls of concurrent requests in this process."""
+    """Plans each request's capabilities and runs them, coalescing the capability calls of
+    concurrent requests in this process: each capability runs (inline) or is crossed to (its
+    runner) once per batch, not once per request."""
 
     def __init__(
         self,
         config: AppConfig,
-        runners: Mapping[str, RunnerClient],
+        capabilities: Mapping[str, CapabilityClient],
         batching: BatchingConfig | None,
     ) -> None:
-        """`batching` coalesces the runner calls of concurrent requests. `@serve.batch` works only
+        """`batching` coalesces the calls of concurrent requests. `@serve.batch` works only
         inside a Serve replica, so a driver outside Serve (a `ray job submit` job) passes None and
-        calls the runners directly; they still batch on their side."""
+        runs each call on its own."""
         self._config = config
-        self._runners = runners
+        self._capabilities = capabilities
         self._registry = config.registry()
         self._classes = {c.name: c.capability_class() for c in config.capabilities}
         if batching is None:
-            self._send = self._call_runner_directly
+            self._send = self._send_alone
         else:
-            self._call_runner.set_max_batch_size(batching.max_batch_size)
-            self._call_runner.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-            self._send = self._call_runner
+            self._send_coalesced.set_max_batch_size(batching.max_batch_size)
+            self._send_coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+            self._send = self._send_coalesced
 
     async def classify(self, body: ClassifyRequest, request_id: str) -> ClassifyResponse:
         plan = Plan.of(
@@ -68,7 +69,7 @@ class ClassifyService:
             name: str, texts: list[str], parents: dict[str, list[BaseModel]]
         ) -> list[BaseModel]:
             call = RunCall(texts=texts, parents=parents, options=options.get(name, {}))
-            reply = self._runners[name].checked(await self._send(name, call))
+            reply = answer_of(name, await self._send(name, call))
             versions[name] = reply.version
             return reply.outputs or []
 
@@ -97,24 +98,35 @@ class ClassifyService:
         settings = self._config.capability("classification").settings
         return settings.get("generative_model" if strategy == "generative" else "embedding_model")
 
-    async def _call_runner_directly(self, name: str, call: RunCall) -> RunReply:
-        return await self._runners[name].run(call)
+    async def _send_alone(self, name: str, call: RunCall) -> CallOutcome:
+        [outcome] = await run_per_capability(self._capabilities, [name], [call])
+        return outcome
 
-    # Batches only route calls, and each waits on a runner: many may be in flight at once.
+    # Batches wait on engines (inline) or runners: many may be in flight at once.
     @serve.batch(max_concurrent_batches=64)
-    async def _call_runner(self, names: list[str], calls: list[RunCall]) -> list[RunReply]:
-        """Coalesces the runner calls of concurrent requests: each capability is crossed to once
-        per options, not once per request (each crossing costs CPU in Serve)."""
-        replies: list[RunReply] = [RunReply(version="") for _ in calls]
-        by_capability: dict[str, list[int]] = {}
-        for index, name in enumerate(names):
-            by_capability.setdefault(name, []).append(index)
+    async def _send_coalesced(self, names: list[str], calls: list[RunCall]) -> list[CallOutcome]:
+        return await run_per_capability(self._capabilities, names, calls)
 
-        async def send(name: str, indexes: list[int]) -> None:
-            merged, slices = merge_calls([calls[index] for index in indexes])
-            merged_replies = await asyncio.gather(*(self._runners[name].run(c) for c in merged))
-            for index, (slot, start, end) in zip(indexes, slices, strict=True):
-                replies[index] = split_reply(merged_replies[slot], start, end)
 
-        await asyncio.gather(*(send(name, indexes) for name, indexes in by_capability.items()))
-        return replies
+async def run_per_capability(
+    capabilities: Mapping[str, CapabilityClient], names: list[str], calls: list[RunCall]
+) -> list[CallOutcome]:
+    """Runs the calls of many requests, each capability once over all of its calls. Whatever
+    ends one capability's run (an engine down, a runner crossing timing out) ends only the calls
+    to that capability; every call gets its own outcome."""
+    by_capability: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        by_capability.setdefault(name, []).append(index)
+
+    async def run(name: str, indexes: list[int]) -> list[CallOutcome]:
+        try:
+            return await capabilities[name].run_many([calls[index] for index in indexes])
+        except Exception as error:  # noqa: BLE001 - the outcome of these calls alone
+            return [error] * len(indexes)
+
+    outcomes: list[CallOutcome] = [RuntimeError("no outcome")] * len(calls)
+    answered = await asyncio.gather(*(run(n, indexes) for n, indexes in by_capability.items()))
+    for indexes, results in zip(by_capability.values(), answered, strict=True):
+        for index, result in zip(indexes, results, strict=True):
+            outcomes[index] = result
+    return outcomes

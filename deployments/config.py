@@ -17,6 +17,7 @@ from batchjobs.handlers import ResultHandlerConfig
 from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH
 from capabilities.base import Capability
 from capabilities.cache import CacheConfig
+from capabilities.errors import validation_problems
 from capabilities.registry import Registry, RegistryError, capability_class
 from deployments.auth import AuthConfig
 from deployments.rate_limit import RateLimitConfig
@@ -314,17 +315,34 @@ class CapabilityConfig(StrictModel):
     )
     settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="Validated by the capability's settings model; live-reloadable through the "
-        "runner deployment's user_config.",
+        description="Validated by the capability's settings model; live-reloadable through "
+        "the user_config of the replicas that host it (see `placement`).",
     )
-    batching: BatchingConfig = BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.01)
-    deployment: RunnerDeploymentConfig = RunnerDeploymentConfig()
+    placement: Literal["inline", "deployment"] = Field(
+        default="inline",
+        description="`inline`: run in the ingress and batch runner replicas, coalescing across "
+        "their requests, with no process crossing; `deployment`: a runner deployment of its own "
+        "(`capability-<name>`) for a capability that needs its own replicas or resources.",
+    )
+    batching: BatchingConfig = Field(
+        default=BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.01),
+        description="How a `placement: deployment` runner coalesces calls; inline capabilities "
+        "coalesce as `ingress.batching` says.",
+    )
+    deployment: RunnerDeploymentConfig = Field(
+        default=RunnerDeploymentConfig(),
+        description="The runner deployment of a `placement: deployment` capability.",
+    )
 
     def capability_class(self) -> type[Capability]:
         return capability_class(self.name, self.import_path)
 
     def parsed_settings(self) -> BaseModel:
         return self.capability_class().settings_model.model_validate(self.settings)
+
+    def settings_json(self) -> dict[str, Any]:
+        """The validated settings as a replica's `user_config` carries them."""
+        return self.parsed_settings().model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class BatchConfig(ExecutionSettings):
@@ -359,16 +377,6 @@ class BatchConfig(ExecutionSettings):
     @classmethod
     def _absolute_dir(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
-
-
-def validation_problems(error: ValidationError, prefix: str | None = None) -> str:
-    """One line per issue, each naming the field at fault, e.g. `limits.max_text_chars: ...`."""
-    lines = []
-    for issue in error.errors(include_url=False):
-        location = ".".join([*([prefix] if prefix else []), *(str(part) for part in issue["loc"])])
-        message = issue["msg"].removeprefix("Value error, ")
-        lines.append(f"{location}: {message}" if location else message)
-    return "; ".join(lines)
 
 
 class AppConfig(StrictModel):
@@ -470,6 +478,11 @@ class AppConfig(StrictModel):
 
     def capability(self, name: str) -> CapabilityConfig:
         return next(capability for capability in self.capabilities if capability.name == name)
+
+    @property
+    def deployed_capabilities(self) -> list[CapabilityConfig]:
+        """Capabilities with a runner deployment of their own (`placement: deployment`)."""
+        return [c for c in self.capabilities if c.placement == "deployment"]
 
     def registry(self) -> Registry:
         return Registry.of(capability.capability_class() for capability in self.capabilities)

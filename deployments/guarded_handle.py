@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ray.exceptions import RayActorError, TaskCancelledError
+from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -21,8 +21,10 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from capabilities.errors import CapabilityError
 from deployments.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
 from deployments.config import CallGuardConfig
+from deployments.errors import ApiError
 
 # A health check answers quickly or not at all; it never waits a whole call timeout.
 CHECK_TIMEOUT_S = 10.0
@@ -108,6 +110,12 @@ class GuardedHandle:
                 except TimeoutError:
                     raise NotAcceptedError from None
                 result = await response
+        except RayTaskError as error:
+            # The callee's own typed errors (a caller's bad input) reach the caller as they were
+            # raised, not wrapped in Ray's traceback text.
+            if isinstance(error.cause, (CapabilityError, ApiError)):
+                raise error.cause from None
+            raise
         except (TimeoutError, asyncio.CancelledError):
             # Frees the queue place or replica slot that nobody waits for any more.
             response.cancel()

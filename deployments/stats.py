@@ -249,8 +249,11 @@ def engine_stats(models: Iterable[str], reports: Iterable[ReplicaReport]) -> dic
     return engines
 
 
+STATS_NAME = "stats"
+
+
 @serve.deployment(
-    name="stats", num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
+    name=STATS_NAME, num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
 )
 class StatsRecorder:
     """One replica on purpose: it must hear from every replica of the app. Methods are async so

@@ -23,6 +23,7 @@ from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from capabilities.engine import ChoiceResult
+from capabilities.errors import InvalidRequestError
 from deployments.choice_probabilities import DecodeStep, StepAlternative, choice_distribution
 from deployments.config import ModelConfig
 from deployments.engine_calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
@@ -111,8 +112,12 @@ class VLLMEngine:
 
     async def _final(self, outputs: AsyncGenerator[Any, None]) -> Any:
         final = None
-        async for output in outputs:
-            final = output
+        try:
+            async for output in outputs:
+                final = output
+        except VLLMClientError as error:
+            # The request's own fault (a prompt longer than the context): its caller's 400.
+            raise InvalidRequestError(str(error), "texts") from None
         if final is not None and self._count_tokens is not None:
             self._count_tokens(*token_counts(final))
         return final
@@ -224,7 +229,7 @@ class VLLMEngine:
                     tokenization_kwargs={"add_special_tokens": False},
                 )
             )
-        except VLLMClientError as error:
+        except InvalidRequestError as error:
             return Rejection(message=str(error))
         completion = output.outputs[0]
         return ChatOutput(

@@ -69,6 +69,10 @@ def e2e_deploy_config(
     }
     app["args"]["auth"] = {"api_keys": TEST_API_KEYS}
     generative = generative_app(app, tiny_llama_path, cache_dir)
+    # The default app runs its capabilities inline; this one in a runner deployment, so the
+    # suite covers both placements.
+    for capability in generative["args"]["capabilities"]:
+        capability["placement"] = "deployment"
     generative["args"]["batch"] = {**TEST_BATCH_SETTINGS, "dir": f"{cache_dir}/batches-generative"}
     return deploy_config([app, generative], port)
 
