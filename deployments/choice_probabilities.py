@@ -1,19 +1,36 @@
-"""Turns the log-probabilities of one structured-output `choice` decode into a distribution.
+"""Turns the log-probabilities of a `choose` decode into a distribution over the choices.
 
-The grammar mask is applied to the logits before vLLM computes log-probabilities, so each step's
-top tokens are exactly the tokens the grammar allows, normalised among themselves. Walking the
-decoded path, every allowed alternative at a step carries the path's probability times its own
-onto the choices it leads to. The decoded choice keeps the whole path; choices reached only off the
-path share their branch's mass evenly (exact whenever choices part at distinct tokens, which the
-label sets we serve do after at most a few tokens).
+One step (`one_step_distribution`): every choice starts with a token of its own and the step was
+restricted to those tokens, so the softmax over their log-probabilities is the model's
+distribution over the choices, exactly.
+
+Several steps (`choice_distribution`), for choices that share their first tokens: the grammar mask
+is applied to the logits before vLLM computes log-probabilities, so each step's top tokens are
+exactly the tokens the grammar allows, normalised among themselves. Walking the decoded path,
+every allowed alternative at a step carries the path's probability times its own onto the choices
+it leads to. The decoded choice keeps the whole path; choices reached only off the path share
+their branch's mass evenly (exact whenever choices part at distinct tokens, which the label sets
+we serve do after at most a few tokens).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from pydantic import BaseModel
+
+
+def one_step_distribution(
+    choices: Sequence[str], first_tokens: Sequence[int], logprobs: Mapping[int, float]
+) -> dict[str, float]:
+    """Softmax over each choice's first-token log-probability; renormalising makes the values
+    sum to 1 despite float rounding, and makes a token missing from `logprobs` weigh nothing."""
+    values = [logprobs.get(token, -math.inf) for token in first_tokens]
+    top = max(values)
+    weights = [math.exp(value - top) for value in values]
+    total = sum(weights)
+    return {choice: weight / total for choice, weight in zip(choices, weights, strict=True)}
 
 
 class StepAlternative(BaseModel):
@@ -31,7 +48,7 @@ class DecodeStep(BaseModel):
 
 
 def choice_distribution(
-    choices: Sequence[str], steps: Sequence[DecodeStep], stop_token_ids: set[int]
+    choices: Sequence[str], steps: Sequence[DecodeStep], stop_token_ids: Container[int]
 ) -> dict[str, float]:
     mass = dict.fromkeys(choices, 0.0)
     prefix, path_logprob = "", 0.0
@@ -54,7 +71,10 @@ def choice_distribution(
 
 
 def _choices_reached(
-    choices: Sequence[str], prefix: str, alternative: StepAlternative, stop_token_ids: set[int]
+    choices: Sequence[str],
+    prefix: str,
+    alternative: StepAlternative,
+    stop_token_ids: Container[int],
 ) -> list[str]:
     if alternative.token_id in stop_token_ids:
         return [prefix] if prefix in choices else []

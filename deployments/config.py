@@ -39,10 +39,17 @@ class EngineArgs(StrictModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
     pipeline_parallel_size: int = Field(default=1, ge=1)
-    enable_prefix_caching: bool | None = None
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="On when unset for runner generate; vLLM's choice for pooling."
+    )
     max_num_seqs: int | None = Field(default=None, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
-    max_logprobs: int = Field(default=64, gt=0)
+    max_logprobs: int = Field(
+        default=64,
+        gt=0,
+        description="Also the most labels generative classification scores in one decode step; "
+        "larger label sets are decoded token by token.",
+    )
     enforce_eager: bool = False
     seed: int = 0
     trust_remote_code: bool = False
@@ -251,6 +258,15 @@ class ModelConfig(StrictModel):
     @classmethod
     def _resolve_model(cls, value: str) -> str:
         return str(resolve_model_path(value))
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """`engine_args` as vLLM's keyword arguments, with capserve's defaults filled in."""
+        kwargs = self.engine_args.model_dump(exclude_none=True)
+        if self.runner == "generate":
+            # Generative prompts open with the same instruction and label list, whose KV cache
+            # prefix caching then computes once.
+            kwargs.setdefault("enable_prefix_caching", True)
+        return kwargs
 
     @model_validator(mode="after")
     def _sharding_needs_gpus(self) -> ModelConfig:

@@ -68,8 +68,13 @@ class EngineDeployment:
     async def embeddings(self, texts: list[str]) -> Embeddings:
         return await self._served("embeddings", self._embeddings(texts))
 
-    async def choose(self, prompts: list[str], choices: list[str]) -> list[ChoiceResult]:
-        return await self._served("choose", self._choose(prompts, choices))
+    async def choice_keys(self, choices: list[str], cue: str) -> list[str] | None:
+        return await self._served("choice_keys", self._engine.choice_keys(choices, cue))
+
+    async def choose(
+        self, prompts: list[str], choices: list[str], keys: list[str] | None = None
+    ) -> list[ChoiceResult]:
+        return await self._served("choose", self._choose(prompts, choices, keys))
 
     async def generate_json(
         self, prompts: list[str], json_schema: dict[str, Any]
@@ -111,10 +116,10 @@ class EngineDeployment:
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _choose(
-        self, prompts: list[list[str]], choices: list[list[str]]
+        self, prompts: list[list[str]], choices: list[list[str]], keys: list[list[str] | None]
     ) -> list[list[ChoiceResult] | Exception]:
         self._batch_formed("choose", len(prompts))
-        return await per_call(self._engine.choose, prompts, choices)
+        return await per_call(self._engine.choose, prompts, choices, keys)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _generate_json(

@@ -37,8 +37,14 @@ class EngineClient:
     async def _embed(self, texts: list[str]) -> np.ndarray:
         return await self._engine.call("embed", texts)
 
-    async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
-        return await self._engine.call("choose", list(prompts), list(choices))
+    async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
+        return await self._engine.call("choice_keys", list(choices), cue)
+
+    async def choose(
+        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+    ) -> list[ChoiceResult]:
+        keys = None if keys is None else list(keys)
+        return await self._engine.call("choose", list(prompts), list(choices), keys)
 
     async def generate_json(
         self, prompts: Sequence[str], json_schema: dict[str, Any]
