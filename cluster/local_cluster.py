@@ -37,11 +37,11 @@ import psutil
 import yaml
 
 from cluster.processes import free_port
-from deployments.batch_runner import BatchRunner
+from deployments.batch.runner import BatchRunner
 from deployments.config import CapabilityConfig
-from deployments.ingress import Ingress
-from deployments.runner import runner_name
-from deployments.stats import StatsRecorder
+from deployments.dag.runner import runner_name
+from deployments.http.ingress import Ingress
+from deployments.telemetry.stats import StatsRecorder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -7,8 +7,7 @@ from typing import Any
 from ray.serve import Application
 
 from capabilities.errors import CapabilityError
-from deployments.batch_runner import BatchRunner
-from deployments.capability_clients import inline_settings
+from deployments.batch.runner import BatchRunner
 from deployments.config import (
     AppConfig,
     CapabilityConfig,
@@ -16,11 +15,12 @@ from deployments.config import (
     IngressConfig,
     parse_app_config,
 )
-from deployments.engine import EngineDeployment
-from deployments.ingress import Ingress
-from deployments.placement import engine_deployment_options
-from deployments.runner import CapabilityRunner, runner_name
-from deployments.stats import StatsRecorder
+from deployments.dag.capability_clients import inline_settings
+from deployments.dag.runner import CapabilityRunner, runner_name
+from deployments.engine.deployment import EngineDeployment
+from deployments.engine.placement import engine_deployment_options
+from deployments.http.ingress import Ingress
+from deployments.telemetry.stats import StatsRecorder
 
 
 def check_config(args: dict[str, Any]) -> AppConfig:

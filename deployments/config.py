@@ -8,10 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Ray's own check, so a selector Ray would refuse at deploy time fails at config parse instead
-# (private: Ray is pinned, check on upgrade).
-from ray._private.label_utils import validate_label_selector
-
 from batchjobs.executor import ExecutionSettings
 from batchjobs.handlers import ResultHandlerConfig
 from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH
@@ -19,8 +15,8 @@ from capabilities.base import Capability
 from capabilities.cache import CacheConfig
 from capabilities.errors import validation_problems
 from capabilities.registry import Registry, RegistryError, capability_class
-from deployments.auth import AuthConfig
-from deployments.rate_limit import RateLimitConfig
+from deployments.http.auth import AuthConfig
+from deployments.http.rate_limit import RateLimitConfig
 
 PACKAGE_SCHEME = "pkg:"
 
@@ -234,7 +230,10 @@ class DeploymentConfig(ReplicaScaling):
     @field_validator("label_selector")
     @classmethod
     def _valid_label_selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        problem = validate_label_selector(value)
+        # Imported here: the config parses without Ray (clients and tools read it too).
+        from deployments.ray_compat import label_selector_problem
+
+        problem = label_selector_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from capabilities.classification import ClassificationSettings, Classifier
-from deployments.engine_calls import ChatCall, ChatMessage, ChatOutput, JsonOutput, Rejection
+from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput, JsonOutput, Rejection
 from loadtests.apps import tiny_llama_model
 from tests.integration.conftest import started
 
@@ -171,7 +171,7 @@ async def test_a_refused_chat_call_does_not_fail_the_others(tiny_llama):
 def test_chat_prompt_refuses_a_tokenizer_without_template(tiny_llama_path):
     from transformers import AutoTokenizer
 
-    from deployments.vllm_engine import chat_prompt
+    from deployments.engine.vllm_engine import chat_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
     messages = [ChatMessage(role="user", content="hi")]

@@ -13,12 +13,12 @@ from capabilities.batching import RunCall
 from capabilities.embedding_memo import EmbeddingMemo
 from capabilities.host import CapabilityHost, CapabilitySettingsError
 from capabilities.registry import capability_class
-from deployments.capability_clients import (
+from deployments.config import ConfigError
+from deployments.dag.capability_clients import (
     InlineCapability,
     configure_inline,
     inline_settings,
 )
-from deployments.config import ConfigError
 from tests.fakes import FakeEngine
 from tests.unit.test_config import check_config, default_args  # noqa: F401 - fixture
 from tests.unit.test_dag import Upper

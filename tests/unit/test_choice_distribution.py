@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deployments.choice_probabilities import (
+from deployments.engine.choice_probabilities import (
     DecodeStep,
     StepAlternative,
     choice_distribution,

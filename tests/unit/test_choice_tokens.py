@@ -2,7 +2,7 @@ import string
 
 import pytest
 
-from deployments.choice_tokens import choice_keys, first_tokens
+from deployments.engine.choice_tokens import choice_keys, first_tokens
 
 CUE = "Label:"
 

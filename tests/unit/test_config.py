@@ -7,7 +7,7 @@ import yaml
 from capabilities.base import Capability, NoOptions
 from deployments.app import check_config, ingress_options, runner_options
 from deployments.config import ConfigError, IngressConfig, ModelConfig
-from deployments.placement import engine_deployment_options
+from deployments.engine.placement import engine_deployment_options
 
 
 @pytest.fixture()

@@ -13,12 +13,12 @@ from ray.exceptions import ActorDiedError
 from capabilities.base import RunContext
 from capabilities.batching import RunCall, RunReply, run_batch
 from capabilities.errors import EngineUnavailableError, InvalidRequestError
-from deployments.capability_clients import answer_of
-from deployments.classify_service import run_per_capability
 from deployments.config import CallGuardConfig
-from deployments.engine import per_call
-from deployments.errors import ServiceUnavailableError
-from deployments.runner_client import RunnerClient
+from deployments.dag.capability_clients import answer_of
+from deployments.dag.classify_service import run_per_capability
+from deployments.dag.runner_client import RunnerClient
+from deployments.engine.deployment import per_call
+from deployments.http.errors import ServiceUnavailableError
 from tests.unit.test_dag import Echo, Upper
 from tests.unit.test_guarded_handle import FakeHandle, raising
 

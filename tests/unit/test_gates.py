@@ -5,7 +5,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capabilities.base import Resources, RunContext
@@ -217,6 +217,8 @@ gate_specs = st.lists(
 )
 
 
+# No deadline: speed belongs in loadtests/, and a loaded CI machine would fail it by chance.
+@settings(deadline=None)
 @given(gate_specs)
 async def test_race_properties(specs):
     gates = [

@@ -11,11 +11,11 @@ from ray.serve.exceptions import BackPressureError
 
 from capabilities.batching import RunCall, RunFailure, RunReply, failure_of
 from capabilities.errors import EngineUnavailableError, InvalidRequestError
-from deployments.capability_clients import answer_of
 from deployments.config import CallGuardConfig
-from deployments.engine_client import EngineClient
-from deployments.errors import ServiceUnavailableError, api_error_for
-from deployments.runner_client import RunnerClient
+from deployments.dag.capability_clients import answer_of
+from deployments.dag.runner_client import RunnerClient
+from deployments.engine.client import EngineClient
+from deployments.http.errors import ServiceUnavailableError, api_error_for
 
 CALLS = CallGuardConfig(
     timeout_s=0.2, startup_timeout_s=0.2, accept_timeout_s=0.05, failure_threshold=2, cooldown_s=7

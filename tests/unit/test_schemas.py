@@ -2,10 +2,10 @@ import pytest
 from pydantic import ValidationError
 
 from capabilities.classification import Classification, LabelScore
-from deployments.classify_service import item_result
 from deployments.config import LimitsConfig
-from deployments.errors import validation_error
-from deployments.schemas import ClassifyRequest
+from deployments.dag.classify_service import item_result
+from deployments.http.errors import validation_error
+from deployments.http.schemas import ClassifyRequest
 
 LIMITS = LimitsConfig(max_items_per_request=3, max_text_chars=10)
 

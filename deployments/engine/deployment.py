@@ -17,11 +17,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.engine import ChoiceResult
-from deployments import metrics
 from deployments.config import ModelConfig
-from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
-from deployments.replica_telemetry import CallCounter, ReplicaReporter
-from deployments.vllm_engine import VLLMEngine
+from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.engine.vllm_engine import VLLMEngine
+from deployments.telemetry import metrics
+from deployments.telemetry.replica_telemetry import CallCounter, ReplicaReporter
 
 Result = TypeVar("Result")
 # vLLM batches continuously inside; a few batches in flight keep it fed while others tokenize.

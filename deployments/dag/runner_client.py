@@ -14,9 +14,9 @@ from ray.serve.handle import DeploymentHandle
 
 from capabilities.batching import RunCall, RunReply
 from capabilities.host import CapabilityInfo
+from deployments.calls.guarded_handle import GuardedHandle
 from deployments.config import RUNNER_CALLS, CallGuardConfig
-from deployments.errors import ServiceUnavailableError
-from deployments.guarded_handle import GuardedHandle
+from deployments.http.errors import ServiceUnavailableError
 
 
 class RunnerClient:

@@ -17,14 +17,14 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from capabilities.engine import ChoiceResult
-from deployments.choice_probabilities import (
+from deployments.engine.choice_probabilities import (
     DecodeStep,
     StepAlternative,
     choice_distribution,
     one_step_distribution,
 )
-from deployments.choice_tokens import ANSWER_SEPARATOR, Tokenizer, first_tokens
-from deployments.errors import EngineOutputError
+from deployments.engine.choice_tokens import ANSWER_SEPARATOR, Tokenizer, first_tokens
+from deployments.http.errors import EngineOutputError
 
 
 class ChoiceDecoder(Protocol):

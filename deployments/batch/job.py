@@ -1,4 +1,4 @@
-"""`python -m deployments.batch_job`: one batch file through the app, from a shell or with
+"""`python -m deployments.batch.job`: one batch file through the app, from a shell or with
 `ray job submit`, with the Batch API's guarantees.
 
 The job keeps its own state in `--state-dir` (a SQLite job store and the chunk files) and drives
@@ -29,7 +29,6 @@ import ray
 import yaml
 from pydantic import BaseModel, ConfigDict, FilePath, ValidationError, field_validator
 from ray import serve
-from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeInstanceDetails
 from tqdm import tqdm
 
@@ -48,13 +47,14 @@ from batchjobs.schemas import (
 from batchjobs.sql_store import open_store
 from batchjobs.store import JobStore
 from capabilities.errors import validation_problems
-from deployments.batch_runner import build_batch_lines
-from deployments.capability_clients import configure_inline
+from deployments.batch.runner import build_batch_lines
 from deployments.config import AppConfig, ConfigError, parse_app_config
+from deployments.dag.capability_clients import configure_inline
+from deployments.dag.runner import runner_name
 from deployments.deploy import deploy, wait_running
-from deployments.placement import engine_deployment_options
-from deployments.runner import runner_name
-from deployments.stats import STATS_NAME
+from deployments.engine.placement import engine_deployment_options
+from deployments.ray_compat import serve_controller_client
+from deployments.telemetry.stats import STATS_NAME
 
 PROGRESS_INTERVAL_S = 0.5
 # Past a crashed run's lease, how long to keep trying before deciding that a live run holds it.
@@ -86,7 +86,7 @@ class JobArgs(BaseModel):
 
 def parse_args(argv: Sequence[str] | None = None) -> JobArgs:
     parser = argparse.ArgumentParser(
-        prog="python -m deployments.batch_job",
+        prog="python -m deployments.batch.job",
         description="Run a batch file through the capserve app; run it again to resume.",
     )
     parser.add_argument("--input", type=Path, required=True, help="JSONL batch lines")
@@ -339,7 +339,7 @@ def _use_or_deploy(deploy_config: dict[str, Any], app: dict[str, Any], source: P
 
 
 def _apps_deployed_from_config(excluding: str) -> list[dict[str, Any]]:
-    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    details = ServeInstanceDetails(**serve_controller_client().get_serve_details())
     return [
         app.deployed_app_config.model_dump(exclude_unset=True)
         for app in details.applications.values()

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, computed_field
 from ray import serve
 
 from capabilities.batching import BatchReport
-from deployments.gpu_health import GpuReading
+from deployments.telemetry.gpu_health import GpuReading
 
 LATENCY_WINDOW_S = 60
 REPLICA_TTL_S = 10.0

@@ -15,9 +15,9 @@ from ray.serve.handle import DeploymentHandle
 from capabilities.embedding_memo import EmbeddingMemo
 from capabilities.engine import ChoiceResult
 from capabilities.errors import EngineUnavailableError
+from deployments.calls.guarded_handle import GuardedHandle
 from deployments.config import ENGINE_CALLS, AppConfig, CallGuardConfig
-from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
-from deployments.guarded_handle import GuardedHandle
+from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
 
 
 class EngineClient:

@@ -24,12 +24,12 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from capabilities.engine import ChoiceResult
 from capabilities.errors import InvalidRequestError
-from deployments.choice_decoding import choice_decoder
-from deployments.choice_tokens import choice_keys
 from deployments.config import ModelConfig
-from deployments.engine_calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
-from deployments.errors import EngineOutputError
-from deployments.placement import distributed_executor_backend
+from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
+from deployments.engine.choice_decoding import choice_decoder
+from deployments.engine.choice_tokens import choice_keys
+from deployments.engine.placement import distributed_executor_backend
+from deployments.http.errors import EngineOutputError
 
 TokenCounter = Callable[[int, int], None]
 """Told each finished request's prompt and generated token counts."""

@@ -29,13 +29,17 @@ from starlette.types import Lifespan
 from batchjobs.files import FileStorage
 from batchjobs.sql_store import open_store
 from capabilities.errors import CapabilityError
-from deployments.auth import Authenticator, principal_of
-from deployments.batch_api import BatchApi
-from deployments.capability_clients import capability_clients, configure_inline, inline_capabilities
-from deployments.classify_service import ClassifyService
 from deployments.config import AppConfig
-from deployments.engine_client import engine_clients
-from deployments.errors import (
+from deployments.dag.capability_clients import (
+    capability_clients,
+    configure_inline,
+    inline_capabilities,
+)
+from deployments.dag.classify_service import ClassifyService
+from deployments.engine.client import engine_clients
+from deployments.http.auth import Authenticator, principal_of
+from deployments.http.batch_api import BatchApi
+from deployments.http.errors import (
     ApiError,
     BadRequestError,
     MethodNotAllowedError,
@@ -43,20 +47,19 @@ from deployments.errors import (
     NotReadyError,
     handle_error,
 )
-from deployments.openai_api import (
+from deployments.http.openai_api import (
     ChatCompletion,
     ChatCompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
     OpenAIEndpoints,
 )
-from deployments.openapi import OpenApiDocument, openapi_endpoint
-from deployments.rate_limit import RateLimiter
-from deployments.replica_telemetry import IngressTelemetry
-from deployments.request_body import read_json
-from deployments.request_timing import RequestObserver, RequestTimingMiddleware
-from deployments.routes import ApiRoute, Endpoint
-from deployments.schemas import (
+from deployments.http.openapi import OpenApiDocument, openapi_endpoint
+from deployments.http.rate_limit import RateLimiter
+from deployments.http.request_body import read_json
+from deployments.http.request_timing import RequestObserver, RequestTimingMiddleware
+from deployments.http.routes import ApiRoute, Endpoint
+from deployments.http.schemas import (
     CapabilityCard,
     CapabilityList,
     ClassifyRequest,
@@ -66,7 +69,8 @@ from deployments.schemas import (
     ModelList,
     ReadyStatus,
 )
-from deployments.stats import StatsSnapshot
+from deployments.telemetry.replica_telemetry import IngressTelemetry
+from deployments.telemetry.stats import StatsSnapshot
 
 REQUEST_ID_HEADER = "x-request-id"
 

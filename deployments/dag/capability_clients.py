@@ -22,12 +22,12 @@ from capabilities.host import (
     CapabilityInfo,
     CapabilitySettingsError,
 )
-from deployments import metrics
+from deployments.calls.guarded_handle import BUSY_RETRY_AFTER_S
 from deployments.config import AppConfig, CapabilityConfig, ConfigError
-from deployments.engine_client import EngineClient
-from deployments.errors import CapabilityFailedError, ServiceUnavailableError
-from deployments.guarded_handle import BUSY_RETRY_AFTER_S
-from deployments.runner_client import RunnerClient
+from deployments.dag.runner_client import RunnerClient
+from deployments.engine.client import EngineClient
+from deployments.http.errors import CapabilityFailedError, ServiceUnavailableError
+from deployments.telemetry import metrics
 
 CallOutcome = RunReply | Exception
 """One call's answer: its reply, or the error that ended it (and no other call)."""

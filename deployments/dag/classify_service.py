@@ -13,9 +13,9 @@ from capabilities.base import Capability
 from capabilities.batching import RunCall
 from capabilities.classification import Classification
 from capabilities.plan import Plan, execute
-from deployments.capability_clients import CallOutcome, CapabilityClient, answer_of
 from deployments.config import AppConfig, BatchingConfig
-from deployments.schemas import ClassifyRequest, ClassifyResponse, ItemResult
+from deployments.dag.capability_clients import CallOutcome, CapabilityClient, answer_of
+from deployments.http.schemas import ClassifyRequest, ClassifyResponse, ItemResult
 
 
 def item_result(

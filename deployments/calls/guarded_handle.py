@@ -19,12 +19,13 @@ from ray.serve.exceptions import (
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 
 from capabilities.errors import CapabilityError
-from deployments.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
+from deployments.calls.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
 from deployments.config import CallGuardConfig
-from deployments.errors import ApiError
+from deployments.http.errors import ApiError
+from deployments.ray_compat import accepted
 
 # A health check answers quickly or not at all; it never waits a whole call timeout.
 CHECK_TIMEOUT_S = 10.0
@@ -54,13 +55,6 @@ def outcome_of(error: BaseException) -> Outcome:
     if isinstance(error, (BackPressureError, asyncio.CancelledError, TaskCancelledError)):
         return "unknown"
     return "success"
-
-
-async def accepted(response: DeploymentResponse[Any]) -> None:
-    """Returns once a replica has taken the call. Serve 2.60 (pinned) has no public way to wait
-    for this; its router holds a call for a deployment without running replicas until one
-    starts, which is what the accept timeout bounds."""
-    await response._fetch_future_result_async()
 
 
 class GuardedHandle:

@@ -22,11 +22,11 @@ from capabilities.batching import RunCall, RunReply
 from capabilities.cache import CacheConfig
 from capabilities.host import CapabilityHost, CapabilityInfo, CapabilitySettingsError
 from capabilities.registry import capability_class
-from deployments import metrics
-from deployments.capability_clients import batch_recorder
 from deployments.config import BatchingConfig, CallGuardConfig, ConfigError
-from deployments.engine_client import EngineClient
-from deployments.replica_telemetry import CallCounter, ReplicaReporter
+from deployments.dag.capability_clients import batch_recorder
+from deployments.engine.client import EngineClient
+from deployments.telemetry import metrics
+from deployments.telemetry.replica_telemetry import CallCounter, ReplicaReporter
 
 CONCURRENT_BATCHES = 4
 

@@ -26,18 +26,18 @@ from batchjobs.files import FileStorage
 from batchjobs.handlers import BatchResult, ResultHandler, load_handler, run_handlers
 from batchjobs.schemas import BatchError
 from batchjobs.sql_store import open_store
-from deployments import metrics
-from deployments.batch_lines import BatchLines
-from deployments.capability_clients import (
+from deployments.batch.lines import BatchLines
+from deployments.config import AppConfig, BatchingConfig
+from deployments.dag.capability_clients import (
     InlineCapability,
     capability_clients,
     configure_inline,
     inline_capabilities,
 )
-from deployments.classify_service import ClassifyService
-from deployments.config import AppConfig, BatchingConfig
-from deployments.engine_client import engine_clients
-from deployments.openai_api import OpenAIEndpoints
+from deployments.dag.classify_service import ClassifyService
+from deployments.engine.client import engine_clients
+from deployments.http.openai_api import OpenAIEndpoints
+from deployments.telemetry import metrics
 
 logger = logging.getLogger("capserve.batch")
 BATCH_RUNNER_NAME = "batch-runner"
@@ -54,7 +54,7 @@ def build_batch_lines(
 ) -> tuple[BatchLines, dict[str, InlineCapability]]:
     """Batch lines answered through the app's engines and capabilities, and the inline
     capabilities they run on, to be loaded by `configure_inline` before the first line: by the
-    batch runner over its bound handles, by `deployments.batch_job` over handles got by name
+    batch runner over its bound handles, by `deployments.batch.job` over handles got by name
     (outside Serve, so without `batching`: see ClassifyService)."""
     engine_calls = engine_clients(config, engines)
     inline = inline_capabilities(config, engine_calls, stats)
