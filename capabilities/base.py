@@ -2,7 +2,7 @@
 
 A capability declares what it needs (`depends_on`), how it is configured (`settings_model`), what
 a request may tune per call (`options_model`) and what it returns (`output_model`). Runners
-(deployments/runner.py) hold one loaded instance and call `run` once per coalesced batch.
+(deployments/dag/runner.py) hold one loaded instance and call `run` once per coalesced batch.
 """
 
 from __future__ import annotations

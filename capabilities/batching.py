@@ -20,7 +20,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from capabilities.base import Capability, RunContext
 from capabilities.cache import ResultCache, cache_key
-from capabilities.errors import EngineUnavailableError, InvalidRequestError
+from capabilities.errors import (
+    EngineUnavailableError,
+    InvalidRequestError,
+    validation_problems,
+)
 
 logger = logging.getLogger("capserve.batching")
 
@@ -96,14 +100,11 @@ async def _run(
     return await capability.run([text for text, _ in inputs], context)
 
 
-def _failure(error: Exception) -> RunFailure:
+def failure_of(error: Exception) -> RunFailure:
     if isinstance(error, InvalidRequestError):
         return RunFailure(kind="invalid_request", message=str(error), param=error.param)
     if isinstance(error, ValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in issue['loc'])}: {issue['msg']}" for issue in error.errors()
-        )
-        return RunFailure(kind="invalid_request", message=problems)
+        return RunFailure(kind="invalid_request", message=validation_problems(error))
     if isinstance(error, EngineUnavailableError):
         # Expected while an engine is down or overloaded: the caller answers 503, no traceback.
         logger.warning("capability run failed: %s", error)
@@ -164,12 +165,30 @@ async def run_batch(
                         }
                     )
         except Exception as error:  # noqa: BLE001 - reported to this group's callers only
-            return _failure(error)
+            return failure_of(error)
         return outputs
 
     replies: list[RunReply] = [RunReply(version=version) for _ in calls]
     results = await asyncio.gather(*(run_group(key, group) for key, group in groups.items()))
-    for group, result in zip(groups.values(), results, strict=True):
+    ran = list(zip(groups.values(), results, strict=True))
+    # A shared run can fail for one caller's input (a prompt too long for the model, an output
+    # the engine could not decode): run such a group's calls alone, so only that caller fails.
+    # An unavailable engine would fail each of them the same way, so those are not re-run.
+    alone = [
+        (
+            options_key,
+            _Group(group.options, [index], {k: group.inputs[k] for k in keys_per_call[index]}),
+        )
+        for (options_key, group), result in zip(groups.items(), results, strict=True)
+        if isinstance(result, RunFailure)
+        and result.kind != "unavailable"
+        and len(group.call_indexes) > 1
+        for index in group.call_indexes
+    ]
+    if alone:
+        again = await asyncio.gather(*(run_group(key, group) for key, group in alone))
+        ran += [(group, result) for (_, group), result in zip(alone, again, strict=True)]
+    for group, result in ran:
         for index in group.call_indexes:
             if isinstance(result, RunFailure):
                 replies[index] = RunReply(failure=result, version=version)
@@ -185,35 +204,3 @@ async def run_batch(
         cache_hits=cache_hits,
     )
     return replies, report
-
-
-def merge_calls(calls: Sequence[RunCall]) -> tuple[list[RunCall], list[tuple[int, int, int]]]:
-    """Folds calls with the same options into one call each, so a caller that coalesces many
-    requests (the ingress) crosses to the runner once per options, not once per request.
-
-    Returns the merged calls and, per original call, (merged index, start, end) of its slice.
-    """
-    merged: list[RunCall] = []
-    slot_of: dict[str, int] = {}
-    slices: list[tuple[int, int, int]] = []
-    for call in calls:
-        key = _options_key(call.options)
-        if key not in slot_of:
-            slot_of[key] = len(merged)
-            merged.append(
-                RunCall(texts=[], parents={name: [] for name in call.parents}, options=call.options)
-            )
-        target = merged[slot_of[key]]
-        start = len(target.texts)
-        target.texts.extend(call.texts)
-        for name, outputs in call.parents.items():
-            target.parents[name].extend(outputs)
-        slices.append((slot_of[key], start, len(target.texts)))
-    return merged, slices
-
-
-def split_reply(reply: RunReply, start: int, end: int) -> RunReply:
-    """One original call's share of a merged call's reply."""
-    if reply.outputs is None:
-        return reply
-    return RunReply(outputs=reply.outputs[start:end], version=reply.version)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capabilities.base import Capability, RunContext
-from capabilities.engine import EmbeddingEngine, GenerativeEngine
+from capabilities.engine import ChoiceDecoding, EmbeddingEngine, GenerativeEngine
 from capabilities.errors import InvalidRequestError
 from capabilities.examples import EmbeddingCache, ExamplesSource, LabelledExamples, load_examples
 
@@ -19,6 +19,8 @@ Strategy = Literal["knn", "zero_shot", "generative"]
 STRATEGIES: tuple[Strategy, ...] = ("knn", "zero_shot", "generative")
 AD_HOC_LABEL_SETS_KEPT = 64
 MAX_AD_HOC_LABELS = 1000
+LABEL_CUE = "Label:"
+"""The last line of a generative prompt; the model answers after it."""
 
 
 class LabelSpec(BaseModel):
@@ -102,6 +104,11 @@ class Classification(BaseModel):
     confidence: float = Field(ge=0, le=1)
     top_k: list[LabelScore]
     strategy: Strategy
+    decoding: ChoiceDecoding | None = Field(
+        default=None,
+        description="Generative only: one_step when one decode step scored every label (an exact "
+        "distribution), multi_step when the label was decoded token by token.",
+    )
 
 
 def _rank(
@@ -157,11 +164,40 @@ class LabelIndex:
         return weights / weights.sum(axis=1, keepdims=True)
 
 
-def generative_prompt(instruction: str, labels: Sequence[LabelSpec], text: str) -> str:
-    """Static part (instruction, labels) first and the text last, so prefix caching pays."""
-    lines = [instruction, "Labels:"]
-    lines += [f"- {l.name}: {l.description}" if l.description else f"- {l.name}" for l in labels]
-    return "\n".join(lines) + f"\n\nText: {text}\nLabel: "
+def generative_prompt(
+    instruction: str, labels: Sequence[LabelSpec], text: str, keys: Sequence[str] | None = None
+) -> str:
+    """Static part (instruction, labels, their keys) first and the text last, so prefix caching
+    pays. With keys, the model answers with a label's key instead of its name."""
+    entries = [f"{l.name}: {l.description}" if l.description else l.name for l in labels]
+    if keys is None:
+        lines = [instruction, "Labels:", *(f"- {entry}" for entry in entries)]
+    else:
+        lines = [instruction, "Labels (answer with the key before the label):"]
+        lines += [f"{key}. {entry}" for key, entry in zip(keys, entries, strict=True)]
+    return "\n".join(lines) + f"\n\nText: {text}\n{LABEL_CUE}"
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Recent(Generic[K, V]):
+    """What was computed for the `size` keys asked for last."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: OrderedDict[K, V] = OrderedDict()
+
+    async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
+        if key in self._values:
+            self._values.move_to_end(key)
+            return self._values[key]
+        value = await compute()
+        self._values[key] = value
+        if len(self._values) > self._size:
+            self._values.popitem(last=False)
+        return value
 
 
 class Classifier:
@@ -181,7 +217,9 @@ class Classifier:
         self._knn: KnnIndex | None = None
         self._labels: list[LabelSpec] = list(settings.labels or [])
         self._label_index: LabelIndex | None = None
-        self._ad_hoc: OrderedDict[tuple[LabelSpec, ...], LabelIndex] = OrderedDict()
+        self._ad_hoc: _Recent[tuple[LabelSpec, ...], LabelIndex] = _Recent(AD_HOC_LABEL_SETS_KEPT)
+        # The keys the generator asks for, per label set (the configured one included).
+        self._keys: _Recent[tuple[str, ...], list[str] | None] = _Recent(AD_HOC_LABEL_SETS_KEPT)
 
     @property
     def strategies(self) -> list[Strategy]:
@@ -233,15 +271,7 @@ class Classifier:
         return LabelIndex(vectors, [l.name for l in labels], self.settings.zero_shot_temperature)
 
     async def _ad_hoc_index(self, labels: Sequence[LabelSpec]) -> LabelIndex:
-        key = tuple(labels)
-        if key in self._ad_hoc:
-            self._ad_hoc.move_to_end(key)
-            return self._ad_hoc[key]
-        index = await self._build_label_index(labels)
-        self._ad_hoc[key] = index
-        if len(self._ad_hoc) > AD_HOC_LABEL_SETS_KEPT:
-            self._ad_hoc.popitem(last=False)
-        return index
+        return await self._ad_hoc.get(tuple(labels), lambda: self._build_label_index(labels))
 
     def resolve_strategy(
         self, strategy: Strategy | None, labels: Sequence[LabelSpec] | None
@@ -294,14 +324,21 @@ class Classifier:
         return _rank(index.scores(queries), index.names, top_k, strategy)
 
     async def _generative(self, texts: list[str], labels: list[LabelSpec]) -> list[Classification]:
-        assert self._generator is not None
+        generator = self._generator
+        assert generator is not None
         names = [label.name for label in labels]
-        prompts = [generative_prompt(self.settings.instruction, labels, text) for text in texts]
-        choices = await self._generator.choose(prompts, names)
+        keys = await self._keys.get(tuple(names), lambda: generator.choice_keys(names, LABEL_CUE))
+        instruction = self.settings.instruction
+        prompts = [generative_prompt(instruction, labels, text, keys) for text in texts]
+        choices = await generator.choose(prompts, names, keys)
         scores = np.array(
             [[choice.probabilities.get(name, 0.0) for name in names] for choice in choices]
         )
-        return _rank(scores, names, self.settings.top_k, "generative")
+        ranked = _rank(scores, names, self.settings.top_k, "generative")
+        return [
+            result.model_copy(update={"decoding": choice.decoding})
+            for result, choice in zip(ranked, choices, strict=True)
+        ]
 
 
 class ClassificationOptions(BaseModel):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
+
+ChoiceDecoding = Literal["one_step", "multi_step"]
 
 
 class ChoiceResult(BaseModel):
@@ -15,6 +17,11 @@ class ChoiceResult(BaseModel):
     choice: str
     probabilities: dict[str, float] = Field(
         description="Normalised probability per allowed choice, from the engine's log-probabilities."
+    )
+    decoding: ChoiceDecoding = Field(
+        description="one_step: one decode step over each choice's own first token, so the "
+        "distribution is the model's, exactly; multi_step: the choice was decoded token by token "
+        "and the distribution pieced together from each step's top log-probabilities."
     )
 
 
@@ -27,10 +34,23 @@ class EmbeddingEngine(Protocol):
 
 
 class GenerativeEngine(Protocol):
+    """`choose` prompts end with a cue line such as `Label:`; the model answers after one space,
+    with a choice or, where keys are given, with the choice's key."""
+
     name: str
 
-    async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
-        """Picks one of `choices` per prompt by constrained decoding."""
+    async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
+        """Short keys, one per choice, for prompts ending in `cue` to list next to the choices
+        and `choose` to answer with, where the choices themselves cannot be told apart by their
+        first token; None where they can, or where too few keys exist (`choose` then decodes the
+        choices token by token)."""
+        ...
+
+    async def choose(
+        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+    ) -> list[ChoiceResult]:
+        """Picks one of `choices` per prompt by constrained decoding; with `keys`, the model
+        answers with `keys[i]` for `choices[i]`, and results still name the choices."""
         ...
 
     async def generate_json(

@@ -167,7 +167,7 @@ class SimilarityGate(ConfiguredGate):
 
 def llm_gate_prompt(question: str, text: str) -> str:
     """Static part first and the text last, so prefix caching pays."""
-    return f"{question}\n\nText: {text}\nAnswer yes or no: "
+    return f"{question}\n\nText: {text}\nAnswer yes or no:"
 
 
 class LlmGate(ConfiguredGate):

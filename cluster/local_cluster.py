@@ -38,10 +38,11 @@ import yaml
 
 from cluster.processes import free_port
 from cluster.serve_flags import ray_env, selected_flags
-from deployments.batch_runner import BatchRunner
-from deployments.ingress import Ingress
-from deployments.runner import runner_name
-from deployments.stats import StatsRecorder
+from deployments.batch.runner import BatchRunner
+from deployments.config import CapabilityConfig
+from deployments.dag.runner import runner_name
+from deployments.http.ingress import Ingress
+from deployments.telemetry.stats import StatsRecorder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -398,7 +399,9 @@ def cluster_serve_config(
         }
     on_head = {"num_cpus": 0, "resources": {HEAD_RESOURCE: 1}}
     head_deployments = [Ingress.name, StatsRecorder.name, BatchRunner.name] + [
-        runner_name(capability["name"]) for capability in app["args"]["capabilities"]
+        runner_name(capability.name)
+        for capability in map(CapabilityConfig.model_validate, app["args"]["capabilities"])
+        if capability.placement == "deployment"
     ]
     app["deployments"] = [{"name": name, "ray_actor_options": on_head} for name in head_deployments]
     return config

@@ -7,7 +7,7 @@ from typing import Any
 from ray.serve import Application
 
 from capabilities.errors import CapabilityError
-from deployments.batch_runner import BatchRunner
+from deployments.batch.runner import BatchRunner
 from deployments.config import (
     AppConfig,
     CapabilityConfig,
@@ -15,11 +15,12 @@ from deployments.config import (
     IngressConfig,
     parse_app_config,
 )
-from deployments.engine import EngineDeployment
-from deployments.ingress import Ingress
-from deployments.placement import engine_deployment_options
-from deployments.runner import CapabilityRunner, runner_name
-from deployments.stats import StatsRecorder
+from deployments.dag.capability_clients import inline_settings
+from deployments.dag.runner import CapabilityRunner, runner_name
+from deployments.engine.deployment import EngineDeployment
+from deployments.engine.placement import engine_deployment_options
+from deployments.http.ingress import Ingress
+from deployments.telemetry.stats import StatsRecorder
 
 
 def check_config(args: dict[str, Any]) -> AppConfig:
@@ -43,12 +44,9 @@ INGRESS_RETRY_AFTER_S = 1.0
 def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
     """Serve options of one capability runner; its settings travel as `user_config`."""
     deployment = capability.deployment
-    settings = capability.parsed_settings().model_dump(
-        mode="json", by_alias=True, exclude_none=True
-    )
     return {
         "name": runner_name(capability.name),
-        "user_config": settings,
+        "user_config": capability.settings_json(),
         # A batch can only fill when the replica accepts at least a batch's worth of calls.
         "max_ongoing_requests": max(
             deployment.max_ongoing_requests, capability.batching.max_batch_size
@@ -94,13 +92,16 @@ def build_app(args: dict[str, Any]) -> Application:
             config.cache,
             stats,
         )
-        for capability in config.capabilities
+        for capability in config.deployed_capabilities
     }
     batch_runner = BatchRunner.options(
         num_replicas=config.batch.runner_num_replicas,
         ray_actor_options={"num_cpus": 0},
         logging_config=INTERNAL_LOGGING,
-    ).bind(config, engines, runners)
-    return Ingress.options(**ingress_options(config.ingress)).bind(
-        config, engines, runners, stats, batch_runner
-    )
+        user_config=inline_settings(config),
+    ).bind(config, engines, runners, stats)
+    # The ingress and the batch runner run the inline capabilities: their settings are both
+    # replicas' user_config, so a live reload names both deployments.
+    return Ingress.options(
+        **ingress_options(config.ingress), user_config=inline_settings(config)
+    ).bind(config, engines, runners, stats, batch_runner)

@@ -8,18 +8,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Ray's own check, so a selector Ray would refuse at deploy time fails at config parse instead
-# (private: Ray is pinned, check on upgrade).
-from ray._private.label_utils import validate_label_selector
-
 from batchjobs.executor import ExecutionSettings
 from batchjobs.handlers import ResultHandlerConfig
 from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH
 from capabilities.base import Capability
 from capabilities.cache import CacheConfig
+from capabilities.errors import validation_problems
 from capabilities.registry import Registry, RegistryError, capability_class
-from deployments.auth import AuthConfig
-from deployments.rate_limit import RateLimitConfig
+from deployments.http.auth import AuthConfig
+from deployments.http.rate_limit import RateLimitConfig
 
 PACKAGE_SCHEME = "pkg:"
 
@@ -38,10 +35,17 @@ class EngineArgs(StrictModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
     pipeline_parallel_size: int = Field(default=1, ge=1)
-    enable_prefix_caching: bool | None = None
+    enable_prefix_caching: bool | None = Field(
+        default=None, description="On when unset for runner generate; vLLM's choice for pooling."
+    )
     max_num_seqs: int | None = Field(default=None, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
-    max_logprobs: int = Field(default=64, gt=0)
+    max_logprobs: int = Field(
+        default=64,
+        gt=0,
+        description="Also the most labels generative classification scores in one decode step; "
+        "larger label sets are decoded token by token.",
+    )
     enforce_eager: bool = False
     seed: int = 0
     trust_remote_code: bool = False
@@ -226,7 +230,10 @@ class DeploymentConfig(ReplicaScaling):
     @field_validator("label_selector")
     @classmethod
     def _valid_label_selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        problem = validate_label_selector(value)
+        # Imported here: the config parses without Ray (clients and tools read it too).
+        from deployments.ray_compat import label_selector_problem
+
+        problem = label_selector_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -250,6 +257,15 @@ class ModelConfig(StrictModel):
     @classmethod
     def _resolve_model(cls, value: str) -> str:
         return str(resolve_model_path(value))
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """`engine_args` as vLLM's keyword arguments, with capserve's defaults filled in."""
+        kwargs = self.engine_args.model_dump(exclude_none=True)
+        if self.runner == "generate":
+            # Generative prompts open with the same instruction and label list, whose KV cache
+            # prefix caching then computes once.
+            kwargs.setdefault("enable_prefix_caching", True)
+        return kwargs
 
     @model_validator(mode="after")
     def _sharding_needs_gpus(self) -> ModelConfig:
@@ -314,17 +330,34 @@ class CapabilityConfig(StrictModel):
     )
     settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="Validated by the capability's settings model; live-reloadable through the "
-        "runner deployment's user_config.",
+        description="Validated by the capability's settings model; live-reloadable through "
+        "the user_config of the replicas that host it (see `placement`).",
     )
-    batching: BatchingConfig = BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.01)
-    deployment: RunnerDeploymentConfig = RunnerDeploymentConfig()
+    placement: Literal["inline", "deployment"] = Field(
+        default="inline",
+        description="`inline`: run in the ingress and batch runner replicas, coalescing across "
+        "their requests, with no process crossing; `deployment`: a runner deployment of its own "
+        "(`capability-<name>`) for a capability that needs its own replicas or resources.",
+    )
+    batching: BatchingConfig = Field(
+        default=BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.01),
+        description="How a `placement: deployment` runner coalesces calls; inline capabilities "
+        "coalesce as `ingress.batching` says.",
+    )
+    deployment: RunnerDeploymentConfig = Field(
+        default=RunnerDeploymentConfig(),
+        description="The runner deployment of a `placement: deployment` capability.",
+    )
 
     def capability_class(self) -> type[Capability]:
         return capability_class(self.name, self.import_path)
 
     def parsed_settings(self) -> BaseModel:
         return self.capability_class().settings_model.model_validate(self.settings)
+
+    def settings_json(self) -> dict[str, Any]:
+        """The validated settings as a replica's `user_config` carries them."""
+        return self.parsed_settings().model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class BatchConfig(ExecutionSettings):
@@ -359,16 +392,6 @@ class BatchConfig(ExecutionSettings):
     @classmethod
     def _absolute_dir(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
-
-
-def validation_problems(error: ValidationError, prefix: str | None = None) -> str:
-    """One line per issue, each naming the field at fault, e.g. `limits.max_text_chars: ...`."""
-    lines = []
-    for issue in error.errors(include_url=False):
-        location = ".".join([*([prefix] if prefix else []), *(str(part) for part in issue["loc"])])
-        message = issue["msg"].removeprefix("Value error, ")
-        lines.append(f"{location}: {message}" if location else message)
-    return "; ".join(lines)
 
 
 class AppConfig(StrictModel):
@@ -470,6 +493,11 @@ class AppConfig(StrictModel):
 
     def capability(self, name: str) -> CapabilityConfig:
         return next(capability for capability in self.capabilities if capability.name == name)
+
+    @property
+    def deployed_capabilities(self) -> list[CapabilityConfig]:
+        """Capabilities with a runner deployment of their own (`placement: deployment`)."""
+        return [c for c in self.capabilities if c.placement == "deployment"]
 
     def registry(self) -> Registry:
         return Registry.of(capability.capability_class() for capability in self.capabilities)

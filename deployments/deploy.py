@@ -11,13 +11,14 @@ import time
 from typing import Any
 
 from ray import serve
-from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
+
+from deployments.ray_compat import serve_controller_client
 
 
 def deploy(config: dict[str, Any]) -> None:
     """Applies a full Serve deploy config (`serve_config.yaml`'s shape) to the running Serve."""
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+    serve_controller_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
 def wait_running(config: dict[str, Any], timeout_s: float = 600) -> None:

@@ -59,6 +59,12 @@ def set_batching(app: dict[str, Any], max_batch_size: int, batch_wait_timeout_s:
     app["args"].setdefault("ingress", {})["batching"] = dict(batching)
 
 
+def set_placement(app: dict[str, Any], placement: str) -> None:
+    """Sets `placement` of every capability of `app` (`inline` or `deployment`)."""
+    for capability in app["args"]["capabilities"]:
+        capability["placement"] = placement
+
+
 def generative_app(
     template: dict[str, Any], tiny_llama_path: Path, cache_dir: str
 ) -> dict[str, Any]:
@@ -104,25 +110,32 @@ def uncached_default_app(namespace: str, cache_dir: str) -> Iterator[str]:
 
 
 @contextmanager
-def running_app(namespace: str, app: dict[str, Any], **ray_options: Any) -> Iterator[str]:
-    """`app` in this process's own Ray, started with `ray_options` on top of no dashboard and no
-    worker logs; yields its base URL and shuts Ray down after."""
+def serve_cluster(namespace: str, port: int, **ray_options: Any) -> Iterator[None]:
+    """A fresh Ray in this process, started with `ray_options` on top of no dashboard and no
+    worker logs, with Serve on `port`; Serve and Ray are shut down after."""
     import ray
     from ray import serve
 
-    from deployments.deploy import deploy, wait_running
-
     os.chdir(PROJECT_ROOT)
-    port = free_port()
     ray.init(
         namespace=namespace, **{"include_dashboard": False, "log_to_driver": False} | ray_options
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    config = deploy_config([app], port)
     try:
-        deploy(config)
-        wait_running(config)
-        yield f"http://127.0.0.1:{port}"
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+        yield
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@contextmanager
+def running_app(namespace: str, app: dict[str, Any], **ray_options: Any) -> Iterator[str]:
+    """`app` in this process's own Ray (`serve_cluster`); yields its base URL."""
+    from deployments.deploy import deploy, wait_running
+
+    port = free_port()
+    with serve_cluster(namespace, port, **ray_options):
+        config = deploy_config([app], port)
+        deploy(config)
+        wait_running(config)
+        yield f"http://127.0.0.1:{port}"

@@ -9,6 +9,18 @@
      against capability-aware batching, on a mixed-capability workload.
 
     .venv/bin/python loadtests/bench.py                 # writes loadtests/results/bench.{json,md,png}
+    .venv/bin/python loadtests/bench.py --quick         # small workloads; writes bench-quick.*
+    .venv/bin/python loadtests/bench.py --variants default,haproxy,throughput,both
+
+capserve's workloads (b. and d.) run once per variant, each in a fresh local Ray cluster: a variant
+sets environment variables of the cluster (Ray Serve flags such as RAY_SERVE_ENABLE_HA_PROXY) and
+the capabilities' `placement`; variants join with `+` (`throughput+inline`). A variant that fails
+is reported with its reason, and the others still run.
+
+For every workload, the CPU time (user + system) of every process on the path is sampled at the
+start and the end of the measured window, and reported per request and per text by role (Serve
+proxy or HAProxy, each replica, Serve controller, Ray system, vLLM's engine core and worker; the
+peer's API server; the raw engine's driver). The load generator's own process is left out.
 
 Each contender runs alone (2 cores are shared by everything); the load generator is the same
 asyncio/httpx client for capserve and the peer.
@@ -28,8 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +62,16 @@ from loadtests.apps import (
     default_app,
     deploy_config,
     generative_app,
+    serve_cluster,
     set_batching,
+    set_placement,
     tiny_llama_model,
     use_app_environment,
 )
+from loadtests.process_usage import TOTAL, cpu_ms_by_role, cpu_snapshot, per_unit
 
 BANKING77 = PROJECT_ROOT / "data" / "banking77"
 INSTRUCTION = "Classify the customer message into exactly one of the labels."
-SINGLE_TEXT_CLIENTS = (16, 32, 64)
-SINGLE_TEXT_CLIENTS = (16, 32, 64)
 MIXED_CAPABILITIES = [
     ["classification"],
     ["classification", "recommendations"],
@@ -76,10 +91,24 @@ class Measurement:
     errors: int = 0
     latencies_s: list[float] = field(default_factory=list, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    # CPU milliseconds each process role spent in the measured window (`process_usage.role`).
+    cpu_ms: dict[str, float] = field(default_factory=dict, repr=False)
+    variant: str | None = None  # capserve's variant; None for the other contenders
 
     @property
     def texts_per_s(self) -> float:
         return self.texts / self.seconds if self.seconds else 0.0
+
+    @property
+    def requests(self) -> int:
+        """Requests sent in the window: the failed ones cost CPU too."""
+        return len(self.latencies_s) + self.errors
+
+    def cpu_per_request(self) -> dict[str, float]:
+        return per_unit(self.cpu_ms, self.requests)
+
+    def cpu_per_text(self) -> dict[str, float]:
+        return per_unit(self.cpu_ms, self.texts)
 
     def percentile_ms(self, q: float) -> float | None:
         return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else None
@@ -87,6 +116,7 @@ class Measurement:
     def summary(self) -> dict[str, Any]:
         return {
             "system": self.system,
+            "variant": self.variant,
             "workload": self.workload,
             "texts": self.texts,
             "seconds": round(self.seconds, 3),
@@ -99,6 +129,8 @@ class Measurement:
             "p99_ms": _round(self.percentile_ms(99)),
             "errors": self.errors,
             **self.extra,
+            "cpu_ms_per_request": self.cpu_per_request(),
+            "cpu_ms_per_text": self.cpu_per_text(),
         }
 
 
@@ -146,10 +178,13 @@ async def closed_loop(
             latencies.append(time.perf_counter() - started)
 
     async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+        # Outside the timed window: a snapshot reads every process of the machine.
+        before = cpu_snapshot()
         started = time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(clients)))
         seconds = time.perf_counter() - started
-    measurement = Measurement(system, workload, texts, seconds, errors, latencies)
+        cpu_ms = cpu_ms_by_role(before, cpu_snapshot())
+    measurement = Measurement(system, workload, texts, seconds, errors, latencies, cpu_ms=cpu_ms)
     print(json.dumps(measurement.summary()), flush=True)
     return measurement
 
@@ -172,6 +207,18 @@ def classify_sender(
 
 # --- a. the raw engine -----------------------------------------------------------------------
 
+RAW_DRIVER = "driver"
+
+
+def _measured(call: Callable[[], object]) -> tuple[float, dict[str, float]]:
+    """Seconds `call` takes, and the CPU ms it costs this process (the driver, under RAW_DRIVER)
+    and its descendants: vLLM's engine core and worker."""
+    before = cpu_snapshot(root_role=RAW_DRIVER)
+    started = time.perf_counter()
+    call()
+    seconds = time.perf_counter() - started
+    return seconds, cpu_ms_by_role(before, cpu_snapshot(root_role=RAW_DRIVER))
+
 
 def _raw_engine(
     model: dict[str, Any], texts: list[str], examples: list[str], vectors_path: str, results: Any
@@ -186,9 +233,7 @@ def _raw_engine(
     )
     if config.runner == "pooling":
         llm.embed(texts[:64], use_tqdm=False)  # warm-up
-        started = time.perf_counter()
-        llm.embed(texts, use_tqdm=False)
-        seconds = time.perf_counter() - started
+        seconds, cpu_ms = _measured(lambda: llm.embed(texts, use_tqdm=False))
         if examples:
             # The examples' vectors let the peer's client-side kNN vote like capserve does.
             vectors = np.asarray(
@@ -196,7 +241,7 @@ def _raw_engine(
                 dtype=np.float32,
             )
             np.save(vectors_path, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-        results.put(("embed", len(texts), seconds))
+        results.put(("embed", len(texts), seconds, cpu_ms))
         return
     labels = [LabelSpec(name=name) for name in GENERATIVE_LABELS]
     prompts = [generative_prompt(INSTRUCTION, labels, text) for text in texts]
@@ -207,9 +252,8 @@ def _raw_engine(
         structured_outputs=StructuredOutputsParams(choice=GENERATIVE_LABELS),
     )
     llm.generate(prompts[:8], params, use_tqdm=False)
-    started = time.perf_counter()
-    llm.generate(prompts, params, use_tqdm=False)
-    results.put(("generate", len(texts), time.perf_counter() - started))
+    seconds, cpu_ms = _measured(lambda: llm.generate(prompts, params, use_tqdm=False))
+    results.put(("generate", len(texts), seconds, cpu_ms))
 
 
 def raw_engine(
@@ -222,7 +266,7 @@ def raw_engine(
         args=(model.model_dump(mode="json"), texts, examples, vectors_path, results),
     )
     process.start()
-    kind, count, seconds = results.get(timeout=900)
+    kind, count, seconds, cpu_ms = results.get(timeout=900)
     # The engine core would otherwise idle on, taking CPU from the contenders measured next.
     engine_processes = psutil.Process(process.pid).children(recursive=True)
     process.terminate()
@@ -230,7 +274,9 @@ def raw_engine(
     for child in engine_processes:
         if child.is_running():
             child.kill()
-    measurement = Measurement("raw vLLM (offline)", f"{kind}, one call", count, seconds)
+    measurement = Measurement(
+        "raw vLLM (offline)", f"{kind}, one call", count, seconds, cpu_ms=cpu_ms
+    )
     print(json.dumps(measurement.summary()), flush=True)
     return measurement
 
@@ -305,6 +351,25 @@ def peer_embeddings(
 
 
 @dataclass(frozen=True)
+class Sizes:
+    """How many texts each workload gets."""
+
+    warm_up: int
+    saturation: int
+    single_clients: tuple[int, ...]  # a 1-text-request workload per client count
+    single_per_client: int
+    mixed: int
+    unique: int  # the repeats workload: distinct texts, and
+    repeated: int  # repeats drawn from them
+    generative: int
+
+
+FULL = Sizes(512, 4096, (16, 32, 64), 20, 1024, 700, 300, 256)
+# Enough to run every workload and code path end to end in a few minutes; the numbers are noise.
+QUICK = Sizes(128, 256, (32,), 8, 128, 140, 60, 64)
+
+
+@dataclass(frozen=True)
 class Workloads:
     """Disjoint slices of the corpus, one per workload and the same for every contender: no text
     is seen twice, so capserve's result cache answers only the repeats workload's repeats."""
@@ -317,19 +382,21 @@ class Workloads:
     generative: list[str]
 
     @classmethod
-    def of(cls, corpus: list[str], saturation: int, generative: int) -> Workloads:
+    def of(cls, corpus: list[str], sizes: Sizes) -> Workloads:
         remaining = iter(corpus)
 
         def take(count: int) -> list[str]:
             return [next(remaining) for _ in range(count)]
 
-        warm_up, saturation_texts = take(512), take(saturation)
-        single = {clients: take(20 * clients) for clients in SINGLE_TEXT_CLIENTS}
-        mixed, unique = take(1024), take(700)
+        warm_up, saturation_texts = take(sizes.warm_up), take(sizes.saturation)
+        single = {
+            clients: take(sizes.single_per_client * clients) for clients in sizes.single_clients
+        }
+        mixed, unique = take(sizes.mixed), take(sizes.unique)
         picker = random.Random(11)
-        repeats = unique + [picker.choice(unique) for _ in range(300)]
+        repeats = unique + [picker.choice(unique) for _ in range(sizes.repeated)]
         picker.shuffle(repeats)
-        return cls(warm_up, saturation_texts, single, mixed, repeats, take(generative))
+        return cls(warm_up, saturation_texts, single, mixed, repeats, take(sizes.generative))
 
 
 async def _embedding_workloads(system, base_url, workloads: Workloads, send) -> list[Measurement]:
@@ -380,37 +447,148 @@ async def _generative_workload(system, base_url, workloads: Workloads, send) -> 
 # --- b. and d. capserve ------------------------------------------------------------------------
 
 
-def capserve(workloads: Workloads, tiny_llama: Path, cache_dir: str) -> list[Measurement]:
-    import ray
-    from ray import serve
+@dataclass(frozen=True)
+class Variant:
+    """One way to run capserve: environment variables of its Ray cluster, and a `placement` for
+    every capability of the apps' args (None: as configured)."""
 
+    name: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    placement: str | None = None
+
+
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        Variant("default"),
+        Variant("haproxy", HAPROXY),
+        Variant("throughput", THROUGHPUT),
+        Variant("both", HAPROXY | THROUGHPUT),
+        Variant("inline", placement="inline"),
+        Variant("deployment", placement="deployment"),
+    )
+}
+
+
+def variant_named(name: str) -> Variant:
+    """A known variant, or known ones joined by `+` (`throughput+inline`): their environments
+    merged, and the one placement among them."""
+    parts = name.split("+")
+    unknown = [part for part in parts if part not in VARIANTS]
+    if unknown:
+        known = ", ".join(VARIANTS)
+        raise ValueError(f"unknown variant {unknown[0]!r}; known: {known}, joined by +")
+    placements = {VARIANTS[part].placement for part in parts} - {None}
+    if len(placements) > 1:
+        raise ValueError(f"variant {name!r} asks for more than one placement: {sorted(placements)}")
+    env: dict[str, str] = {}
+    for part in parts:
+        env |= VARIANTS[part].env
+    return Variant(name, env, next(iter(placements), None))
+
+
+def parse_variants(spec: str) -> list[Variant]:
+    """`--variants`: comma-separated variant names."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if not names:
+        raise ValueError("no variant named")
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise ValueError(f"variant {repeated[0]!r} named twice")
+    return [variant_named(name) for name in names]
+
+
+def cluster_environment(variant: Variant) -> dict[str, str]:
+    """The variant's environment, plus free ports for HAProxy's stats and metrics listeners when
+    it runs: they default to fixed ports (8404, 9101) on all interfaces, which another cluster's
+    HAProxy on this shared machine may hold."""
+    env = dict(variant.env)
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+    return env
+
+
+@contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """`env` set in this process's environment, and the previous values restored after. Ray
+    Serve reads its flags when its modules are imported in the controller's, proxy's and replicas'
+    processes, so a flag must be in the environment of the raylet that starts them: the local
+    cluster `ray.init` starts inherits this process's (an app's runtime_env reaches only its
+    replicas)."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass
+class VariantRun:
+    variant: Variant
+    measurements: list[Measurement] = field(default_factory=list)
+    error: str | None = None
+
+
+def run_variant(
+    variant: Variant, workloads: Workloads, tiny_llama: Path, cache_dir: str
+) -> VariantRun:
+    """capserve's workloads under `variant`, in a Ray cluster of its own."""
+    print(
+        f"capserve variant {variant.name}: {dict(variant.env)}, placement {variant.placement}",
+        flush=True,
+    )
+    run = VariantRun(variant)
+    try:
+        with environment(cluster_environment(variant)):
+            capserve(variant, workloads, tiny_llama, cache_dir, run.measurements)
+    except Exception as error:  # noqa: BLE001 - reported; the other variants still run
+        run.error = f"{type(error).__name__}: {error}"
+        print(f"capserve variant {variant.name} failed: {run.error}", flush=True)
+    for measurement in run.measurements:
+        measurement.variant = variant.name
+    return run
+
+
+def capserve(
+    variant: Variant,
+    workloads: Workloads,
+    tiny_llama: Path,
+    cache_dir: str,
+    results: list[Measurement],
+) -> None:
+    """Appends to `results` as each phase ends, so a variant that fails part-way keeps what it
+    measured."""
     from deployments.deploy import deploy, wait_running
 
-    os.chdir(PROJECT_ROOT)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    ray.init(include_dashboard=False, namespace="capserve-bench", log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    default = default_app(cache_dir)
-    config = deploy_config([default, generative_app(default, tiny_llama, cache_dir)], port)
-    try:
+
+    def run_apps(*apps: dict[str, Any]) -> None:
+        if variant.placement is not None:
+            for app in apps:
+                set_placement(app, variant.placement)
+        config = deploy_config(list(apps), port)
         deploy(config)
         wait_running(config)
-        results = asyncio.run(_capserve_workloads(base_url, workloads))
+
+    with serve_cluster("capserve-bench", port):
+        default = default_app(cache_dir)
+        run_apps(default, generative_app(default, tiny_llama, cache_dir))
+        results += asyncio.run(_capserve_workloads(base_url, workloads))
         naive = default_app(cache_dir)
         set_batching(naive, max_batch_size=1, batch_wait_timeout_s=0)
         naive["args"]["cache"] = {"enabled": False}
-        deploy(deploy_config([naive], port))
-        wait_running(deploy_config([naive], port))
-        results.append(
-            asyncio.run(
-                _mixed(base_url, workloads, "naive: one engine call per text per capability")
-            )
-        )
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return results
+        run_apps(naive)
+        system = "naive: one engine call per text per capability"
+        results.append(asyncio.run(_mixed(base_url, workloads, system)))
 
 
 def mixed_items(texts: list[str]) -> list[dict[str, Any]]:
@@ -471,58 +649,178 @@ def find(results: list[Measurement], system: str, workload: str) -> Measurement 
     )
 
 
-def report(results: list[Measurement], out: Path, seconds: float) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    comparisons = {
+def comparisons(results: list[Measurement], variant: str) -> dict[str, float | None]:
+    """capserve under `variant` against the raw engine and `vllm serve`, and against its own naive
+    baseline."""
+    ours = [m for m in results if m.variant == variant]
+    others = [m for m in results if m.variant is None]
+    return {
         "capserve / raw engine (64-text requests vs one offline call)": ratio(
-            find(results, "capserve", "64-text"), find(results, "raw", "embed")
+            find(ours, "capserve", "64-text"), find(others, "raw", "embed")
         ),
         "capserve / vllm serve (64-text requests, kNN)": ratio(
-            find(results, "capserve", "64-text"), find(results, "vllm serve + client", "64-text")
+            find(ours, "capserve", "64-text"), find(others, "vllm serve + client", "64-text")
         ),
         "capserve / vllm serve (1-text requests, 32 clients)": ratio(
-            find(results, "capserve", "1-text requests, 32"),
-            find(results, "vllm serve + client", "1-text requests, 32"),
+            find(ours, "capserve", "1-text requests, 32"),
+            find(others, "vllm serve + client", "1-text requests, 32"),
         ),
         "capserve / vllm serve (generative)": ratio(
-            find(results, "capserve", "generative"), find(results, "vllm serve", "generative")
+            find(ours, "capserve", "generative"), find(others, "vllm serve", "generative")
         ),
         "capserve generative / raw engine generate": ratio(
-            find(results, "capserve", "generative"), find(results, "raw", "generate")
+            find(ours, "capserve", "generative"), find(others, "raw", "generate")
         ),
         "capability-aware / naive (mixed capabilities)": ratio(
-            find(results, "capserve: capability-aware", "mixed"), find(results, "naive", "mixed")
+            find(ours, "capserve: capability-aware", "mixed"), find(ours, "naive", "mixed")
         ),
     }
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU"
-    document = {
-        "command": "python loadtests/bench.py",
-        "machine": machine,
-        "seconds": round(seconds, 1),
-        "results": [m.summary() for m in results],
-        "ratios": comparisons,
-    }
-    (out / "bench.json").write_text(json.dumps(document, indent=2))
+
+
+def _cell(value: Any) -> str:
+    return "–" if value is None else str(value)
+
+
+def results_table(results: list[Measurement]) -> list[str]:
     lines = [
-        f"Measured with `.venv/bin/python loadtests/bench.py` on {machine}, in one run ({seconds:.0f} s).",
-        "",
-        "| system | workload | texts/s | req/s | p50 ms | p95 ms | p99 ms | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| system | variant | workload | texts/s | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in results:
         s = m.summary()
         extra = f" (cache hit rate {s['cache_hit_rate']})" if "cache_hit_rate" in s else ""
         lines.append(
-            f"| {s['system']} | {s['workload']}{extra} | {s['texts_per_s']} | {s['requests_per_s'] or ''} "
-            f"| {s['p50_ms'] or ''} | {s['p95_ms'] or ''} | {s['p99_ms'] or ''} | {s['errors']} |"
+            f"| {s['system']} | {s['variant'] or ''} | {s['workload']}{extra} | {s['texts_per_s']} "
+            f"| {s['requests_per_s'] or ''} | {s['p50_ms'] or ''} | {s['p95_ms'] or ''} "
+            f"| {s['p99_ms'] or ''} | {s['errors']} |"
         )
-    lines += ["", "| comparison | ratio |", "| --- | ---: |"]
-    lines += [
-        f"| {name} | {value if value is not None else 'n/a'} |"
-        for name, value in comparisons.items()
+    return lines
+
+
+def variants_table(results: list[Measurement], variants: list[str]) -> list[str]:
+    """capserve's workloads side by side, a column per variant: texts/s and p95 ms."""
+    rows: dict[tuple[str, str], dict[str, Measurement]] = {}
+    for m in results:
+        if m.variant is not None:
+            rows.setdefault((m.system, m.workload), {})[m.variant] = m
+    lines = [
+        "| system | workload | " + " | ".join(f"{v}: texts/s, p95 ms" for v in variants) + " |",
+        "| --- | --- |" + " ---: |" * len(variants),
     ]
-    (out / "bench.md").write_text("\n".join(lines) + "\n")
-    plot(results, out / "bench.png")
+    for (system, workload), by_variant in rows.items():
+        cells = [
+            f"{m.texts_per_s:.1f}, {_cell(_round(m.percentile_ms(95)))}" if m else "–"
+            for m in (by_variant.get(v) for v in variants)
+        ]
+        lines.append(f"| {system} | {workload} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ratios_table(ratios: dict[str, dict[str, float | None]]) -> list[str]:
+    variants = list(ratios)
+    names = next(iter(ratios.values()), {})
+    lines = [
+        "| comparison | " + " | ".join(variants) + " |",
+        "| --- |" + " ---: |" * len(variants),
+    ]
+    lines += [
+        f"| {name} | " + " | ".join(_cell(ratios[v][name]) for v in variants) + " |"
+        for name in names
+    ]
+    return lines
+
+
+def _column_labels(measurements: list[Measurement]) -> list[str]:
+    """Workload names, with the system's first word where one workload ran for two (`capserve`
+    and `naive` on the mixed workload)."""
+    counts = Counter(m.workload for m in measurements)
+    return [
+        m.workload if counts[m.workload] == 1 else f"{m.system.split(':')[0]}: {m.workload}"
+        for m in measurements
+    ]
+
+
+def cpu_table(title: str, measurements: list[Measurement]) -> list[str]:
+    """A row per process role, a column per workload: CPU ms per request / per text."""
+    per_request = [m.cpu_per_request() for m in measurements]
+    per_text = [m.cpu_per_text() for m in measurements]
+    roles = {name for costs in per_text for name in costs} - {TOTAL}
+    costliest_first = sorted(roles, key=lambda name: -sum(c.get(name, 0) for c in per_text))
+    lines = [
+        f"CPU ms per request / per text, {title}:",
+        "",
+        "| process | " + " | ".join(_column_labels(measurements)) + " |",
+        "| --- |" + " ---: |" * len(measurements),
+    ]
+    for name in [*costliest_first, TOTAL]:
+        cells = [
+            f"{_cell(request.get(name))} / {_cell(text.get(name))}"
+            for request, text in zip(per_request, per_text, strict=True)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+CPU_NOTE = (
+    "CPU time (user + system) of each process on the path, read at the start and the end of each "
+    "measured window and divided by its requests / texts; the load generator is left out. Linux "
+    "counts it in 10 ms ticks per process, so short windows give coarse numbers."
+)
+
+
+def cpu_tables(results: list[Measurement]) -> list[str]:
+    """One table per contender: the raw engine, each `vllm serve`, capserve per variant."""
+    groups: dict[str, list[Measurement]] = {}
+    for m in results:
+        title = f"capserve, variant {m.variant}" if m.variant is not None else m.system
+        groups.setdefault(title, []).append(m)
+    lines: list[str] = []
+    for title, measurements in groups.items():
+        lines += ["", *cpu_table(title, measurements)]
+    return lines
+
+
+def report(
+    results: list[Measurement], runs: list[VariantRun], out: Path, stem: str, seconds: float
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["loadtests/bench.py", *sys.argv[1:]])
+    variants = [run.variant.name for run in runs]
+    ratios = {variant: comparisons(results, variant) for variant in variants}
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, no GPU"
+    document = {
+        "command": f"python {command}",
+        "machine": machine,
+        "seconds": round(seconds, 1),
+        "variants": [
+            {
+                "name": run.variant.name,
+                "env": dict(run.variant.env),
+                "placement": run.variant.placement,
+                "error": run.error,
+            }
+            for run in runs
+        ],
+        "results": [m.summary() for m in results],
+        "ratios": ratios,
+    }
+    (out / f"{stem}.json").write_text(json.dumps(document, indent=2))
+    lines = [
+        f"Measured with `.venv/bin/python {command}` on {machine}, in one run ({seconds:.0f} s).",
+        "",
+        *results_table(results),
+        "",
+        *variants_table(results, variants),
+        "",
+        *ratios_table(ratios),
+    ]
+    failed = [run for run in runs if run.error is not None]
+    if failed:
+        lines += ["", "Variants that failed:", ""]
+        lines += [f"- {run.variant.name}: {run.error.splitlines()[0][:300]}" for run in failed]
+    lines += ["", CPU_NOTE, *cpu_tables(results)]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    plot(results, out / f"{stem}.png")
     print("\n".join(lines))
 
 
@@ -532,26 +830,24 @@ def plot(results: list[Measurement], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series: dict[str, list[Measurement]] = {}
+    for m in results:
+        single = m.workload.startswith("1-text requests,") and "repeats" not in m.workload
+        if single and m.system in ("capserve", "vllm serve + client kNN"):
+            label = m.system if m.variant is None else f"capserve [{m.variant}]"
+            series.setdefault(label, []).append(m)
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for system in ("capserve", "vllm serve + client kNN"):
-        points = [
-            m
-            for m in results
-            if m.system == system
-            and m.workload.startswith("1-text requests,")
-            and "repeats" not in m.workload
-        ]
-        if points:
-            axes.plot(
-                [m.texts_per_s for m in points],
-                [m.percentile_ms(95) for m in points],
-                marker="o",
-                label=f"{system} p95",
+    for label, points in series.items():
+        axes.plot(
+            [m.texts_per_s for m in points],
+            [m.percentile_ms(95) for m in points],
+            marker="o",
+            label=f"{label} p95",
+        )
+        for m in points:
+            axes.annotate(
+                m.workload.split(", ")[1], (m.texts_per_s, m.percentile_ms(95)), fontsize=7
             )
-            for m in points:
-                axes.annotate(
-                    m.workload.split(", ")[1], (m.texts_per_s, m.percentile_ms(95)), fontsize=7
-                )
     axes.set_xlabel("throughput (texts/s)")
     axes.set_ylabel("p95 latency (ms)")
     axes.set_title("Single-text requests: latency against throughput (MiniLM kNN, 2 CPU cores)")
@@ -566,13 +862,34 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "loadtests" / "results")
-    parser.add_argument("--texts", type=int, default=4096, help="texts of the saturation workload")
-    parser.add_argument("--generative-texts", type=int, default=256)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few hundred texts per workload and one client level: checks the bench end to "
+        "end in minutes; writes bench-quick.* so the full run's results stay",
+    )
+    parser.add_argument(
+        "--texts", type=int, help=f"texts of the saturation workload (default {FULL.saturation})"
+    )
+    parser.add_argument("--generative-texts", type=int, help=f"default {FULL.generative}")
+    parser.add_argument(
+        "--variants",
+        default="default",
+        help=f"capserve variants, comma-separated: {', '.join(VARIANTS)}, or several joined "
+        "by + (throughput+inline)",
+    )
     arguments = parser.parse_args()
+    try:
+        variants = parse_variants(arguments.variants)
+    except ValueError as error:
+        parser.error(str(error))
+    sizes = QUICK if arguments.quick else FULL
+    overrides = {"saturation": arguments.texts, "generative": arguments.generative_texts}
+    sizes = replace(sizes, **{name: n for name, n in overrides.items() if n is not None})
     use_app_environment()
     started = time.perf_counter()
     corpus = read_texts("heldout.csv") + read_texts("examples.csv")
-    workloads = Workloads.of(corpus, arguments.texts, arguments.generative_texts)
+    workloads = Workloads.of(corpus, sizes)
     examples = read_texts("examples.csv")
     example_labels = read_texts("examples.csv", "category")
     app = default_app(str(Path.home() / ".cache" / "capserve"))
@@ -590,10 +907,14 @@ def main() -> None:
         vectors = np.load(vectors_path)
         results += peer_embeddings(minilm, workloads, vectors, example_labels)
         results.append(peer_generative(llama, workloads))
-        results += capserve(workloads, tiny_llama, str(Path(scratch) / "cache"))
+        cache_dir = str(Path(scratch) / "cache")
+        runs = [run_variant(v, workloads, tiny_llama, cache_dir) for v in variants]
+    results += [m for run in runs for m in run.measurements]
     report(
         [m for m in results if m.workload != "warm-up"],
+        runs,
         arguments.out,
+        "bench-quick" if arguments.quick else "bench",
         time.perf_counter() - started,
     )
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster.monitoring.prometheus_server import PrometheusClient, RangeSeries, prometheus_server
 from cluster.processes import free_port
+from deployments.ray_compat import session_dir
 from loadtests.apps import PROJECT_ROOT, default_app, running_app, use_app_environment
 from loadtests.profiles import load_texts
 from loadtests.soak import (
@@ -167,12 +168,9 @@ async def drive_load(base_url: str, texts: Sequence[str], settings: PlotSettings
 
 def ray_sd_file() -> Path:
     """This Ray session's file_sd list, which Ray's dashboard writes once it is up."""
-    import ray
-
     # Ray writes the list into its session folder; /tmp/ray's copy follows the newest session on
     # the machine, which may be someone else's.
-    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
-    sd_file = session_dir / RAY_SD_FILE_NAME
+    sd_file = Path(session_dir()) / RAY_SD_FILE_NAME
     deadline = time.monotonic() + SD_FILE_TIMEOUT_S
     while not sd_file.exists():
         if time.monotonic() > deadline:

@@ -28,8 +28,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster.local_cluster import LocalCluster, cluster_serve_config, worker_specs
-from deployments.replica_telemetry import REPORT_INTERVAL_S
-from deployments.stats import REPLICA_TTL_S
+from deployments.telemetry.replica_telemetry import REPORT_INTERVAL_S
+from deployments.telemetry.stats import REPLICA_TTL_S
 from loadtests.apps import PROJECT_ROOT
 from loadtests.bench import Measurement, closed_loop, read_texts
 

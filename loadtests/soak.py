@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loadtests.apps import PROJECT_ROOT, uncached_default_app, use_app_environment
 from loadtests.batch_bench import job_file
 from loadtests.bench import Measurement
+from loadtests.process_usage import descendants, process_name
 from loadtests.profiles import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MIXED_ITEMS,
@@ -347,23 +348,6 @@ async def batch_jobs(
 # --- resident memory ---------------------------------------------------------------------------
 
 
-def process_name(process: psutil.Process) -> str:
-    """What the process is: its Ray or vLLM process title (`ray::ServeReplica:capserve:Ingress`,
-    `VLLM::EngineCore`), the script or module a Python process runs, or the executable's name."""
-    command = process.cmdline()
-    title = command[0] if command else ""
-    if title.startswith(("ray::", "VLLM::")):
-        # Ray appends the method running now (`ray::ServeController.listen_for_change`).
-        return title.split(".")[0]
-    if "python" not in Path(title).name:
-        return process.name()
-    for flag in ("-m", "-c"):
-        if flag in command[1:-1]:
-            return f"python {flag} {command[command.index(flag) + 1][:40]}"
-    scripts = [argument for argument in command[1:] if not argument.startswith("-")]
-    return Path(scripts[0]).name if scripts else process.name()
-
-
 @dataclass
 class MemorySeries:
     pid: int
@@ -372,9 +356,7 @@ class MemorySeries:
 
 
 class MemorySampler:
-    """RSS of every process this driver started, directly or not: Ray's GCS and raylet start
-    from `ray.init`, the workers from the raylet, vLLM's engine cores from the replicas. Other
-    sessions' Ray processes on the same machine are not descendants, so they are left out."""
+    """RSS of every process this driver started (`descendants`)."""
 
     def __init__(self) -> None:
         self._started = time.perf_counter()
@@ -384,7 +366,7 @@ class MemorySampler:
     def sample(self) -> None:
         elapsed = time.perf_counter() - self._started
         self.rounds.append(elapsed)
-        for process in psutil.Process().children(recursive=True):
+        for process in descendants():
             try:
                 key = (process.pid, process.create_time())
                 if key not in self._series:

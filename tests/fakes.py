@@ -22,12 +22,16 @@ def _word_vector(word: str) -> np.ndarray:
 
 
 class FakeEngine:
-    """Bag-of-words embeddings (shared words => similar vectors); `choose` prefers word overlap."""
+    """Bag-of-words embeddings (shared words => similar vectors); `choose` prefers word overlap.
+    With `keyed`, it asks for keys K0, K1, ... for every label set, and records what it got."""
 
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(self, name: str = "fake", keyed: bool = False) -> None:
         self.name = name
+        self.keyed = keyed
         self.embedded: list[str] = []
         self.chosen: list[str] = []
+        self.keys_asked: list[tuple[list[str], str]] = []
+        self.keys_given: list[list[str] | None] = []
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.embedded.extend(texts)
@@ -38,8 +42,15 @@ class FakeEngine:
             rows.append(vector / np.linalg.norm(vector))
         return np.array(rows, dtype=np.float32)
 
-    async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
+    async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
+        self.keys_asked.append((list(choices), cue))
+        return [f"K{i}" for i in range(len(choices))] if self.keyed else None
+
+    async def choose(
+        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+    ) -> list[ChoiceResult]:
         self.chosen.extend(prompts)
+        self.keys_given.append(None if keys is None else list(keys))
         results = []
         for prompt in prompts:
             text = prompt.rsplit("Text: ", 1)[-1].lower()
@@ -57,6 +68,7 @@ class FakeEngine:
                     probabilities={
                         c: float(p) for c, p in zip(choices, probabilities, strict=True)
                     },
+                    decoding="one_step",
                 )
             )
         return results

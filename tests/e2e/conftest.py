@@ -59,8 +59,11 @@ def e2e_deploy_config(
     cache_dir: str, tiny_llama_path: Path, port: int, webhook_url: str
 ) -> dict[str, Any]:
     app = default_app(cache_dir)
+    # Inline capabilities coalesce in the ingress; runners (the generative app's) on their own.
+    batching = {"max_batch_size": 64, "batch_wait_timeout_s": TEST_BATCH_WAIT_S}
+    app["args"]["ingress"] = {"batching": batching}
     for capability in app["args"]["capabilities"]:
-        capability["batching"] = {"max_batch_size": 64, "batch_wait_timeout_s": TEST_BATCH_WAIT_S}
+        capability["batching"] = batching
     app["args"]["batch"] = {
         **TEST_BATCH_SETTINGS,
         "dir": f"{cache_dir}/batches-default",
@@ -70,6 +73,11 @@ def e2e_deploy_config(
     }
     app["args"]["auth"] = {"api_keys": TEST_API_KEYS}
     generative = generative_app(app, tiny_llama_path, cache_dir)
+    # The default app runs its capabilities inline; this one in a runner deployment, so the
+    # suite covers both placements.
+    for capability in generative["args"]["capabilities"]:
+        capability["placement"] = "deployment"
+        capability["batching"] = batching
     generative["args"]["batch"] = {**TEST_BATCH_SETTINGS, "dir": f"{cache_dir}/batches-generative"}
     return deploy_config([app, generative], port)
 

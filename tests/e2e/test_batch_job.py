@@ -1,4 +1,4 @@
-"""`python -m deployments.batch_job` as its own process against the running test cluster: it uses
+"""`python -m deployments.batch.job` as its own process against the running test cluster: it uses
 the running app, writes every custom_id once, and a second run only writes the files again."""
 
 import json
@@ -25,7 +25,7 @@ def run_job(project_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     return subprocess.run(
-        [sys.executable, "-m", "deployments.batch_job", *args],
+        [sys.executable, "-m", "deployments.batch.job", *args],
         check=False,
         cwd=project_root,
         env=env,

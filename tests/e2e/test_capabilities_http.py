@@ -161,8 +161,10 @@ def test_alert_rules_reload_live_without_restarting_the_engine(client, serve_clu
     )
     original = serve_cluster.config
     changed = yaml.safe_load(yaml.safe_dump(original))
+    # Inline capabilities run in the ingress and the batch runner: both get the new settings.
     changed["applications"][0]["deployments"] = [
-        {"name": "capability-alerts", "user_config": {"rules_path": str(rules)}}
+        {"name": name, "user_config": {"alerts": {"rules_path": str(rules)}}}
+        for name in ("Ingress", "batch-runner")
     ]
     serve_cluster.deploy(changed)
     try:

@@ -173,3 +173,31 @@ def test_generative_app_takes_ad_hoc_labels(client):
     [result] = response.json()["results"]
     assert result["label"] in {"yes", "no", "maybe"}
     assert sum(alt["score"] for alt in result["top_k"]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_one_over_long_prompt_fails_only_its_own_request(client):
+    """Requests sent together coalesce in the ingress, the runner deployment and the engine; the
+    one whose prompt is longer than the model's context fails alone, with its own 400."""
+    # CJK characters: several byte-level tokens each, so ~2,000 of them pass the app's character
+    # limit but not the tiny Llama's 1,024-token context.
+    too_long = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(1990))
+    texts = ["my card has not come", "I want a refund", too_long, "where is my money"] * 2
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=str(client.base_url), timeout=120, headers=bearer(ADMIN_KEY)
+        ) as http:
+            return await asyncio.gather(
+                *(http.post("/generative/v1/classify", json={"texts": [t]}) for t in texts)
+            )
+
+    responses = asyncio.run(send_all())
+    for text, response in zip(texts, responses, strict=True):
+        if text == too_long:
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert "context" in error["message"] or "length" in error["message"]
+            assert "Traceback" not in error["message"]
+        else:
+            assert response.status_code == 200, response.text
+            assert response.json()["results"][0]["label"] in GENERATIVE_LABELS

@@ -19,7 +19,7 @@ def minilm_config() -> ModelConfig:
 
 
 def started(config: ModelConfig) -> Iterator:
-    from deployments.vllm_engine import VLLMEngine
+    from deployments.engine.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(config)
     yield engine

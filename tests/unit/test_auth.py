@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.auth import (
+from deployments.http.auth import (
     ANONYMOUS,
     ApiKey,
     AuthConfig,
@@ -15,7 +15,7 @@ from deployments.auth import (
     main,
     new_key_entry,
 )
-from deployments.errors import AuthenticationError, PermissionDeniedError
+from deployments.http.errors import AuthenticationError, PermissionDeniedError
 
 KEY = "sk-capserve-test"
 

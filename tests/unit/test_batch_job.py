@@ -10,7 +10,7 @@ import pytest
 
 from batchjobs.executor import ExecutionSettings
 from batchjobs.sql_store import open_store
-from deployments.batch_job import JobArgs, JobError, job_batch_id, parse_args, report, run_job
+from deployments.batch.job import JobArgs, JobError, job_batch_id, parse_args, report, run_job
 from tests.unit.test_batch_executor import ENDPOINT, FakeLines
 
 SETTINGS = ExecutionSettings(chunk_size=5, progress_interval_s=0.02, lease_s=5, retry_window_s=5)

@@ -4,7 +4,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deployments.choice_probabilities import DecodeStep, StepAlternative, choice_distribution
+from deployments.engine.choice_probabilities import (
+    DecodeStep,
+    StepAlternative,
+    choice_distribution,
+    one_step_distribution,
+)
 
 EOS = 0
 
@@ -80,5 +85,35 @@ def test_any_first_step_distribution_sums_to_one(weights):
         step("</s>", {"</s>": 1.0}, ids),
     ]
     probabilities = choice_distribution(choices, steps, {EOS})
+    assert sum(probabilities.values()) == pytest.approx(1.0)
+    assert all(0 <= p <= 1 for p in probabilities.values())
+
+
+def test_one_step_is_the_softmax_over_the_first_tokens():
+    probabilities = one_step_distribution(
+        ["yes", "no"], [1, 2], {1: math.log(0.6), 2: math.log(0.4)}
+    )
+    assert probabilities == pytest.approx({"yes": 0.6, "no": 0.4})
+
+
+def test_one_step_renormalises_over_the_allowed_tokens_only():
+    # Log-probabilities over a larger vocabulary (here 0.3 + 0.1 of it) still give the ratio.
+    logprobs = {1: math.log(0.3), 2: math.log(0.1), 3: math.log(0.6)}
+    probabilities = one_step_distribution(["yes", "no"], [1, 2], logprobs)
+    assert probabilities == pytest.approx({"yes": 0.75, "no": 0.25})
+
+
+def test_one_step_gives_a_token_without_a_log_probability_nothing():
+    probabilities = one_step_distribution(["a", "b", "c"], [1, 2, 3], {1: -0.1, 3: -2.4})
+    assert probabilities["b"] == 0.0
+    assert sum(probabilities.values()) == pytest.approx(1.0)
+
+
+@given(st.lists(st.floats(min_value=-200.0, max_value=0.0), min_size=2, max_size=64))
+def test_any_one_step_distribution_sums_to_one(logprobs):
+    choices = [f"label{i}" for i in range(len(logprobs))]
+    tokens = list(range(len(logprobs)))
+    probabilities = one_step_distribution(choices, tokens, dict(zip(tokens, logprobs)))
+    assert list(probabilities) == choices
     assert sum(probabilities.values()) == pytest.approx(1.0)
     assert all(0 <= p <= 1 for p in probabilities.values())

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from deployments.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
+from deployments.calls.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
 from tests.fakes import FakeClock
 
 

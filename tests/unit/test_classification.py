@@ -155,9 +155,33 @@ async def test_generative_ranks_by_the_engine_distribution(examples_csv):
     [result] = await classifier.classify(["top up my account"])
     assert result.label == "top_up"
     assert sum(alt.score for alt in result.top_k) == pytest.approx(1.0)
+    assert result.decoding == "one_step"
     prompt = generator.chosen[0]
     assert prompt.startswith(config.instruction)
-    assert prompt.endswith("Text: top up my account\nLabel: ")
+    assert prompt.endswith("Text: top up my account\nLabel:")
+    assert generator.keys_asked == [(["card_arrival", "lost_card", "top_up"], "Label:")]
+    assert generator.keys_given == [None]
+
+
+async def test_generative_lists_the_keys_the_engine_asks_for_and_asks_once_per_label_set(
+    examples_csv,
+):
+    generator = FakeEngine("gen", keyed=True)
+    config = settings(
+        examples_csv, strategy="generative", generative_model="gen", embedding_model=None
+    )
+    classifier = await loaded(config, engine=None, generator=generator)
+    [first] = await classifier.classify(["top up my account"])
+    await classifier.classify(["my card has not arrived"])
+    ad_hoc = [LabelSpec(name="yes"), LabelSpec(name="no")]
+    await classifier.classify(["top up"], strategy="generative", labels=ad_hoc)
+    assert first.label == "top_up"
+    assert [names for names, _ in generator.keys_asked] == [
+        ["card_arrival", "lost_card", "top_up"],
+        ["yes", "no"],
+    ]
+    assert generator.keys_given == [["K0", "K1", "K2"]] * 2 + [["K0", "K1"]]
+    assert "\nK0. card_arrival\nK1. lost_card\nK2. top_up\n" in generator.chosen[0]
 
 
 def test_generative_prompt_puts_the_static_part_first():
@@ -165,6 +189,16 @@ def test_generative_prompt_puts_the_static_part_first():
     one, two = (generative_prompt("Classify.", labels, text) for text in ("x", "y"))
     static = "Classify.\nLabels:\n- a: first\n- b\n\nText: "
     assert one.startswith(static) and two.startswith(static)
+    assert one.endswith("\nText: x\nLabel:")
+
+
+def test_generative_prompt_lists_keys_before_the_labels():
+    labels = [LabelSpec(name="a", description="first"), LabelSpec(name="b")]
+    prompt = generative_prompt("Classify.", labels, "x", keys=["A", "B"])
+    assert prompt == (
+        "Classify.\nLabels (answer with the key before the label):\nA. a: first\nB. b\n\n"
+        "Text: x\nLabel:"
+    )
 
 
 def test_knn_confidence_is_the_similarity_weighted_vote_share():

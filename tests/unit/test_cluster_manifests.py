@@ -20,7 +20,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from deployments.app import check_config, ingress_options, runner_options
 from deployments.config import AppConfig
-from deployments.placement import distributed_executor_backend, engine_deployment_options
+from deployments.engine.placement import distributed_executor_backend, engine_deployment_options
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 IMPORT_PATH = "deployments.app:build_app"
@@ -220,7 +220,7 @@ def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working
     assert any(group.gpus_per_pod > 0 for group in cluster.workerGroupSpecs)
 
     command = shlex.split(job.spec.entrypoint)
-    assert command[:3] == ["python", "-m", "deployments.batch_job"]
+    assert command[:3] == ["python", "-m", "deployments.batch.job"]
     flags = dict(zip(command[3::2], command[4::2], strict=True))
     assert {"--input", "--output", "--config"} <= set(flags)
 

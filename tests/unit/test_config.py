@@ -7,7 +7,7 @@ import yaml
 from capabilities.base import Capability, NoOptions
 from deployments.app import check_config, ingress_options, runner_options
 from deployments.config import ConfigError, IngressConfig, ModelConfig
-from deployments.placement import engine_deployment_options
+from deployments.engine.placement import engine_deployment_options
 
 
 @pytest.fixture()
@@ -121,6 +121,16 @@ def test_sharding_on_cpu_is_refused():
         ModelConfig(
             name="m", model="org/m", runner="generate", engine_args={"tensor_parallel_size": 2}
         )
+
+
+def test_prefix_caching_is_on_by_default_for_generate_models_only():
+    def engine_kwargs(runner, **engine_args):
+        config = ModelConfig(name="m", model="org/m", runner=runner, engine_args=engine_args)
+        return config.engine_kwargs()
+
+    assert engine_kwargs("generate")["enable_prefix_caching"] is True
+    assert engine_kwargs("generate", enable_prefix_caching=False)["enable_prefix_caching"] is False
+    assert "enable_prefix_caching" not in engine_kwargs("pooling")
 
 
 def test_a_capability_cycle_is_named(default_args):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from capabilities.base import Capability, NoOptions, Resources, RunContext
-from capabilities.batching import RunCall, merge_calls, run_batch, split_reply
+from capabilities.batching import RunCall, run_batch
 from capabilities.cache import CacheConfig
 from capabilities.errors import InvalidRequestError
 from capabilities.plan import Plan, execute
@@ -257,18 +257,3 @@ async def test_capabilities_with_effects_are_never_cached():
     await run_batch(effectful, [RunCall(texts=["a"])], cache)
     await run_batch(effectful, [RunCall(texts=["a"])], cache)
     assert effectful.runs == [["a"], ["a"]]
-
-
-async def test_merged_calls_answer_each_original_caller_its_slice():
-    calls = [
-        RunCall(texts=["a", "b"]),
-        RunCall(texts=["c"], options={"suffix": "?"}),
-        RunCall(texts=["b", "d"]),
-    ]
-    merged, slices = merge_calls(calls)
-    assert [m.texts for m in merged] == [["a", "b", "b", "d"], ["c"]]
-    upper = Upper()
-    replies, report = await run_batch(upper, merged)
-    answers = [split_reply(replies[slot], start, end) for slot, start, end in slices]
-    assert [[o.value for o in a.outputs] for a in answers] == [["A", "B"], ["C?"], ["B", "D"]]
-    assert report.unique_texts == 4

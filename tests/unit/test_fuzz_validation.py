@@ -13,9 +13,9 @@ from pydantic import BaseModel, ValidationError
 from batchjobs.lines import check_input, read_tasks
 from batchjobs.schemas import BatchError
 from deployments.config import LimitsConfig
-from deployments.errors import BadRequestError
-from deployments.openai_api import ChatCompletionRequest, EmbeddingRequest
-from deployments.schemas import ClassifyRequest
+from deployments.http.errors import BadRequestError
+from deployments.http.openai_api import ChatCompletionRequest, EmbeddingRequest
+from deployments.http.schemas import ClassifyRequest
 
 ENDPOINT = "/v1/classify"
 FUZZ = settings(

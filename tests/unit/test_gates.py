@@ -5,7 +5,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capabilities.base import Resources, RunContext
@@ -85,7 +85,11 @@ class ScriptedGenerator:
             text = prompt.rsplit("Text: ", 1)[-1]
             p = next((p for word, p in self.p_yes.items() if word in text), 0.0)
             choice = "yes" if p >= 0.5 else "no"
-            results.append(ChoiceResult(choice=choice, probabilities={"yes": p, "no": 1 - p}))
+            results.append(
+                ChoiceResult(
+                    choice=choice, probabilities={"yes": p, "no": 1 - p}, decoding="one_step"
+                )
+            )
         return results
 
 
@@ -213,6 +217,8 @@ gate_specs = st.lists(
 )
 
 
+# No deadline: speed belongs in loadtests/, and a loaded CI machine would fail it by chance.
+@settings(deadline=None)
 @given(gate_specs)
 async def test_race_properties(specs):
     gates = [
@@ -301,7 +307,7 @@ async def test_capability_races_every_text_and_embeds_examples_once():
 
 def test_llm_gate_prompt_puts_the_question_first():
     one, two = (llm_gate_prompt("Is it spam?", text) for text in ("x", "y"))
-    assert one == "Is it spam?\n\nText: x\nAnswer yes or no: "
+    assert one == "Is it spam?\n\nText: x\nAnswer yes or no:"
     assert two.startswith("Is it spam?\n\nText: ")
 
 

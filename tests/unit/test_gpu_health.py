@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from deployments import gpu_health
-from deployments.gpu_health import GpuReading, read_gpus, visible_gpus
+from deployments.telemetry import gpu_health
+from deployments.telemetry.gpu_health import GpuReading, read_gpus, visible_gpus
 
 MB = 1024 * 1024
 

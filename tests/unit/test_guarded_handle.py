@@ -6,16 +6,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from ray.exceptions import ActorDiedError
+from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from capabilities.batching import RunCall, RunFailure, RunReply, _failure
-from capabilities.errors import EngineUnavailableError
+from capabilities.batching import RunCall, RunFailure, RunReply, failure_of
+from capabilities.errors import EngineUnavailableError, InvalidRequestError
+from deployments.calls.guarded_handle import GuardedCallee
 from deployments.config import CallGuardConfig
-from deployments.engine_client import EngineClient
-from deployments.errors import ServiceUnavailableError, api_error_for
-from deployments.guarded_handle import GuardedCallee
-from deployments.runner_client import RunnerClient
+from deployments.dag.capability_clients import answer_of
+from deployments.dag.runner_client import RunnerClient
+from deployments.engine.client import EngineClient
+from deployments.http.errors import ServiceUnavailableError, api_error_for
 
 CALLS = CallGuardConfig(
     timeout_s=0.2, startup_timeout_s=0.2, accept_timeout_s=0.05, failure_threshold=2, cooldown_s=7
@@ -92,8 +93,8 @@ def engine(behaviour: Behaviour) -> tuple[EngineClient, FakeHandle]:
 
 def test_a_call_returns_the_reply():
     client, handle = engine(echo)
-    assert asyncio.run(client.embed(("a", "b"))) == (["a", "b"],)
-    assert handle.calls == ["embed"]
+    assert asyncio.run(client.embeddings(("a", "b"))) == (["a", "b"],)
+    assert handle.calls == ["embeddings"]
 
 
 def test_a_dead_replica_is_an_unavailable_engine():
@@ -198,19 +199,18 @@ def test_an_unavailable_runner_is_a_503_with_retry_after():
     handle = FakeHandle(raising(ActorDiedError()))
     runner = RunnerClient("classification", handle, CALLS)  # type: ignore[arg-type]
     with pytest.raises(ServiceUnavailableError) as failed:
-        asyncio.run(runner.run(RunCall(texts=["a"])))
+        asyncio.run(runner.run_many([RunCall(texts=["a"])]))
     assert failed.value.status_code == 503
     assert failed.value.headers() == {"Retry-After": "7"}
 
 
 def test_an_engine_outage_inside_a_runner_comes_back_as_a_503():
-    failure = _failure(EngineUnavailableError("engine 'minilm' is down", 4.2))
+    failure = failure_of(EngineUnavailableError("engine 'minilm' is down", 4.2))
     assert failure == RunFailure(
         kind="unavailable", message="engine 'minilm' is down", retry_after_s=4.2
     )
-    runner = RunnerClient("classification", FakeHandle(echo))  # type: ignore[arg-type]
     with pytest.raises(ServiceUnavailableError) as failed:
-        runner.checked(RunReply(failure=failure, version="v1"))
+        answer_of("classification", RunReply(failure=failure, version="v1"))
     assert "capability 'classification' is unavailable" in failed.value.message
     assert failed.value.headers() == {"Retry-After": "5"}
 
@@ -231,3 +231,22 @@ def test_a_callee_answers_a_guarded_call_as_a_stream_of_its_one_answer():
         return [item async for item in Callee().guarded_call("embed", ["ab", "c"])]
 
     assert asyncio.run(scenario()) == [[2, 1]]
+
+
+def test_a_typed_error_of_the_callee_arrives_as_itself():
+    wrapped = RayTaskError("embed", "Traceback (most recent call last): ...", too_long())
+    client, _ = engine(raising(wrapped))
+    with pytest.raises(InvalidRequestError) as failed:
+        asyncio.run(client.embeddings(["a"]))
+    assert str(failed.value) == "the prompt is longer than the model's context"
+    assert failed.value.param == "texts"
+
+
+def test_an_untyped_error_of_the_callee_stays_rays():
+    client, _ = engine(raising(RayTaskError("embed", "Traceback ...", KeyError("x"))))
+    with pytest.raises(RayTaskError):
+        asyncio.run(client.embeddings(["a"]))
+
+
+def too_long() -> InvalidRequestError:
+    return InvalidRequestError("the prompt is longer than the model's context", "texts")

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from batchjobs.json_depth import JsonTooDeepError, loads_within_depth
 from batchjobs.lines import check_input
 from deployments.config import LimitsConfig
-from deployments.errors import InvalidJsonError
-from deployments.request_body import read_json
+from deployments.http.errors import InvalidJsonError
+from deployments.http.request_body import read_json
 
 ENDPOINT = "/v1/classify"
 VERY_DEEP = 100_000

@@ -14,12 +14,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.testclient import TestClient
 
 from capabilities.batching import BatchReport
-from deployments import metrics
-from deployments.auth import Authenticator
-from deployments.ingress import build_http_app
-from deployments.rate_limit import RateLimitConfig, RateLimiter
-from deployments.request_timing import RequestObservation
-from deployments.routes import ApiRoute
+from deployments.http.auth import Authenticator
+from deployments.http.ingress import build_http_app
+from deployments.http.rate_limit import RateLimitConfig, RateLimiter
+from deployments.http.request_timing import RequestObservation
+from deployments.http.routes import ApiRoute
+from deployments.telemetry import metrics
 
 
 @dataclass

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.config import ModelConfig
-from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, JsonOutput, Rejection
-from deployments.errors import ApiError
-from deployments.openai_api import ChatCompletionRequest, EmbeddingRequest, OpenAIEndpoints
+from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, JsonOutput, Rejection
+from deployments.http.errors import ApiError
+from deployments.http.openai_api import ChatCompletionRequest, EmbeddingRequest, OpenAIEndpoints
 from tests.fakes import FakeEngine
 
 USER = [{"role": "user", "content": "hello there"}]

@@ -11,9 +11,9 @@ from openapi_spec_validator import validate
 from starlette.testclient import TestClient
 
 from deployments.config import parse_app_config
-from deployments.ingress import Ingress
-from deployments.openapi import openapi_document
-from deployments.routes import ApiRoute
+from deployments.http.ingress import Ingress
+from deployments.http.openapi import openapi_document
+from deployments.http.routes import ApiRoute
 
 
 @pytest.fixture(scope="module")

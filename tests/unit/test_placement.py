@@ -8,7 +8,7 @@ from ray.serve.schema import DeploymentSchema
 
 from deployments.app import check_config, ingress_options, runner_options
 from deployments.config import ConfigError, IngressConfig, ModelConfig, parse_app_config
-from deployments.placement import distributed_executor_backend, engine_deployment_options
+from deployments.engine.placement import distributed_executor_backend, engine_deployment_options
 
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
 

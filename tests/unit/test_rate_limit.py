@@ -5,8 +5,8 @@ import uuid
 import pytest
 
 from cluster.processes import free_port
-from deployments.errors import PayloadTooLargeError, RateLimitedError
-from deployments.rate_limit import (
+from deployments.http.errors import PayloadTooLargeError, RateLimitedError
+from deployments.http.rate_limit import (
     Bucket,
     LocalBuckets,
     RateLimitConfig,

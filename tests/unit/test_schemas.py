@@ -1,9 +1,11 @@
 import pytest
 from pydantic import ValidationError
 
+from capabilities.classification import Classification, LabelScore
 from deployments.config import LimitsConfig
-from deployments.errors import validation_error
-from deployments.schemas import ClassifyRequest
+from deployments.dag.classify_service import item_result
+from deployments.http.errors import validation_error
+from deployments.http.schemas import ClassifyRequest
 
 LIMITS = LimitsConfig(max_items_per_request=3, max_text_chars=10)
 
@@ -47,3 +49,17 @@ def test_texts_and_items_both_work_and_keep_order():
 )
 def test_bad_requests_say_what_is_wrong(payload, expected):
     assert expected in message_of(payload)
+
+
+def test_a_result_says_how_generative_classification_decoded_and_only_then():
+    top = [LabelScore(label="top_up", score=0.8)]
+    generative = Classification(
+        label="top_up", confidence=0.8, top_k=top, strategy="generative", decoding="one_step"
+    )
+    knn = Classification(label="top_up", confidence=0.8, top_k=top, strategy="knn")
+    dumped = [
+        item_result(0, None, {"classification": c}, {}).model_dump() for c in (generative, knn)
+    ]
+    assert dumped[0]["decoding"] == "one_step"
+    assert "decoding" not in dumped[1]
+    assert {key: value for key, value in dumped[0].items() if key != "decoding"} == dumped[1]

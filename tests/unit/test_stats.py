@@ -3,10 +3,10 @@
 import pytest
 
 from capabilities.batching import BatchReport
-from deployments.gpu_health import GpuReading
-from deployments.replica_telemetry import CallCounter, LatencyBuffer
-from deployments.request_timing import RequestObservation
-from deployments.stats import (
+from deployments.http.request_timing import RequestObservation
+from deployments.telemetry.gpu_health import GpuReading
+from deployments.telemetry.replica_telemetry import CallCounter, LatencyBuffer
+from deployments.telemetry.stats import (
     CapabilityStats,
     EndpointLatencies,
     LatencyWindow,

@@ -6,15 +6,15 @@ from typing import Any
 
 from batchjobs.executor import LineOutcome
 from batchjobs.schemas import BatchUsage
-from deployments.classify_service import ClassifyService
 from deployments.config import AppConfig
-from deployments.errors import NotFoundError, api_error_for, error_json
-from deployments.openai_api import (
+from deployments.dag.classify_service import ClassifyService
+from deployments.http.errors import NotFoundError, api_error_for, error_json
+from deployments.http.openai_api import (
     ChatCompletionRequest,
     EmbeddingRequest,
     OpenAIEndpoints,
 )
-from deployments.schemas import ClassifyRequest
+from deployments.http.schemas import ClassifyRequest
 
 
 def usage_of(body: dict[str, Any]) -> BatchUsage:

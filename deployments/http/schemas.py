@@ -22,6 +22,7 @@ from capabilities.classification import (
     LabelSpec,
     Strategy,
 )
+from capabilities.engine import ChoiceDecoding
 from deployments.config import LimitsConfig
 
 CapabilityNames = list[StrictStr]
@@ -111,6 +112,11 @@ class ItemResult(BaseModel):
     label: str | None = None
     confidence: float | None = Field(default=None, ge=0, le=1)
     top_k: list[LabelScore] | None = None
+    decoding: ChoiceDecoding | None = Field(
+        default=None,
+        description="Generative classification only: one_step when one decode step scored every "
+        "label (an exact distribution), multi_step when the label was decoded token by token.",
+    )
 
     @model_serializer(mode="wrap")
     def _only_what_was_asked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

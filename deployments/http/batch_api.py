@@ -30,16 +30,16 @@ from batchjobs.schemas import (
     expiry_of,
 )
 from batchjobs.store import JobStore
-from deployments.auth import principal_of
 from deployments.config import AppConfig
-from deployments.errors import (
+from deployments.http.auth import principal_of
+from deployments.http.errors import (
     BadRequestError,
     NotFoundError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from deployments.request_body import read_json
-from deployments.routes import ApiRoute
+from deployments.http.request_body import read_json
+from deployments.http.routes import ApiRoute
 
 UPLOAD_READ_BYTES = 1 << 20
 # Form fields besides the file are short; a multipart body's framing adds a little to the file.

@@ -13,16 +13,19 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ray.exceptions import RayActorError, TaskCancelledError
+from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.handle import DeploymentHandle
 
-from deployments.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
+from capabilities.errors import CapabilityError
+from deployments.calls.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
 from deployments.config import CallGuardConfig
+from deployments.http.errors import ApiError
+from deployments.ray_compat import accepted
 
 # A health check answers quickly or not at all; it never waits a whole call timeout.
 CHECK_TIMEOUT_S = 10.0
@@ -52,13 +55,6 @@ def outcome_of(error: BaseException) -> Outcome:
     if isinstance(error, (BackPressureError, asyncio.CancelledError, TaskCancelledError)):
         return "unknown"
     return "success"
-
-
-async def accepted(response: DeploymentResponseGenerator[Any]) -> None:
-    """Returns once a replica has taken the call. Serve 2.60 (pinned) has no public way to wait
-    for this; its router holds a call for a deployment without running replicas until one
-    starts, which is what the accept timeout bounds."""
-    await response._fetch_future_result_async()
 
 
 class GuardedCallee:
@@ -119,6 +115,12 @@ class GuardedHandle:
                     raise NotAcceptedError from None
                 # Read to its end: Serve frees the replica's slot when the stream ends.
                 (result,) = [item async for item in response]
+        except RayTaskError as error:
+            # The callee's own typed errors (a caller's bad input) reach the caller as they were
+            # raised, not wrapped in Ray's traceback text.
+            if isinstance(error.cause, (CapabilityError, ApiError)):
+                raise error.cause from None
+            raise
         except (TimeoutError, asyncio.CancelledError):
             # Frees the queue place or replica slot that nobody waits for any more.
             response.cancel()

@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from batchjobs.json_depth import JsonTooDeepError, loads_within_depth
 from deployments.config import LimitsConfig
-from deployments.errors import InvalidJsonError, PayloadTooLargeError
+from deployments.http.errors import InvalidJsonError, PayloadTooLargeError
 
 
 async def read_json(request: Request, limits: LimitsConfig) -> Any:

@@ -2,7 +2,7 @@
 
 Every public entry point hands its call to a `@serve.batch` method: concurrent calls from any
 number of callers arrive as one list, run concurrently inside the engine (which batches
-continuously), and answer each caller with its own slice. Each call is counted (Prometheus and the
+continuously), and answer each caller with its own result or its own error. Each call is counted (Prometheus and the
 replica's report to /v1/stats) from when it enters the replica until it is answered.
 """
 
@@ -17,22 +17,37 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.engine import ChoiceResult
-from deployments import metrics
+from deployments.calls.guarded_handle import GuardedCallee
 from deployments.config import ModelConfig
-from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
-from deployments.guarded_handle import GuardedCallee
-from deployments.replica_telemetry import CallCounter, ReplicaReporter
-from deployments.vllm_engine import VLLMEngine
+from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.engine.vllm_engine import VLLMEngine
+from deployments.telemetry import metrics
+from deployments.telemetry.replica_telemetry import CallCounter, ReplicaReporter
 
 Result = TypeVar("Result")
 # vLLM batches continuously inside; a few batches in flight keep it fed while others tokenize.
 CONCURRENT_BATCHES = 4
 
 
-async def _per_call(
+async def per_call(
     run: Callable[..., Awaitable[Result]], *arguments: Sequence[Any]
-) -> list[Result]:
-    return list(await asyncio.gather(*(run(*call) for call in zip(*arguments, strict=True))))
+) -> list[Result | Exception]:
+    """Runs each coalesced call concurrently (the engine batches them continuously) and gives
+    each its own outcome: one caller's over-long prompt or undecodable output is that caller's
+    error alone, never its batch's."""
+    outcomes = await asyncio.gather(
+        *(run(*call) for call in zip(*arguments, strict=True)), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome  # cancellation ends the whole batch
+    return outcomes
+
+
+def answer(outcome: Result | Exception) -> Result:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 @serve.deployment
@@ -54,8 +69,13 @@ class EngineDeployment(GuardedCallee):
     async def embeddings(self, texts: list[str]) -> Embeddings:
         return await self._served("embeddings", self._embeddings(texts))
 
-    async def choose(self, prompts: list[str], choices: list[str]) -> list[ChoiceResult]:
-        return await self._served("choose", self._choose(prompts, choices))
+    async def choice_keys(self, choices: list[str], cue: str) -> list[str] | None:
+        return await self._served("choice_keys", self._engine.choice_keys(choices, cue))
+
+    async def choose(
+        self, prompts: list[str], choices: list[str], keys: list[str] | None = None
+    ) -> list[ChoiceResult]:
+        return await self._served("choose", self._choose(prompts, choices, keys))
 
     async def generate_json(
         self, prompts: list[str], json_schema: dict[str, Any]
@@ -65,11 +85,11 @@ class EngineDeployment(GuardedCallee):
     async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
         return await self._served("chat", self._chat(call))
 
-    async def _served(self, method: str, call: Awaitable[Result]) -> Result:
+    async def _served(self, method: str, call: Awaitable[Result | Exception]) -> Result:
         self._calls.started()
         self._set_queue_depth()
         try:
-            return await call
+            return answer(await call)
         finally:
             self._calls.finished()
             self._set_queue_depth()
@@ -85,39 +105,38 @@ class EngineDeployment(GuardedCallee):
     def _count_tokens(self, prompt: int, generation: int) -> None:
         metrics.record_engine_tokens(self._config.name, prompt, generation)
 
-    async def _embedded(self, calls: list[list[str]]) -> list[Embeddings]:
-        # One engine call for all texts of all callers, then split back per caller.
-        embedded = await self._engine.embeddings([text for texts in calls for text in texts])
-        return embedded.split([len(texts) for texts in calls])
-
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _embed(self, calls: list[list[str]]) -> list[np.ndarray]:
+    async def _embed(self, calls: list[list[str]]) -> list[np.ndarray | Exception]:
         self._batch_formed("embed", len(calls))
-        return [part.vectors for part in await self._embedded(calls)]
+        return await per_call(self._engine.embed, calls)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _embeddings(self, calls: list[list[str]]) -> list[Embeddings]:
+    async def _embeddings(self, calls: list[list[str]]) -> list[Embeddings | Exception]:
         self._batch_formed("embeddings", len(calls))
-        return await self._embedded(calls)
+        return await per_call(self._engine.embeddings, calls)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _choose(
-        self, prompts: list[list[str]], choices: list[list[str]]
-    ) -> list[list[ChoiceResult]]:
+        self, prompts: list[list[str]], choices: list[list[str]], keys: list[list[str] | None]
+    ) -> list[list[ChoiceResult] | Exception]:
         self._batch_formed("choose", len(prompts))
-        return await _per_call(self._engine.choose, prompts, choices)
+        return await per_call(self._engine.choose, prompts, choices, keys)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _generate_json(
         self, prompts: list[list[str]], json_schemas: list[dict[str, Any]]
-    ) -> list[list[dict[str, Any]]]:
+    ) -> list[list[dict[str, Any]] | Exception]:
         self._batch_formed("generate_json", len(prompts))
-        return await _per_call(self._engine.generate_json, prompts, json_schemas)
+        return await per_call(self._engine.generate_json, prompts, json_schemas)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _chat(self, calls: list[ChatCall]) -> list[ChatOutput | Rejection]:
+    async def _chat(self, calls: list[ChatCall]) -> list[ChatOutput | Rejection | Exception]:
         self._batch_formed("chat", len(calls))
-        return await self._engine.chat(calls)
+        return await per_call(self._chat_one, calls)
+
+    async def _chat_one(self, call: ChatCall) -> ChatOutput | Rejection:
+        [output] = await self._engine.chat([call])
+        return output
 
     async def ready(self) -> None:
         """A real request through the engine: readiness means answering, not just loaded."""

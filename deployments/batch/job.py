@@ -1,11 +1,12 @@
-"""`python -m deployments.batch_job`: one batch file through the app, from a shell or with
+"""`python -m deployments.batch.job`: one batch file through the app, from a shell or with
 `ray job submit`, with the Batch API's guarantees.
 
 The job keeps its own state in `--state-dir` (a SQLite job store and the chunk files) and drives
 the batch with the Batch API's executor, so a job that was stopped or killed resumes at its last
 checkpoint when the same command runs again, and every custom_id is in the output exactly once.
-Lines go through the capability runners and engines of the running app, got by name; when the app
-is not running, the job deploys it from the config file and deletes it at the end.
+Lines go through the engines (and `placement: deployment` runners) of the running app, got by name,
+with inline capabilities loaded in the job itself; when the app is not running, the job deploys it
+from the config file and deletes it at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import ray
 import yaml
 from pydantic import BaseModel, ConfigDict, FilePath, ValidationError, field_validator
 from ray import serve
-from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeInstanceDetails
 from tqdm import tqdm
 
@@ -46,11 +46,15 @@ from batchjobs.schemas import (
 )
 from batchjobs.sql_store import open_store
 from batchjobs.store import JobStore
-from deployments.batch_runner import build_batch_lines
-from deployments.config import AppConfig, ConfigError, parse_app_config, validation_problems
+from capabilities.errors import validation_problems
+from deployments.batch.runner import build_batch_lines
+from deployments.config import AppConfig, ConfigError, parse_app_config
+from deployments.dag.capability_clients import configure_inline
+from deployments.dag.runner import runner_name
 from deployments.deploy import deploy, wait_running
-from deployments.placement import engine_deployment_options
-from deployments.runner import runner_name
+from deployments.engine.placement import engine_deployment_options
+from deployments.ray_compat import serve_controller_client
+from deployments.telemetry.stats import STATS_NAME
 
 PROGRESS_INTERVAL_S = 0.5
 # Past a crashed run's lease, how long to keep trying before deciding that a live run holds it.
@@ -82,7 +86,7 @@ class JobArgs(BaseModel):
 
 def parse_args(argv: Sequence[str] | None = None) -> JobArgs:
     parser = argparse.ArgumentParser(
-        prog="python -m deployments.batch_job",
+        prog="python -m deployments.batch.job",
         description="Run a batch file through the capserve app; run it again to resume.",
     )
     parser.add_argument("--input", type=Path, required=True, help="JSONL batch lines")
@@ -335,7 +339,7 @@ def _use_or_deploy(deploy_config: dict[str, Any], app: dict[str, Any], source: P
 
 
 def _apps_deployed_from_config(excluding: str) -> list[dict[str, Any]]:
-    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    details = ServeInstanceDetails(**serve_controller_client().get_serve_details())
     return [
         app.deployed_app_config.model_dump(exclude_unset=True)
         for app in details.applications.values()
@@ -354,11 +358,13 @@ async def _run_on_app(args: JobArgs, config: AppConfig, app_name: str) -> JobRes
         capability.name: serve.get_deployment_handle(
             runner_name(capability.name), app_name=app_name
         )
-        for capability in config.capabilities
+        for capability in config.deployed_capabilities
     }
-    return await run_job(
-        args, build_batch_lines(config, engines, runners, batching=None), config.batch
-    )
+    stats = serve.get_deployment_handle(STATS_NAME, app_name=app_name)
+    lines, inline = build_batch_lines(config, engines, runners, stats, batching=None)
+    # Inline capabilities run in this driver, on the settings of the config file.
+    await configure_inline(inline, {}, "the batch job")
+    return await run_job(args, lines, config.batch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

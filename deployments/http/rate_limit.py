@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from capabilities.cache import fail_fast_redis
-from deployments.errors import PayloadTooLargeError, RateLimitedError
+from deployments.http.errors import PayloadTooLargeError, RateLimitedError
 
 logger = logging.getLogger("capserve")
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, computed_field
 from ray import serve
 
 from capabilities.batching import BatchReport
-from deployments.gpu_health import GpuReading
+from deployments.telemetry.gpu_health import GpuReading
 
 LATENCY_WINDOW_S = 60
 REPLICA_TTL_S = 10.0
@@ -249,8 +249,11 @@ def engine_stats(models: Iterable[str], reports: Iterable[ReplicaReport]) -> dic
     return engines
 
 
+STATS_NAME = "stats"
+
+
 @serve.deployment(
-    name="stats", num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
+    name=STATS_NAME, num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
 )
 class StatsRecorder:
     """One replica on purpose: it must hear from every replica of the app. Methods are async so

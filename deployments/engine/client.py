@@ -12,27 +12,39 @@ from typing import Any
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
+from capabilities.embedding_memo import EmbeddingMemo
 from capabilities.engine import ChoiceResult
 from capabilities.errors import EngineUnavailableError
+from deployments.calls.guarded_handle import GuardedHandle
 from deployments.config import ENGINE_CALLS, AppConfig, CallGuardConfig
-from deployments.engine_calls import ChatCall, ChatOutput, Embeddings, Rejection
-from deployments.guarded_handle import GuardedHandle
+from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
 
 
 class EngineClient:
-    """Forwards protocol calls to an engine deployment; replies are coalesced there."""
+    """Forwards protocol calls to an engine deployment; replies are coalesced there. Texts this
+    process embedded last are answered from its `EmbeddingMemo` without a call."""
 
     def __init__(
         self, name: str, handle: DeploymentHandle, calls: CallGuardConfig = ENGINE_CALLS
     ) -> None:
         self.name = name
         self._engine = GuardedHandle(f"engine {name!r}", handle, calls, EngineUnavailableError)
+        self._memo = EmbeddingMemo()
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return await self._engine.call("embed", list(texts))
+        return await self._memo.embed(texts, self._embed)
 
-    async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
-        return await self._engine.call("choose", list(prompts), list(choices))
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        return await self._engine.call("embed", texts)
+
+    async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
+        return await self._engine.call("choice_keys", list(choices), cue)
+
+    async def choose(
+        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+    ) -> list[ChoiceResult]:
+        keys = None if keys is None else list(keys)
+        return await self._engine.call("choose", list(prompts), list(choices), keys)
 
     async def generate_json(
         self, prompts: Sequence[str], json_schema: dict[str, Any]

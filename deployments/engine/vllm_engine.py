@@ -7,8 +7,8 @@ No Ray here: the Serve deployment, the offline benchmark and the integration tes
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import math
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
@@ -23,14 +23,18 @@ from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from capabilities.engine import ChoiceResult
-from deployments.choice_probabilities import DecodeStep, StepAlternative, choice_distribution
+from capabilities.errors import InvalidRequestError
 from deployments.config import ModelConfig
-from deployments.engine_calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
-from deployments.errors import EngineOutputError
-from deployments.placement import distributed_executor_backend
+from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
+from deployments.engine.choice_decoding import choice_decoder
+from deployments.engine.choice_tokens import choice_keys
+from deployments.engine.placement import distributed_executor_backend
+from deployments.http.errors import EngineOutputError
 
 TokenCounter = Callable[[int, int], None]
 """Told each finished request's prompt and generated token counts."""
+# Label sets (with the cue their prompts end in) whose tokenisation an engine remembers.
+CHOICE_SETS_KEPT = 256
 
 
 def token_counts(output: Any) -> tuple[int, int]:
@@ -43,7 +47,6 @@ def token_counts(output: Any) -> tuple[int, int]:
 
 def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
     """The `AsyncEngineArgs` a model's config stands for."""
-    args = config.engine_args
     # Compact JSON: a model that may pad with whitespace can exhaust max_tokens before `}`.
     structured = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
     return AsyncEngineArgs(
@@ -53,7 +56,10 @@ def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
         distributed_executor_backend=distributed_executor_backend(config),
         disable_log_stats=True,
         structured_outputs_config=structured,
-        **args.model_dump(exclude_none=True),
+        # Log-probabilities after `allowed_token_ids` masks the logits: one-step `choose` reads
+        # the distribution over exactly the allowed tokens from them (choice_decoding.py).
+        logprobs_mode="processed_logprobs",
+        **config.engine_kwargs(),
     )
 
 
@@ -107,12 +113,28 @@ class VLLMEngine:
         self._max_len = self._llm.model_config.max_model_len
         tokenizer = self._llm.tokenizer
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-        self._stop_token_ids = {eos} if eos is not None else set()
+        most = config.engine_args.max_logprobs
+        # Every prompt of a classification shares its cue and label set: tokenise them once.
+        self._choice_keys = functools.lru_cache(CHOICE_SETS_KEPT)(
+            functools.partial(choice_keys, tokenizer, most=most)
+        )
+        self._choice_decoder = functools.lru_cache(CHOICE_SETS_KEPT)(
+            functools.partial(
+                choice_decoder,
+                tokenizer,
+                max_logprobs=most,
+                stop_token_ids=frozenset({eos} if eos is not None else ()),
+            )
+        )
 
     async def _final(self, outputs: AsyncGenerator[Any, None]) -> Any:
         final = None
-        async for output in outputs:
-            final = output
+        try:
+            async for output in outputs:
+                final = output
+        except VLLMClientError as error:
+            # The request's own fault (a prompt longer than the context): its caller's 400.
+            raise InvalidRequestError(str(error), "texts") from None
         if final is not None and self._count_tokens is not None:
             self._count_tokens(*token_counts(final))
         return final
@@ -142,43 +164,25 @@ class VLLMEngine:
             prompt_tokens=[len(output.prompt_token_ids) for output in outputs],
         )
 
-    async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
-        params = SamplingParams(
-            temperature=0.0,
-            max_tokens=max(len(choice) for choice in choices) + 2,
-            logprobs=self.config.engine_args.max_logprobs,
-            structured_outputs=StructuredOutputsParams(choice=list(choices)),
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+    async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
+        keys = self._choice_keys(cue, tuple(choices))
+        return None if keys is None else list(keys)
+
+    async def choose(
+        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+    ) -> list[ChoiceResult]:
+        answers = tuple(keys or choices)
+        decoders = [self._choice_decoder(prompt.rsplit("\n", 1)[-1], answers) for prompt in prompts]
         outputs = await asyncio.gather(
             *(
-                self._final(self._llm.generate(p, params, f"choose-{uuid.uuid4().hex}"))
-                for p in prompts
+                self._final(self._llm.generate(p, d.params, f"choose-{uuid.uuid4().hex}"))
+                for p, d in zip(prompts, decoders, strict=True)
             )
         )
-        return [self._choice_result(output.outputs[0], choices) for output in outputs]
-
-    def _choice_result(self, completion: Any, choices: Sequence[str]) -> ChoiceResult:
-        if completion.text not in choices:
-            raise EngineOutputError(
-                f"structured choice decode returned {completion.text!r}, not one of the choices"
-            )
-        steps = [
-            DecodeStep(
-                token_id=token_id,
-                text=position[token_id].decoded_token or "",
-                alternatives=[
-                    StepAlternative(token_id=tid, text=lp.decoded_token or "", logprob=lp.logprob)
-                    for tid, lp in position.items()
-                    if lp.logprob > -math.inf
-                ],
-            )
-            for token_id, position in zip(
-                completion.token_ids, completion.logprobs or [], strict=False
-            )
+        return [
+            decoder.result(output.outputs[0], choices)
+            for output, decoder in zip(outputs, decoders, strict=True)
         ]
-        probabilities = choice_distribution(choices, steps, self._stop_token_ids)
-        return ChoiceResult(choice=completion.text, probabilities=probabilities)
 
     async def generate_json(
         self, prompts: Sequence[str], json_schema: dict[str, Any]
@@ -224,7 +228,7 @@ class VLLMEngine:
                     tokenization_kwargs={"add_special_tokens": False},
                 )
             )
-        except VLLMClientError as error:
+        except InvalidRequestError as error:
             return Rejection(message=str(error))
         completion = output.outputs[0]
         return ChatOutput(

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from pydantic import ValidationError
 from ray import serve
@@ -28,12 +29,17 @@ from starlette.types import Lifespan
 from batchjobs.files import FileStorage
 from batchjobs.sql_store import open_store
 from capabilities.errors import CapabilityError
-from deployments.auth import Authenticator, principal_of
-from deployments.batch_api import BatchApi
-from deployments.classify_service import ClassifyService
 from deployments.config import AppConfig
-from deployments.engine_client import engine_clients
-from deployments.errors import (
+from deployments.dag.capability_clients import (
+    capability_clients,
+    configure_inline,
+    inline_capabilities,
+)
+from deployments.dag.classify_service import ClassifyService
+from deployments.engine.client import engine_clients
+from deployments.http.auth import Authenticator, principal_of
+from deployments.http.batch_api import BatchApi
+from deployments.http.errors import (
     ApiError,
     BadRequestError,
     MethodNotAllowedError,
@@ -41,21 +47,19 @@ from deployments.errors import (
     NotReadyError,
     handle_error,
 )
-from deployments.openai_api import (
+from deployments.http.openai_api import (
     ChatCompletion,
     ChatCompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
     OpenAIEndpoints,
 )
-from deployments.openapi import OpenApiDocument, openapi_endpoint
-from deployments.rate_limit import RateLimiter
-from deployments.replica_telemetry import IngressTelemetry
-from deployments.request_body import read_json
-from deployments.request_timing import RequestObserver, RequestTimingMiddleware
-from deployments.routes import ApiRoute, Endpoint
-from deployments.runner_client import runner_clients
-from deployments.schemas import (
+from deployments.http.openapi import OpenApiDocument, openapi_endpoint
+from deployments.http.rate_limit import RateLimiter
+from deployments.http.request_body import read_json
+from deployments.http.request_timing import RequestObserver, RequestTimingMiddleware
+from deployments.http.routes import ApiRoute, Endpoint
+from deployments.http.schemas import (
     CapabilityCard,
     CapabilityList,
     ClassifyRequest,
@@ -65,7 +69,8 @@ from deployments.schemas import (
     ModelList,
     ReadyStatus,
 )
-from deployments.stats import StatsSnapshot
+from deployments.telemetry.replica_telemetry import IngressTelemetry
+from deployments.telemetry.stats import StatsSnapshot
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -155,11 +160,12 @@ class Ingress:
     ) -> None:
         self._config = config
         self._engines = engine_clients(config, engines)
-        self._runners = runner_clients(config, runners)
+        self._inline = inline_capabilities(config, self._engines, stats)
+        self._capabilities = capability_clients(config, self._inline, runners)
         self._stats = stats
         self._telemetry = IngressTelemetry(stats)
         self._registry = config.registry()
-        self._classify = ClassifyService(config, self._runners, config.ingress.batching)
+        self._classify = ClassifyService(config, self._capabilities, config.ingress.batching)
         self._started = int(time.time())
         self._authenticator = Authenticator(config.auth.all_keys())
         self._rate_limiter = RateLimiter(config.rate_limits)
@@ -170,6 +176,10 @@ class Ingress:
             FileStorage(config.batch_dir),
             wake_runner=lambda: batch_runner.wake.remote(),
         )
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Settings of the inline capabilities, by name (live-reloadable, as a runner's are)."""
+        await configure_inline(self._inline, user_config, "Ingress")
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_http_app(
@@ -248,7 +258,7 @@ class Ingress:
                 "/readyz",
                 "GET",
                 self.readyz,
-                "Readiness: engines and capability runners answer",
+                "Readiness: engines and capabilities answer",
                 "public",
                 answer=ReadyStatus,
             ),
@@ -287,7 +297,7 @@ class Ingress:
         await self._rate_limiter.admit(caller.name, caller.rate_limits, "texts", texts)
 
     async def capabilities(self, request: Request) -> JSONResponse:
-        infos = await asyncio.gather(*(runner.describe() for runner in self._runners.values()))
+        infos = await asyncio.gather(*(c.describe() for c in self._capabilities.values()))
         cards = [
             CapabilityCard(
                 id=info.name,
@@ -317,13 +327,13 @@ class Ingress:
 
     async def readyz(self, request: Request) -> JSONResponse:
         checks = [engine.ready() for engine in self._engines.values()]
-        checks += [runner.describe() for runner in self._runners.values()]
+        checks += [capability.describe() for capability in self._capabilities.values()]
         try:
             # Each check ends within the guarded handle's check timeout.
             await asyncio.gather(*checks)
         except Exception as error:  # noqa: BLE001 - any failure means not ready
             raise NotReadyError(
-                f"engines or capability runners are not answering: {type(error).__name__}: {error}"
+                f"engines or capabilities are not answering: {type(error).__name__}: {error}"
             ) from None
-        ready = ReadyStatus(engines=sorted(self._engines), capabilities=sorted(self._runners))
+        ready = ReadyStatus(engines=sorted(self._engines), capabilities=sorted(self._capabilities))
         return JSONResponse(ready.model_dump())

@@ -16,8 +16,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.errors import ErrorBody
-from deployments.routes import ApiRoute, Endpoint
+from deployments.http.errors import ErrorBody
+from deployments.http.routes import ApiRoute, Endpoint
 
 OPENAPI_VERSION = "3.1.0"
 SCHEMA_REF = "#/components/schemas/{model}"

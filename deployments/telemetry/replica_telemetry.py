@@ -19,10 +19,10 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments import metrics
-from deployments.gpu_health import visible_gpus
-from deployments.request_timing import RequestObservation
-from deployments.stats import EndpointLatencies, ReplicaReport
+from deployments.http.request_timing import RequestObservation
+from deployments.telemetry import metrics
+from deployments.telemetry.gpu_health import visible_gpus
+from deployments.telemetry.stats import EndpointLatencies, ReplicaReport
 
 logger = logging.getLogger("capserve.stats")
 REPORT_INTERVAL_S = 2.0

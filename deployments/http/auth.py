@@ -5,7 +5,7 @@ Keys are configured as SHA-256 hashes only, so a leaked config or log reveals no
 so two keys with one name (an old and a new one, while rotating) share both. With no keys
 configured every route is open and every caller is one anonymous principal that sees everything.
 
-    python -m deployments.auth new --name team-a --scopes classify batch
+    python -m deployments.http.auth new --name team-a --scopes classify batch
 
 prints a fresh key and the config entry that admits it.
 """
@@ -23,9 +23,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
-from deployments.errors import AuthenticationError, PermissionDeniedError
-from deployments.rate_limit import RateLimits
-from deployments.routes import SCOPES, Access, Scope
+from deployments.http.errors import AuthenticationError, PermissionDeniedError
+from deployments.http.rate_limit import RateLimits
+from deployments.http.routes import SCOPES, Access, Scope
 
 KEY_PREFIX = "sk-capserve-"
 
@@ -163,7 +163,7 @@ def new_key_entry(name: str, scopes: Sequence[Scope]) -> tuple[str, ApiKey]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deployments.auth", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m deployments.http.auth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser("new", help="make a key and print it with its config entry")
     new.add_argument("--name", required=True)

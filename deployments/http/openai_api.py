@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.config import ModelConfig
-from deployments.engine_calls import (
+from deployments.engine.calls import (
     ChatCall,
     ChatMessage,
     ChatOutput,
@@ -25,7 +25,7 @@ from deployments.engine_calls import (
     JsonOutput,
     Rejection,
 )
-from deployments.errors import (
+from deployments.http.errors import (
     BadRequestError,
     ModelNotFoundError,
     StreamNotSupportedError,

@@ -2,7 +2,7 @@
 
 Each replica looks in the job store for batches with work left (new, interrupted by a crash, or
 ended but not yet handed to the result handlers), takes them under a lease and drives them to the
-end through the same capability runners and engines as online traffic. The ingress wakes it when a
+end through the same capabilities and engines as online traffic. The ingress wakes it when a
 batch is created or cancelled; it also looks on its own every `poll_interval_s`, which is what
 resumes batches after a crash of a runner or of the whole app.
 """
@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -25,13 +26,18 @@ from batchjobs.files import FileStorage
 from batchjobs.handlers import BatchResult, ResultHandler, load_handler, run_handlers
 from batchjobs.schemas import BatchError
 from batchjobs.sql_store import open_store
-from deployments import metrics
-from deployments.batch_lines import BatchLines
-from deployments.classify_service import ClassifyService
+from deployments.batch.lines import BatchLines
 from deployments.config import AppConfig, BatchingConfig
-from deployments.engine_client import engine_clients
-from deployments.openai_api import OpenAIEndpoints
-from deployments.runner_client import runner_clients
+from deployments.dag.capability_clients import (
+    InlineCapability,
+    capability_clients,
+    configure_inline,
+    inline_capabilities,
+)
+from deployments.dag.classify_service import ClassifyService
+from deployments.engine.client import engine_clients
+from deployments.http.openai_api import OpenAIEndpoints
+from deployments.telemetry import metrics
 
 logger = logging.getLogger("capserve.batch")
 BATCH_RUNNER_NAME = "batch-runner"
@@ -43,16 +49,21 @@ def build_batch_lines(
     config: AppConfig,
     engines: Mapping[str, DeploymentHandle],
     runners: Mapping[str, DeploymentHandle],
+    stats: DeploymentHandle,
     batching: BatchingConfig | None,
-) -> BatchLines:
-    """Batch lines answered through the app's engines and capability runners: by the batch
-    runner over its bound handles, by `deployments.batch_job` over handles got by name (outside
-    Serve, so without `batching`: see ClassifyService)."""
-    return BatchLines(
+) -> tuple[BatchLines, dict[str, InlineCapability]]:
+    """Batch lines answered through the app's engines and capabilities, and the inline
+    capabilities they run on, to be loaded by `configure_inline` before the first line: by the
+    batch runner over its bound handles, by `deployments.batch.job` over handles got by name
+    (outside Serve, so without `batching`: see ClassifyService)."""
+    engine_calls = engine_clients(config, engines)
+    inline = inline_capabilities(config, engine_calls, stats)
+    lines = BatchLines(
         config,
-        ClassifyService(config, runner_clients(config, runners), batching),
-        OpenAIEndpoints(config.models, engine_clients(config, engines)),
+        ClassifyService(config, capability_clients(config, inline, runners), batching),
+        OpenAIEndpoints(config.models, engine_calls),
     )
+    return lines, inline
 
 
 class BatchMetrics:
@@ -73,10 +84,13 @@ class BatchRunner:
         config: AppConfig,
         engines: dict[str, DeploymentHandle],
         runners: dict[str, DeploymentHandle],
+        stats: DeploymentHandle,
     ) -> None:
         self._settings = config.batch
         self._store = open_store(config.batch_store_url)
-        lines = build_batch_lines(config, engines, runners, config.ingress.batching)
+        lines, self._inline = build_batch_lines(
+            config, engines, runners, stats, config.ingress.batching
+        )
         self._handlers: list[tuple[str, ResultHandler]] = [
             (handler.type, load_handler(handler)) for handler in config.batch.result_handlers
         ]
@@ -92,7 +106,14 @@ class BatchRunner:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._run_errors: collections.Counter[str] = collections.Counter()
         self._woken = asyncio.Event()
-        self._polling = asyncio.get_running_loop().create_task(self._poll())
+        self._polling: asyncio.Task[None] | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Settings of the inline capabilities, as the ingress gets them. Batches are taken only
+        once they are loaded."""
+        await configure_inline(self._inline, user_config, BATCH_RUNNER_NAME)
+        if self._polling is None:
+            self._polling = asyncio.get_running_loop().create_task(self._poll())
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -102,7 +123,7 @@ class BatchRunner:
         return sorted(self._active)
 
     async def check_health(self) -> None:
-        if self._polling.done():
+        if self._polling is not None and self._polling.done():
             raise RuntimeError("the batch runner's polling loop stopped")
 
     async def _hand_over(self, result: BatchResult) -> None:

@@ -1,0 +1,1 @@
+"""Calls between deployments that always end: timeouts, accept waits, circuit breaker."""

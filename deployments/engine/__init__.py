@@ -1,0 +1,1 @@
+"""The engine deployment and the vLLM engine behind it."""

@@ -1,0 +1,1 @@
+"""The HTTP surface: the ingress, its routes, auth, limits, schemas and errors."""

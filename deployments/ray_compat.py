@@ -1,0 +1,39 @@
+"""Every private Ray API capserve calls, in one place. Ray is pinned to `PINNED_RAY_VERSION`
+(pyproject.toml); on an upgrade, check each function here against the new Ray."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.handle import DeploymentResponse, DeploymentResponseGenerator
+
+PINNED_RAY_VERSION = "2.60.0"
+
+
+def label_selector_problem(selector: dict[str, str] | None) -> str | None:
+    """Ray's own check of a label selector, so one Ray would refuse at deploy time fails at config
+    parse instead; None when it is valid."""
+    from ray._private.label_utils import validate_label_selector
+
+    return validate_label_selector(selector)
+
+
+def serve_controller_client() -> Any:
+    """The Serve controller's client of this driver (deploy a config, read Serve's details):
+    what `serve deploy` uses, with no public Python equivalent in Ray 2.60."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+async def accepted(response: DeploymentResponse[Any] | DeploymentResponseGenerator[Any]) -> None:
+    """Returns once a replica has taken the call. Serve 2.60 has no public way to wait for this;
+    its router holds a call for a deployment without running replicas until one starts."""
+    await response._fetch_future_result_async()
+
+
+def session_dir() -> str:
+    """The running Ray node's session folder (logs, the metrics service discovery file)."""
+    import ray
+
+    return ray._private.worker._global_node.get_session_dir_path()

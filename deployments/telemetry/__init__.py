@@ -1,0 +1,1 @@
+"""Prometheus metrics, /v1/stats, and what replicas report about themselves."""
