@@ -165,17 +165,25 @@ class LabelIndex:
 
 
 def generative_prompt(
-    instruction: str, labels: Sequence[LabelSpec], text: str, keys: Sequence[str] | None = None
+    instruction: str,
+    labels: Sequence[LabelSpec],
+    text: str,
+    keys: Sequence[str] | None = None,
+    examples: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Static part (instruction, labels, their keys) first and the text last, so prefix caching
-    pays. With keys, the model answers with a label's key instead of its name."""
+    """Static part (instruction, labels, their keys, examples) first and the text last, so prefix
+    caching pays. With keys, the model answers with a label's key instead of its name. Examples,
+    (text, label name) pairs, show a base model the task: each answered as the model should."""
+    names = [label.name for label in labels]
     entries = [f"{l.name}: {l.description}" if l.description else l.name for l in labels]
     if keys is None:
         lines = [instruction, "Labels:", *(f"- {entry}" for entry in entries)]
     else:
         lines = [instruction, "Labels (answer with the key before the label):"]
         lines += [f"{key}. {entry}" for key, entry in zip(keys, entries, strict=True)]
-    return "\n".join(lines) + f"\n\nText: {text}\n{LABEL_CUE}"
+    answers = dict(zip(names, keys or names, strict=True))
+    shots = [f"Text: {shot}\n{LABEL_CUE} {answers[label]}" for shot, label in examples]
+    return "\n\n".join(["\n".join(lines), *shots, f"Text: {text}\n{LABEL_CUE}"])
 
 
 K = TypeVar("K", bound=Hashable)

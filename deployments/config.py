@@ -33,6 +33,12 @@ class EngineArgs(StrictModel):
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, gt=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    kv_cache_memory_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="The KV cache's size, instead of sizing it from gpu_memory_utilization, "
+        "which on a CPU is a share of the whole memory node and must be free at start.",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
     pipeline_parallel_size: int = Field(default=1, ge=1)
     enable_prefix_caching: bool | None = Field(

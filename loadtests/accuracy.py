@@ -45,6 +45,16 @@ def expected_calibration_error(
     return error
 
 
+def quality(truth: list[str], predicted: list[str], confidence: list[float]) -> dict[str, float]:
+    """Accuracy, macro-F1 and ECE of predictions against the true labels."""
+    correct = [p == t for p, t in zip(predicted, truth, strict=True)]
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "macro_f1": macro_f1(truth, predicted),
+        "ece": expected_calibration_error(correct, confidence),
+    }
+
+
 async def classify_all(
     url: str, texts: list[str], batch_size: int, concurrency: int, strategy: str | None
 ) -> list[dict]:
@@ -88,13 +98,11 @@ def main() -> None:
     )
     elapsed = time.perf_counter() - started
     predicted = [result["label"] for result in results]
-    correct = [p == t for p, t in zip(predicted, truth, strict=True)]
+    confidence = [result["confidence"] for result in results]
     figures = {
         "file": str(args.csv),
         "texts": len(texts),
-        "accuracy": sum(correct) / len(correct),
-        "macro_f1": macro_f1(truth, predicted),
-        "ece": expected_calibration_error(correct, [result["confidence"] for result in results]),
+        **quality(truth, predicted, confidence),
         "seconds": round(elapsed, 2),
         "texts_per_second": round(len(texts) / elapsed, 1),
     }

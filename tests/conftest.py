@@ -23,6 +23,14 @@ def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M, built once per machine (a minute or a few) and reused from the cache."""
+    from tests.gemma import build_gemma
+
+    return build_gemma()
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """The URL of a throwaway PostgreSQL server shared by the session (its `postgres` database);
     tests create their own databases on it."""

@@ -201,6 +201,18 @@ def test_generative_prompt_lists_keys_before_the_labels():
     )
 
 
+def test_generative_prompt_shows_examples_answered_as_the_model_should_answer():
+    labels = [LabelSpec(name="a"), LabelSpec(name="b")]
+    examples = [("one", "b"), ("two", "a")]
+    by_name = generative_prompt("Classify.", labels, "x", examples=examples)
+    assert by_name == (
+        "Classify.\nLabels:\n- a\n- b\n\n"
+        "Text: one\nLabel: b\n\nText: two\nLabel: a\n\nText: x\nLabel:"
+    )
+    by_key = generative_prompt("Classify.", labels, "x", keys=["A", "B"], examples=examples)
+    assert by_key.endswith("Text: one\nLabel: B\n\nText: two\nLabel: A\n\nText: x\nLabel:")
+
+
 def test_knn_confidence_is_the_similarity_weighted_vote_share():
     vectors = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
     index = KnnIndex(vectors, ["a", "a", "b"], k=3)
