@@ -60,6 +60,13 @@ class ClassificationSettings(BaseModel):
     top_k: int = Field(default=5, gt=0, description="Alternatives returned per text.")
     zero_shot_temperature: float = Field(default=0.05, gt=0)
     instruction: str = "Classify the customer message into exactly one of the labels."
+    answer_keys: bool = Field(
+        default=False,
+        description="generative: where labels share their first token, list a short key per "
+        "label and let the model answer the key, so every label is scored in one decode step. "
+        "Off, such labels are decoded by name, token by token: small base models answer keys "
+        "poorly (Gemma 3 270M on Banking77: 0.06 accuracy by key, 0.43 by name).",
+    )
     embed_chunk_size: int = Field(default=256, gt=0)
 
     @field_validator("labels")
@@ -335,7 +342,11 @@ class Classifier:
         generator = self._generator
         assert generator is not None
         names = [label.name for label in labels]
-        keys = await self._keys.get(tuple(names), lambda: generator.choice_keys(names, LABEL_CUE))
+        keys = (
+            await self._keys.get(tuple(names), lambda: generator.choice_keys(names, LABEL_CUE))
+            if self.settings.answer_keys
+            else None
+        )
         instruction = self.settings.instruction
         prompts = [generative_prompt(instruction, labels, text, keys) for text in texts]
         choices = await generator.choose(prompts, names, keys)

@@ -47,7 +47,7 @@ class EngineArgs(StrictModel):
     max_num_seqs: int | None = Field(default=None, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
     max_logprobs: int = Field(
-        default=64,
+        default=128,
         gt=0,
         description="Also the most labels generative classification scores in one decode step; "
         "larger label sets are decoded token by token.",

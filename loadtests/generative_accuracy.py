@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
 
     use_app_environment()
-    from deployments.vllm_engine import VLLMEngine
+    from deployments.engine.vllm_engine import VLLMEngine
 
     held_out = list(zip(read_texts("heldout.csv"), read_texts("heldout.csv", "category")))
     sample = random.Random(args.seed).sample(held_out, min(args.texts, len(held_out)))

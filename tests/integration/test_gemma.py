@@ -5,7 +5,7 @@ examples (from examples.csv) of every label."""
 import pytest
 
 from capabilities.classification import LABEL_CUE
-from deployments.engine_calls import ChatCall, ChatMessage, Rejection
+from deployments.engine.calls import ChatCall, ChatMessage, Rejection
 from loadtests.apps import gemma_model
 from loadtests.generative_accuracy import classify_few_shot, few_shot_examples
 from tests.integration.conftest import started

@@ -103,9 +103,16 @@ async def test_generate_json_follows_the_schema(tiny_llama):
         assert isinstance(result["urgent"], bool)
 
 
-async def test_generative_strategy_classifies_with_the_real_engine(tiny_llama):
+@pytest.mark.parametrize(("answer_keys", "decoding"), [(True, "one_step"), (False, "multi_step")])
+async def test_generative_strategy_classifies_with_the_real_engine(
+    tiny_llama, answer_keys, decoding
+):
     settings = ClassificationSettings(
-        strategy="generative", generative_model="tiny-llama", labels=LABELS, top_k=3
+        strategy="generative",
+        generative_model="tiny-llama",
+        labels=LABELS,
+        top_k=3,
+        answer_keys=answer_keys,
     )
     classifier = Classifier(settings, embedder=None, generator=tiny_llama)
     await classifier.load()
@@ -113,8 +120,9 @@ async def test_generative_strategy_classifies_with_the_real_engine(tiny_llama):
         ["my card never came", "refund please", "my card never came"]
     )
     assert [r.label in LABELS for r in results] == [True] * 3
-    # LABELS' first tokens collide under the tiny Llama's tokenizer, so the prompt lists keys.
-    assert [r.decoding for r in results] == ["one_step"] * 3
+    # LABELS' first tokens collide under the tiny Llama's tokenizer: with keys the prompt lists
+    # them and one step scores every label; without, labels are decoded by name.
+    assert [r.decoding for r in results] == [decoding] * 3
     assert results[0] == results[2]
     assert all(r.top_k[0].label == r.label and len(r.top_k) <= 3 for r in results)
 

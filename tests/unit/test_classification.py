@@ -159,7 +159,8 @@ async def test_generative_ranks_by_the_engine_distribution(examples_csv):
     prompt = generator.chosen[0]
     assert prompt.startswith(config.instruction)
     assert prompt.endswith("Text: top up my account\nLabel:")
-    assert generator.keys_asked == [(["card_arrival", "lost_card", "top_up"], "Label:")]
+    # Keys are off by default: labels are answered by name.
+    assert generator.keys_asked == []
     assert generator.keys_given == [None]
 
 
@@ -168,7 +169,11 @@ async def test_generative_lists_the_keys_the_engine_asks_for_and_asks_once_per_l
 ):
     generator = FakeEngine("gen", keyed=True)
     config = settings(
-        examples_csv, strategy="generative", generative_model="gen", embedding_model=None
+        examples_csv,
+        strategy="generative",
+        generative_model="gen",
+        embedding_model=None,
+        answer_keys=True,
     )
     classifier = await loaded(config, engine=None, generator=generator)
     [first] = await classifier.classify(["top up my account"])
