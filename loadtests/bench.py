@@ -56,6 +56,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from capabilities.classification import KnnIndex, LabelSpec, generative_prompt
 from cluster.processes import free_port, stop_process
+from cluster.serve_flags import ray_env
 from deployments.config import ModelConfig
 from loadtests.apps import (
     GENERATIVE_LABELS,
@@ -449,23 +450,21 @@ async def _generative_workload(system, base_url, workloads: Workloads, send) -> 
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run capserve: environment variables of its Ray cluster, and a `placement` for
-    every capability of the apps' args (None: as configured)."""
+    """One way to run capserve: the Ray Serve modes of its cluster (`cluster.serve_flags`), and
+    a `placement` for every capability of the apps' args (None: as configured)."""
 
     name: str
-    env: Mapping[str, str] = field(default_factory=dict)
+    flags: frozenset[str] = frozenset()
     placement: str | None = None
 
 
-HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 VARIANTS = {
     variant.name: variant
     for variant in (
         Variant("default"),
-        Variant("haproxy", HAPROXY),
-        Variant("throughput", THROUGHPUT),
-        Variant("both", HAPROXY | THROUGHPUT),
+        Variant("haproxy", frozenset({"haproxy"})),
+        Variant("throughput", frozenset({"throughput"})),
+        Variant("both", frozenset({"haproxy", "throughput"})),
         Variant("inline", placement="inline"),
         Variant("deployment", placement="deployment"),
     )
@@ -473,8 +472,8 @@ VARIANTS = {
 
 
 def variant_named(name: str) -> Variant:
-    """A known variant, or known ones joined by `+` (`throughput+inline`): their environments
-    merged, and the one placement among them."""
+    """A known variant, or known ones joined by `+` (`throughput+inline`): their modes together,
+    and the one placement among them."""
     parts = name.split("+")
     unknown = [part for part in parts if part not in VARIANTS]
     if unknown:
@@ -483,10 +482,8 @@ def variant_named(name: str) -> Variant:
     placements = {VARIANTS[part].placement for part in parts} - {None}
     if len(placements) > 1:
         raise ValueError(f"variant {name!r} asks for more than one placement: {sorted(placements)}")
-    env: dict[str, str] = {}
-    for part in parts:
-        env |= VARIANTS[part].env
-    return Variant(name, env, next(iter(placements), None))
+    flags = frozenset().union(*(VARIANTS[part].flags for part in parts))
+    return Variant(name, flags, next(iter(placements), None))
 
 
 def parse_variants(spec: str) -> list[Variant]:
@@ -501,14 +498,9 @@ def parse_variants(spec: str) -> list[Variant]:
 
 
 def cluster_environment(variant: Variant) -> dict[str, str]:
-    """The variant's environment, plus free ports for HAProxy's stats and metrics listeners when
-    it runs: they default to fixed ports (8404, 9101) on all interfaces, which another cluster's
-    HAProxy on this shared machine may hold."""
-    env = dict(variant.env)
-    if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
-        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
-    return env
+    """Ray's variables for the variant's modes, each set either way (so the shell's or the
+    shipped default's never decide), with free ports for HAProxy mode's extra listeners."""
+    return ray_env(variant.flags, free_port)
 
 
 @contextmanager
@@ -542,7 +534,8 @@ def run_variant(
 ) -> VariantRun:
     """capserve's workloads under `variant`, in a Ray cluster of its own."""
     print(
-        f"capserve variant {variant.name}: {dict(variant.env)}, placement {variant.placement}",
+        f"capserve variant {variant.name}: modes {sorted(variant.flags)}, "
+        f"placement {variant.placement}",
         flush=True,
     )
     run = VariantRun(variant)
@@ -795,7 +788,7 @@ def report(
         "variants": [
             {
                 "name": run.variant.name,
-                "env": dict(run.variant.env),
+                "serve_modes": sorted(run.variant.flags),
                 "placement": run.variant.placement,
                 "error": run.error,
             }

@@ -21,21 +21,20 @@ from loadtests.bench import (
 from loadtests.process_usage import TOTAL
 
 
-def test_the_named_variants_set_the_serve_flags_and_placements():
+def test_the_named_variants_set_the_serve_modes_and_placements():
     default, haproxy, throughput, both, inline, deployment = parse_variants(
         "default,haproxy,throughput,both,inline,deployment"
     )
     assert default == Variant("default")
-    assert haproxy.env == {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-    assert throughput.env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    assert both.env == haproxy.env | throughput.env
-    assert (inline.placement, inline.env) == ("inline", {})
+    assert haproxy.flags == {"haproxy"} and throughput.flags == {"throughput"}
+    assert both.flags == haproxy.flags | throughput.flags
+    assert (inline.placement, inline.flags) == ("inline", frozenset())
     assert deployment.placement == "deployment"
 
 
 def test_variants_join_with_plus():
     (variant,) = parse_variants(" both+inline ")
-    assert variant == Variant("both+inline", VARIANTS["both"].env, "inline")
+    assert variant == Variant("both+inline", VARIANTS["both"].flags, "inline")
 
 
 @pytest.mark.parametrize(
@@ -52,11 +51,14 @@ def test_bad_variant_lists_are_refused(spec, message):
         parse_variants(spec)
 
 
-def test_haproxy_gets_its_own_stats_and_metrics_ports():
+def test_every_mode_is_set_either_way_and_haproxy_gets_its_own_ports():
     env = cluster_environment(VARIANTS["both"])
-    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] != env["RAY_SERVE_HAPROXY_METRICS_PORT"]
-    assert cluster_environment(VARIANTS["throughput"]) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    assert cluster_environment(VARIANTS["default"]) == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+    }
 
 
 def test_environment_is_restored_after(monkeypatch):
