@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 SWITCH = "CAPSERVE_SERVE_FLAGS"
 # The default of every launcher (make run, the local cluster, the e2e suite); the KubeRay
 # manifests spell it out as env on their containers (a unit test keeps them equal).
-DEFAULT_FLAGS = ""
+DEFAULT_FLAGS = "haproxy,throughput"
 RAY_FLAGS: dict[str, str] = {
     "haproxy": "RAY_SERVE_ENABLE_HA_PROXY",
     "throughput": "RAY_SERVE_THROUGHPUT_OPTIMIZED",
