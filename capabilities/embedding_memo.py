@@ -21,16 +21,15 @@ class EmbeddingMemo:
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self._max_entries = max_entries
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.hits = 0
 
     async def embed(self, texts: Sequence[str], embed: Embed) -> np.ndarray:
         """One row per text: remembered rows, and `embed` once over the distinct others."""
-        found = {text: self._vectors[text] for text in texts if text in self._vectors}
-        self.hits += sum(text in found for text in texts)
-        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        distinct = list(dict.fromkeys(texts))
+        found = {text: self._vectors[text] for text in distinct if text in self._vectors}
+        missing = [text for text in distinct if text not in found]
         if missing:
             found.update(zip(missing, await embed(missing), strict=True))
-        for text in dict.fromkeys(texts):
+        for text in distinct:
             self._remember(text, found[text])
         return np.stack([found[text] for text in texts])
 

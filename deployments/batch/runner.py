@@ -30,12 +30,9 @@ from deployments.batch.lines import BatchLines
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
     InlineCapability,
-    capability_clients,
     configure_inline,
-    inline_capabilities,
 )
-from deployments.dag.classify_service import ClassifyService
-from deployments.engine.client import engine_clients
+from deployments.dag.classify_service import ClassifyWiring
 from deployments.http.openai_api import OpenAIEndpoints
 from deployments.telemetry import metrics
 
@@ -56,14 +53,9 @@ def build_batch_lines(
     capabilities they run on, to be loaded by `configure_inline` before the first line: by the
     batch runner over its bound handles, by `deployments.batch.job` over handles got by name
     (outside Serve, so without `batching`: see ClassifyService)."""
-    engine_calls = engine_clients(config, engines)
-    inline = inline_capabilities(config, engine_calls, stats)
-    lines = BatchLines(
-        config,
-        ClassifyService(config, capability_clients(config, inline, runners), batching),
-        OpenAIEndpoints(config.models, engine_calls),
-    )
-    return lines, inline
+    wiring = ClassifyWiring.of(config, engines, runners, stats, batching)
+    lines = BatchLines(config, wiring.service, OpenAIEndpoints(config.models, wiring.engines))
+    return lines, wiring.inline
 
 
 class BatchMetrics:

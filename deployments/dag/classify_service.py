@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from capabilities.base import Capability
 from capabilities.batching import RunCall
 from capabilities.classification import Classification
 from capabilities.plan import Plan, execute
 from deployments.config import AppConfig, BatchingConfig
-from deployments.dag.capability_clients import CallOutcome, CapabilityClient, answer_of
+from deployments.dag.capability_clients import (
+    CallOutcome,
+    CapabilityClient,
+    InlineCapability,
+    answer_of,
+    capability_clients,
+    inline_capabilities,
+)
+from deployments.engine.client import EngineClient, engine_clients
 from deployments.http.schemas import ClassifyRequest, ClassifyResponse, ItemResult
 
 
@@ -130,3 +140,30 @@ async def run_per_capability(
         for index, result in zip(indexes, results, strict=True):
             outcomes[index] = result
     return outcomes
+
+
+@dataclass(frozen=True)
+class ClassifyWiring:
+    """What a replica that answers /v1/classify holds: clients of the engines, the inline
+    capabilities (loaded by `configure_inline` from its user_config), every capability's client
+    and the service over them."""
+
+    engines: dict[str, EngineClient]
+    inline: dict[str, InlineCapability]
+    capabilities: dict[str, CapabilityClient]
+    service: ClassifyService
+
+    @classmethod
+    def of(
+        cls,
+        config: AppConfig,
+        engines: Mapping[str, DeploymentHandle],
+        runners: Mapping[str, DeploymentHandle],
+        stats: DeploymentHandle,
+        batching: BatchingConfig | None,
+    ) -> ClassifyWiring:
+        engine_calls = engine_clients(config, engines)
+        inline = inline_capabilities(config, engine_calls, stats)
+        capabilities = capability_clients(config, inline, runners)
+        service = ClassifyService(config, capabilities, batching)
+        return cls(engine_calls, inline, capabilities, service)

@@ -2,8 +2,9 @@
 
 Every public entry point hands its call to a `@serve.batch` method: concurrent calls from any
 number of callers arrive as one list, run concurrently inside the engine (which batches
-continuously), and answer each caller with its own result or its own error. Each call is counted (Prometheus and the
-replica's report to /v1/stats) from when it enters the replica until it is answered.
+continuously), and answer each caller with its own result or its own error. Each call is
+counted (Prometheus and the replica's report to /v1/stats) from when it enters the replica until
+it is answered.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The HTTP ingress: a Starlette app inside one Serve deployment.
 
-It validates requests (pydantic), plans which capabilities each item needs, runs them on the
-capability runner deployments through their handles, and answers JSON in input order. Every
-error becomes a JSON body in `errors.py`.
+It validates requests (pydantic), plans which capabilities each item needs, runs them in this
+replica (inline) or on their runner deployments, coalescing concurrent requests, and answers JSON
+in input order. Every error becomes a JSON body in `errors.py`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,8 @@ from batchjobs.files import FileStorage
 from batchjobs.sql_store import open_store
 from capabilities.errors import CapabilityError
 from deployments.config import AppConfig
-from deployments.dag.capability_clients import (
-    capability_clients,
-    configure_inline,
-    inline_capabilities,
-)
-from deployments.dag.classify_service import ClassifyService
-from deployments.engine.client import engine_clients
+from deployments.dag.capability_clients import configure_inline
+from deployments.dag.classify_service import ClassifyWiring
 from deployments.http.auth import Authenticator, principal_of
 from deployments.http.batch_api import BatchApi
 from deployments.http.errors import (
@@ -159,13 +154,14 @@ class Ingress:
         batch_runner: DeploymentHandle,
     ) -> None:
         self._config = config
-        self._engines = engine_clients(config, engines)
-        self._inline = inline_capabilities(config, self._engines, stats)
-        self._capabilities = capability_clients(config, self._inline, runners)
+        wiring = ClassifyWiring.of(config, engines, runners, stats, config.ingress.batching)
+        self._engines = wiring.engines
+        self._inline = wiring.inline
+        self._capabilities = wiring.capabilities
+        self._classify = wiring.service
         self._stats = stats
         self._telemetry = IngressTelemetry(stats)
         self._registry = config.registry()
-        self._classify = ClassifyService(config, self._capabilities, config.ingress.batching)
         self._started = int(time.time())
         self._authenticator = Authenticator(config.auth.all_keys())
         self._rate_limiter = RateLimiter(config.rate_limits)

@@ -114,7 +114,7 @@ async def test_the_memo_embeds_each_text_once_and_stays_bounded():
     first = await memo.embed(["a b", "c", "a b"], engine.embed)
     assert engine.embedded == ["a b", "c"]
     again = await memo.embed(["c", "a b"], engine.embed)
-    assert engine.embedded == ["a b", "c"] and memo.hits == 2
+    assert engine.embedded == ["a b", "c"]
     np.testing.assert_array_equal(again, first[[1, 0]])
     await memo.embed(["d", "e", "f"], engine.embed)
     await memo.embed(["a b"], engine.embed)
