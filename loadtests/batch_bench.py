@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,6 +23,8 @@ from typing import Any
 # Run as a script: the project's packages sit beside this folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.processes import free_port
+from cluster.serve_flags import ray_env, selected_flags
 from deployments.config import ModelConfig
 from loadtests.apps import PROJECT_ROOT, default_app, uncached_default_app, use_app_environment
 from loadtests.bench import Measurement, raw_engine, read_texts
@@ -87,6 +90,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "loadtests" / "results")
     arguments = parser.parse_args()
     use_app_environment()
+    # The job runs under the Serve modes `make run` uses (cluster/serve_flags.py).
+    os.environ.update(ray_env(selected_flags(), free_port))
     texts = job_texts(arguments.lines)
     app = default_app(str(Path.home() / ".cache" / "capserve"))
     minilm = ModelConfig.model_validate(app["args"]["models"][0])
@@ -97,6 +102,7 @@ def main() -> None:
     job_rate = job["lines"] / job["wall_s"]
     results = {
         "command": "python loadtests/batch_bench.py " + f"--lines {arguments.lines}",
+        "serve_flags": ",".join(sorted(selected_flags())) or "none",
         "raw_engine_texts_per_s": round(raw_rate, 1),
         "batch_lines_per_s_wall": round(job_rate, 1),
         "batch_lines_per_s_running": round(job["lines"] / max(job["running_s"], 1), 1),
