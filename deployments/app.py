@@ -19,6 +19,7 @@ from deployments.dag.capability_clients import inline_settings
 from deployments.dag.runner import CapabilityRunner, runner_name
 from deployments.engine.deployment import EngineDeployment
 from deployments.engine.placement import engine_deployment_options
+from deployments.engine.vllm_engine import check_engine_args
 from deployments.http.ingress import Ingress
 from deployments.telemetry.stats import StatsRecorder
 
@@ -26,6 +27,8 @@ from deployments.telemetry.stats import StatsRecorder
 def check_config(args: dict[str, Any]) -> AppConfig:
     """Validates the config and the files it names, failing with one message that names the fault."""
     config = parse_app_config(args)
+    for index, model in enumerate(config.models):
+        check_engine_args(model, f"models.{index}.engine_args")
     for capability in config.capabilities:
         try:
             capability.capability_class().check_files(capability.parsed_settings())

@@ -27,8 +27,27 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EngineArgs(StrictModel):
-    """The vLLM engine arguments capserve exposes; each maps 1:1 onto `AsyncEngineArgs`."""
+# Engine arguments capserve sets itself (`vllm_engine.engine_args_for`), with why: an
+# `engine_args` entry may not override them.
+CAPSERVE_ENGINE_ARGS = {
+    "model": "set models[].model instead",
+    "runner": "set models[].runner instead",
+    "served_model_name": "the engine serves the model as models[].name",
+    "distributed_executor_backend": "it follows tensor_parallel_size x pipeline_parallel_size",
+    "disable_log_stats": "capserve counts tokens and requests itself (/v1/stats, /metrics)",
+    "structured_outputs_config": "generate_json and chat need capserve's compact xgrammar output",
+    "logprobs_mode": "one-step classification reads the log-probabilities after masking",
+}
+
+
+class EngineArgs(BaseModel):
+    """vLLM engine arguments, passed to `AsyncEngineArgs` as given. The fields below are those
+    capserve reads or defaults differently from vLLM; any other argument vLLM's `EngineArgs`
+    takes (quantization, revision, tokenizer, kv_cache_dtype, ...) passes through too, its name
+    checked against vLLM's own when the app is built (`vllm_engine.check_engine_args`): this
+    module parses without vLLM."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, gt=0)
@@ -55,6 +74,17 @@ class EngineArgs(StrictModel):
     enforce_eager: bool = False
     seed: int = 0
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _leaves_capserves_own_alone(self) -> EngineArgs:
+        taken = sorted(set(self.model_extra or {}) & CAPSERVE_ENGINE_ARGS.keys())
+        if taken:
+            raise ValueError(
+                "; ".join(
+                    f"{name} is set by capserve: {CAPSERVE_ENGINE_ARGS[name]}" for name in taken
+                )
+            )
+        return self
 
     @property
     def world_size(self) -> int:

@@ -4,6 +4,7 @@ reaches Kubernetes or a cloud."""
 
 import copy
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Literal
@@ -14,13 +15,13 @@ import ray
 import ray.autoscaler
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.app import check_config, ingress_options, runner_options
 from deployments.config import AppConfig
 from deployments.engine.placement import distributed_executor_backend, engine_deployment_options
+from deployments.ray_compat import check_cluster_launcher_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 IMPORT_PATH = "deployments.app:build_app"
@@ -166,8 +167,7 @@ def test_the_launcher_config_is_valid_for_ray_up_and_fits_the_2x8_example(in_wor
     cluster = yaml.safe_load((CLUSTER / "launcher" / "gpu-cluster.yaml").read_text())
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(cluster, schema)
-    # What `ray up` does before it reaches the cloud: fill in the provider's defaults, validate.
-    validate_config(prepare_config(copy.deepcopy(cluster)))
+    check_cluster_launcher_config(cluster)
     assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
 
     app, config = checked_serve_config(
@@ -246,3 +246,21 @@ def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working
     assert volumes["serve-config"]["configMap"]["name"] == config_map["metadata"]["name"]
     claim = manifests["PersistentVolumeClaim"]["metadata"]["name"]
     assert volumes["batches"]["persistentVolumeClaim"]["claimName"] == claim
+
+
+def test_every_vllm_pin_under_cluster_is_the_one_the_code_is_written_against():
+    import vllm
+
+    pins = {
+        str(path.relative_to(CLUSTER)): set(re.findall(r"\bvllm==([\w.]+)", path.read_text()))
+        for path in [*CLUSTER.rglob("*.yaml"), CLUSTER / "README.md"]
+    }
+    pinned = [
+        "README.md",
+        "kuberay/rayjob.yaml",
+        "kuberay/rayservice.yaml",
+        "launcher/gpu-cluster.yaml",
+    ]
+    assert {name: versions for name, versions in pins.items() if versions} == {
+        name: {vllm.__version__} for name in pinned
+    }
