@@ -10,6 +10,7 @@ from capabilities.errors import CapabilityError
 from deployments.batch.runner import BatchRunner
 from deployments.config import (
     AppConfig,
+    BatchConfig,
     CapabilityConfig,
     ConfigError,
     IngressConfig,
@@ -73,6 +74,16 @@ def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
     }
 
 
+def batch_runner_options(batch: BatchConfig) -> dict[str, Any]:
+    """Serve options of the batch runner, but for its `user_config` (the inline capabilities'
+    settings, as the ingress's)."""
+    return {
+        "num_replicas": batch.runner_num_replicas,
+        "ray_actor_options": {"num_cpus": batch.runner_num_cpus},
+        "logging_config": INTERNAL_LOGGING,
+    }
+
+
 def build_app(args: dict[str, Any]) -> Application:
     config = check_config(args)
     stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind(
@@ -98,10 +109,7 @@ def build_app(args: dict[str, Any]) -> Application:
         for capability in config.deployed_capabilities
     }
     batch_runner = BatchRunner.options(
-        num_replicas=config.batch.runner_num_replicas,
-        ray_actor_options={"num_cpus": 0},
-        logging_config=INTERNAL_LOGGING,
-        user_config=inline_settings(config),
+        **batch_runner_options(config.batch), user_config=inline_settings(config)
     ).bind(config, engines, runners, stats)
     # The ingress and the batch runner run the inline capabilities: their settings are both
     # replicas' user_config, so a live reload names both deployments.

@@ -132,6 +132,11 @@ class CallGuardConfig(StrictModel):
 # then reaches the ingress as the runner's answer, not as the runner's own breaker opening.
 ENGINE_CALLS = CallGuardConfig()
 RUNNER_CALLS = CallGuardConfig(timeout_s=120)
+NUM_CPUS_DESCRIPTION = (
+    "CPUs each replica reserves. 0 lets every replica share one small machine's cores (the "
+    "2-core default app); on a cluster give each deployment the CPUs it uses, so that Ray places "
+    "replicas where CPUs are free and its autoscaler adds nodes when they run out."
+)
 MAX_QUEUED_REQUESTS_DESCRIPTION = (
     "Requests each caller holds while every replica is busy or down; beyond them it answers "
     "503 at once."
@@ -228,7 +233,7 @@ class DeploymentConfig(ReplicaScaling):
     max_ongoing_requests: int = Field(default=256, gt=0)
     max_queued_requests: int = Field(default=512, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION)
     calls: CallGuardConfig = ENGINE_CALLS
-    num_cpus: float = Field(default=0, ge=0)
+    num_cpus: float = Field(default=0, ge=0, description=NUM_CPUS_DESCRIPTION)
     accelerator: Literal["cpu", "gpu"] = "cpu"
     resources: dict[str, float] = Field(
         default_factory=dict,
@@ -339,7 +344,7 @@ class IngressConfig(ReplicaScaling):
     max_queued_requests: int = Field(
         default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
     )
-    num_cpus: float = Field(default=0, ge=0)
+    num_cpus: float = Field(default=0, ge=0, description=NUM_CPUS_DESCRIPTION)
     batching: BatchingConfig = Field(
         default=BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.002),
         description="How the replica coalesces concurrent requests' calls to each runner.",
@@ -353,7 +358,7 @@ class RunnerDeploymentConfig(ReplicaScaling):
     max_queued_requests: int = Field(
         default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
     )
-    num_cpus: float = Field(default=0, ge=0)
+    num_cpus: float = Field(default=0, ge=0, description=NUM_CPUS_DESCRIPTION)
     calls: CallGuardConfig = RUNNER_CALLS
 
 
@@ -423,6 +428,12 @@ class BatchConfig(ExecutionSettings):
         "an entry point in `capserve.result_handlers`.",
     )
     runner_num_replicas: int = Field(default=1, ge=1)
+    runner_num_cpus: float = Field(
+        default=0,
+        ge=0,
+        description=f"Of each batch runner replica, which runs the inline capabilities for "
+        f"batch lines. {NUM_CPUS_DESCRIPTION}",
+    )
 
     @field_validator("dir")
     @classmethod
