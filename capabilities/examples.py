@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from capabilities.errors import ExamplesError
+from capabilities.json_lines import json_lines
 
 
 class ExamplesSource(BaseModel):
@@ -48,7 +50,13 @@ def load_examples(source: ExamplesSource) -> LabelledExamples:
     if not source.path.is_file():
         raise ExamplesError(f"examples file {source.path} does not exist")
     raw = source.path.read_bytes()
-    rows = _read_rows(source, raw.decode("utf-8"))
+    try:
+        # utf-8-sig: spreadsheet exports often open with a byte order mark, which would
+        # otherwise become part of the first column's name.
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ExamplesError(f"examples file {source.path} is not UTF-8: {error}") from None
+    rows = _read_rows(source, content)
     if not rows:
         raise ExamplesError(f"examples file {source.path} has no rows")
     for column in (source.text_column, source.label_column):
@@ -72,11 +80,18 @@ def load_examples(source: ExamplesSource) -> LabelledExamples:
 
 def _read_rows(source: ExamplesSource, content: str) -> list[dict[str, object]]:
     if source.resolved_format == "csv":
-        return list(csv.DictReader(content.splitlines()))
+        # The csv module finds the row ends itself (newline=""): a quoted field keeps its line
+        # breaks, and U+2028 or U+0085 in a text (which str.splitlines splits at) stays in it.
+        rows: list[dict[str, object]] = []
+        try:
+            rows.extend(csv.DictReader(io.StringIO(content, newline="")))
+        except csv.Error as error:
+            raise ExamplesError(
+                f"examples file {source.path}, row {len(rows) + 1}: {error}"
+            ) from None
+        return rows
     rows = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in json_lines(content):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:

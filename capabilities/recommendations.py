@@ -27,6 +27,7 @@ from capabilities.base import Capability, Resources, RunContext
 from capabilities.classification import Classification
 from capabilities.engine import EmbeddingEngine, GenerativeEngine
 from capabilities.errors import CapabilityError
+from capabilities.json_lines import json_lines
 
 Mode = Literal["similarity", "generative"]
 CatalogFormat = Literal["yaml", "jsonl"]
@@ -161,9 +162,7 @@ def _yaml_entries(path: Path, text: str) -> list[tuple[str, object]]:
 
 def _jsonl_entries(path: Path, text: str) -> list[tuple[str, object]]:
     entries: list[tuple[str, object]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in json_lines(text):
         try:
             entries.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as error:

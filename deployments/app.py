@@ -10,6 +10,7 @@ from capabilities.errors import CapabilityError
 from deployments.batch.runner import BatchRunner
 from deployments.config import (
     AppConfig,
+    BatchConfig,
     CapabilityConfig,
     ConfigError,
     IngressConfig,
@@ -19,6 +20,7 @@ from deployments.dag.capability_clients import inline_settings
 from deployments.dag.runner import CapabilityRunner, runner_name
 from deployments.engine.deployment import EngineDeployment
 from deployments.engine.placement import engine_deployment_options
+from deployments.engine.vllm_engine import check_engine_args
 from deployments.http.ingress import Ingress
 from deployments.telemetry.stats import StatsRecorder
 
@@ -26,6 +28,8 @@ from deployments.telemetry.stats import StatsRecorder
 def check_config(args: dict[str, Any]) -> AppConfig:
     """Validates the config and the files it names, failing with one message that names the fault."""
     config = parse_app_config(args)
+    for index, model in enumerate(config.models):
+        check_engine_args(model, f"models.{index}.engine_args")
     for capability in config.capabilities:
         try:
             capability.capability_class().check_files(capability.parsed_settings())
@@ -70,6 +74,16 @@ def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
     }
 
 
+def batch_runner_options(batch: BatchConfig) -> dict[str, Any]:
+    """Serve options of the batch runner, but for its `user_config` (the inline capabilities'
+    settings, as the ingress's)."""
+    return {
+        "num_replicas": batch.runner_num_replicas,
+        "ray_actor_options": {"num_cpus": batch.runner_num_cpus},
+        "logging_config": INTERNAL_LOGGING,
+    }
+
+
 def build_app(args: dict[str, Any]) -> Application:
     config = check_config(args)
     stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind(
@@ -95,10 +109,7 @@ def build_app(args: dict[str, Any]) -> Application:
         for capability in config.deployed_capabilities
     }
     batch_runner = BatchRunner.options(
-        num_replicas=config.batch.runner_num_replicas,
-        ray_actor_options={"num_cpus": 0},
-        logging_config=INTERNAL_LOGGING,
-        user_config=inline_settings(config),
+        **batch_runner_options(config.batch), user_config=inline_settings(config)
     ).bind(config, engines, runners, stats)
     # The ingress and the batch runner run the inline capabilities: their settings are both
     # replicas' user_config, so a live reload names both deployments.

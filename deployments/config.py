@@ -27,8 +27,27 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EngineArgs(StrictModel):
-    """The vLLM engine arguments capserve exposes; each maps 1:1 onto `AsyncEngineArgs`."""
+# Engine arguments capserve sets itself (`vllm_engine.engine_args_for`), with why: an
+# `engine_args` entry may not override them.
+CAPSERVE_ENGINE_ARGS = {
+    "model": "set models[].model instead",
+    "runner": "set models[].runner instead",
+    "served_model_name": "the engine serves the model as models[].name",
+    "distributed_executor_backend": "it follows tensor_parallel_size x pipeline_parallel_size",
+    "disable_log_stats": "capserve counts tokens and requests itself (/v1/stats, /metrics)",
+    "structured_outputs_config": "generate_json and chat need capserve's compact xgrammar output",
+    "logprobs_mode": "one-step classification reads the log-probabilities after masking",
+}
+
+
+class EngineArgs(BaseModel):
+    """vLLM engine arguments, passed to `AsyncEngineArgs` as given. The fields below are those
+    capserve reads or defaults differently from vLLM; any other argument vLLM's `EngineArgs`
+    takes (quantization, revision, tokenizer, kv_cache_dtype, ...) passes through too, its name
+    checked against vLLM's own when the app is built (`vllm_engine.check_engine_args`): this
+    module parses without vLLM."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     dtype: str = "auto"
     max_model_len: int | None = Field(default=None, gt=0)
@@ -55,6 +74,17 @@ class EngineArgs(StrictModel):
     enforce_eager: bool = False
     seed: int = 0
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _leaves_capserves_own_alone(self) -> EngineArgs:
+        taken = sorted(set(self.model_extra or {}) & CAPSERVE_ENGINE_ARGS.keys())
+        if taken:
+            raise ValueError(
+                "; ".join(
+                    f"{name} is set by capserve: {CAPSERVE_ENGINE_ARGS[name]}" for name in taken
+                )
+            )
+        return self
 
     @property
     def world_size(self) -> int:
@@ -102,6 +132,11 @@ class CallGuardConfig(StrictModel):
 # then reaches the ingress as the runner's answer, not as the runner's own breaker opening.
 ENGINE_CALLS = CallGuardConfig()
 RUNNER_CALLS = CallGuardConfig(timeout_s=120)
+NUM_CPUS_DESCRIPTION = (
+    "CPUs each replica reserves. 0 lets every replica share one small machine's cores (the "
+    "2-core default app); on a cluster give each deployment the CPUs it uses, so that Ray places "
+    "replicas where CPUs are free and its autoscaler adds nodes when they run out."
+)
 MAX_QUEUED_REQUESTS_DESCRIPTION = (
     "Requests each caller holds while every replica is busy or down; beyond them it answers "
     "503 at once."
@@ -198,7 +233,7 @@ class DeploymentConfig(ReplicaScaling):
     max_ongoing_requests: int = Field(default=256, gt=0)
     max_queued_requests: int = Field(default=512, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION)
     calls: CallGuardConfig = ENGINE_CALLS
-    num_cpus: float = Field(default=0, ge=0)
+    num_cpus: float = Field(default=0, ge=0, description=NUM_CPUS_DESCRIPTION)
     accelerator: Literal["cpu", "gpu"] = "cpu"
     resources: dict[str, float] = Field(
         default_factory=dict,
@@ -309,7 +344,7 @@ class IngressConfig(ReplicaScaling):
     max_queued_requests: int = Field(
         default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
     )
-    num_cpus: float = Field(default=0, ge=0)
+    num_cpus: float = Field(default=0, ge=0, description=NUM_CPUS_DESCRIPTION)
     batching: BatchingConfig = Field(
         default=BatchingConfig(max_batch_size=64, batch_wait_timeout_s=0.002),
         description="How the replica coalesces concurrent requests' calls to each runner.",
@@ -323,7 +358,7 @@ class RunnerDeploymentConfig(ReplicaScaling):
     max_queued_requests: int = Field(
         default=1024, gt=0, description=MAX_QUEUED_REQUESTS_DESCRIPTION
     )
-    num_cpus: float = Field(default=0, ge=0)
+    num_cpus: float = Field(default=0, ge=0, description=NUM_CPUS_DESCRIPTION)
     calls: CallGuardConfig = RUNNER_CALLS
 
 
@@ -393,6 +428,12 @@ class BatchConfig(ExecutionSettings):
         "an entry point in `capserve.result_handlers`.",
     )
     runner_num_replicas: int = Field(default=1, ge=1)
+    runner_num_cpus: float = Field(
+        default=0,
+        ge=0,
+        description=f"Of each batch runner replica, which runs the inline capabilities for "
+        f"batch lines. {NUM_CPUS_DESCRIPTION}",
+    )
 
     @field_validator("dir")
     @classmethod

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ray.serve.handle import DeploymentResponse, DeploymentResponseGenerator
@@ -37,3 +38,11 @@ def session_dir() -> str:
     import ray
 
     return ray._private.worker._global_node.get_session_dir_path()
+
+
+def check_cluster_launcher_config(config: dict[str, Any]) -> None:
+    """What `ray up` does with a cluster launcher config before it reaches the cloud: fill in the
+    provider's defaults and validate the result; raises where `ray up` would refuse it."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))

@@ -7,6 +7,8 @@ No Ray here: the Serve deployment, the offline benchmark and the integration tes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import difflib
 import functools
 import json
 import uuid
@@ -14,6 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import numpy as np
+import vllm
 from jinja2 import TemplateError
 from vllm import PoolingParams, SamplingParams
 from vllm.config import StructuredOutputsConfig
@@ -24,7 +27,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from capabilities.engine import ChoiceResult
 from capabilities.errors import InvalidRequestError
-from deployments.config import ModelConfig
+from deployments.config import ConfigError, ModelConfig
 from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
 from deployments.engine.choice_decoding import choice_decoder
 from deployments.engine.choice_tokens import choice_keys
@@ -45,22 +48,48 @@ def token_counts(output: Any) -> tuple[int, int]:
     return prompt, sum(len(completion.token_ids) for completion in completions)
 
 
-def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
-    """The `AsyncEngineArgs` a model's config stands for."""
-    # Compact JSON: a model that may pad with whitespace can exhaust max_tokens before `}`.
-    structured = StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True)
-    return AsyncEngineArgs(
-        model=config.model,
-        runner=config.runner,
-        served_model_name=[config.name],
-        distributed_executor_backend=distributed_executor_backend(config),
-        disable_log_stats=True,
-        structured_outputs_config=structured,
+VLLM_ENGINE_ARGS = frozenset(field.name for field in dataclasses.fields(AsyncEngineArgs))
+
+
+def check_engine_args(config: ModelConfig, where: str) -> None:
+    """Refuses an `engine_args` name that vLLM's `AsyncEngineArgs` does not take, naming the
+    close ones; `where` is the config path of the model's `engine_args`."""
+    problems = []
+    for name in sorted(set(config.engine_kwargs()) - VLLM_ENGINE_ARGS):
+        close = difflib.get_close_matches(name, VLLM_ENGINE_ARGS, n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        problems.append(f"{where}.{name}: not an engine argument of vLLM {vllm.__version__}{hint}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def capserve_engine_args(config: ModelConfig) -> dict[str, Any]:
+    """The engine arguments capserve sets itself (`config.CAPSERVE_ENGINE_ARGS` says why)."""
+    return {
+        "model": config.model,
+        "runner": config.runner,
+        "served_model_name": [config.name],
+        "distributed_executor_backend": distributed_executor_backend(config),
+        "disable_log_stats": True,
+        # Compact JSON: a model that may pad with whitespace can exhaust max_tokens before `}`.
+        "structured_outputs_config": StructuredOutputsConfig(
+            backend="xgrammar", disable_any_whitespace=True
+        ),
         # Log-probabilities after `allowed_token_ids` masks the logits: one-step `choose` reads
         # the distribution over exactly the allowed tokens from them (choice_decoding.py).
-        logprobs_mode="processed_logprobs",
-        **config.engine_kwargs(),
-    )
+        "logprobs_mode": "processed_logprobs",
+    }
+
+
+def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
+    """The `AsyncEngineArgs` a model's config stands for."""
+    where = f"model {config.name!r}: engine_args"
+    check_engine_args(config, where)
+    try:
+        return AsyncEngineArgs(**capserve_engine_args(config), **config.engine_kwargs())
+    except (TypeError, ValueError) as error:
+        # vLLM checks the values, e.g. of a nested config such as compilation_config, here.
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def chat_prompt(tokenizer: Any, messages: Sequence[ChatMessage], model: str) -> str | Rejection:

@@ -4,6 +4,7 @@ reaches Kubernetes or a cloud."""
 
 import copy
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Literal
@@ -14,13 +15,13 @@ import ray
 import ray.autoscaler
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import check_config, ingress_options, runner_options
+from deployments.app import batch_runner_options, check_config, ingress_options, runner_options
 from deployments.config import AppConfig
 from deployments.engine.placement import distributed_executor_backend, engine_deployment_options
+from deployments.ray_compat import check_cluster_launcher_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 IMPORT_PATH = "deployments.app:build_app"
@@ -131,7 +132,59 @@ def checked_serve_config(text: str) -> tuple[dict[str, Any], AppConfig]:
     ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
     assert app["import_path"] == IMPORT_PATH
+    for capability in app["args"]["capabilities"]:
+        # An inline capability has no runner: its `deployment` settings would do nothing.
+        assert "deployment" not in capability or capability.get("placement") == "deployment"
     return app, check_config(copy.deepcopy(app["args"]))
+
+
+def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
+    """Serve options of each deployment the app builds, by name; but the stats recorder's, a
+    counter that reserves nothing."""
+    options = {"Ingress": ingress_options(config.ingress)}
+    options["batch-runner"] = batch_runner_options(config.batch)
+    engines = [engine_deployment_options(model) for model in config.models]
+    runners = [runner_options(capability) for capability in config.deployed_capabilities]
+    return options | {option["name"]: option for option in [*engines, *runners]}
+
+
+def max_replicas(options: dict[str, Any]) -> int:
+    return options.get("num_replicas") or options["autoscaling_config"]["max_replicas"]
+
+
+def reserved_cpus(config: AppConfig) -> dict[str, float]:
+    """CPUs each deployment's replica reserves."""
+    return {
+        name: option["ray_actor_options"]["num_cpus"]
+        for name, option in deployment_options(config).items()
+    }
+
+
+def check_cpus_fit(config: AppConfig, cluster_cpus: float) -> None:
+    """Every replica reserves CPUs, and the cluster has them for every deployment at its most
+    replicas."""
+    cpus = reserved_cpus(config)
+    assert [name for name, reserved in cpus.items() if reserved <= 0] == []
+    most = sum(
+        cpus[name] * max_replicas(option) for name, option in deployment_options(config).items()
+    )
+    assert most <= cluster_cpus
+
+
+def pod_cpus(container: Container) -> float:
+    return float(container.resources["limits"]["cpu"])
+
+
+def cluster_cpus(cluster: RayClusterSpec) -> float:
+    """The CPUs Ray offers replicas at the worker groups' most pods, plus the head's unless it
+    starts with none."""
+    head_cpus = cluster.headGroupSpec.rayStartParams.get("num-cpus")
+    head = cluster.headGroupSpec.template.spec.containers[0]
+    workers = sum(
+        group.maxReplicas * pod_cpus(group.template.spec.containers[0])
+        for group in cluster.workerGroupSpecs
+    )
+    return workers + (pod_cpus(head) if head_cpus is None else float(head_cpus))
 
 
 def documents(path: Path) -> dict[str, dict[str, Any]]:
@@ -156,8 +209,7 @@ def test_the_2x8_gpu_example_shards_the_70b_engine_over_both_nodes(in_working_di
     assert bge["autoscaling_config"]["min_replicas"] == 1
     assert bge["autoscaling_config"]["max_replicas"] == 4
     assert bge["ray_actor_options"]["num_gpus"] == 1
-    assert "autoscaling_config" in runner_options(config.capability("classification"))
-    assert ingress_options(config.ingress)["num_replicas"] == 2
+    assert ingress_options(config.ingress)["autoscaling_config"]["min_replicas"] == 2
     assert config.rate_limits.redis_url is not None
     assert app["runtime_env"]["working_dir"] == "local:///home/ray/capserve"
 
@@ -166,8 +218,7 @@ def test_the_launcher_config_is_valid_for_ray_up_and_fits_the_2x8_example(in_wor
     cluster = yaml.safe_load((CLUSTER / "launcher" / "gpu-cluster.yaml").read_text())
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(cluster, schema)
-    # What `ray up` does before it reaches the cloud: fill in the provider's defaults, validate.
-    validate_config(prepare_config(copy.deepcopy(cluster)))
+    check_cluster_launcher_config(cluster)
     assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
 
     app, config = checked_serve_config(
@@ -246,3 +297,59 @@ def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working
     assert volumes["serve-config"]["configMap"]["name"] == config_map["metadata"]["name"]
     claim = manifests["PersistentVolumeClaim"]["metadata"]["name"]
     assert volumes["batches"]["persistentVolumeClaim"]["claimName"] == claim
+
+
+def test_the_2x8_example_reserves_cpus_the_launcher_cluster_has(in_working_dir):
+    launcher = yaml.safe_load((CLUSTER / "launcher" / "gpu-cluster.yaml").read_text())
+    nodes = launcher["available_node_types"]
+    assert nodes[launcher["head_node_type"]]["resources"]["CPU"] == 0
+    workers = sum(
+        node["max_workers"] * node["resources"]["CPU"]
+        for name, node in nodes.items()
+        if name != launcher["head_node_type"]
+    )
+    _, config = checked_serve_config(
+        (CLUSTER / "examples" / "serve_config.2x8gpu.yaml").read_text()
+    )
+    check_cpus_fit(config, workers)
+
+
+def test_the_kuberay_apps_reserve_cpus_their_pods_have(in_working_dir):
+    service = RayService.model_validate(
+        yaml.safe_load((CLUSTER / "kuberay" / "rayservice.yaml").read_text())
+    )
+    _, config = checked_serve_config(service.spec.serveConfigV2)
+    # Replicas stay off the head, which runs Serve's controller and proxy.
+    assert service.spec.rayClusterSpec.headGroupSpec.rayStartParams["num-cpus"] == "0"
+    check_cpus_fit(config, cluster_cpus(service.spec.rayClusterSpec))
+
+    manifests = documents(CLUSTER / "kuberay" / "rayjob.yaml")
+    job = RayJob.model_validate(manifests["RayJob"])
+    _, config = checked_serve_config(manifests["ConfigMap"]["data"]["serve_config.yaml"])
+    assert job.spec.rayClusterSpec is not None
+    check_cpus_fit(config, cluster_cpus(job.spec.rayClusterSpec))
+
+
+def test_the_default_app_reserves_no_cpus_of_the_two_cores_it_is_sized_for(in_working_dir):
+    """At one CPU each the ingress, engine and batch runner would ask for 3 of the 2 CPUs Ray
+    counts, and Serve would never place them all (serve_config.yaml says so where it sets 0)."""
+    _, config = checked_serve_config((CLUSTER.parent / "serve_config.yaml").read_text())
+    assert set(reserved_cpus(config).values()) == {0}
+
+
+def test_every_vllm_pin_under_cluster_is_the_one_the_code_is_written_against():
+    import vllm
+
+    pins = {
+        str(path.relative_to(CLUSTER)): set(re.findall(r"\bvllm==([\w.]+)", path.read_text()))
+        for path in [*CLUSTER.rglob("*.yaml"), CLUSTER / "README.md"]
+    }
+    pinned = [
+        "README.md",
+        "kuberay/rayjob.yaml",
+        "kuberay/rayservice.yaml",
+        "launcher/gpu-cluster.yaml",
+    ]
+    assert {name: versions for name, versions in pins.items() if versions} == {
+        name: {vllm.__version__} for name in pinned
+    }

@@ -1,13 +1,26 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
+import vllm
 import yaml
 
 from capabilities.base import Capability, NoOptions
 from deployments.app import check_config, ingress_options, runner_options
-from deployments.config import ConfigError, IngressConfig, ModelConfig
+from deployments.config import (
+    CAPSERVE_ENGINE_ARGS,
+    ConfigError,
+    EngineArgs,
+    IngressConfig,
+    ModelConfig,
+)
 from deployments.engine.placement import engine_deployment_options
+from deployments.engine.vllm_engine import (
+    VLLM_ENGINE_ARGS,
+    capserve_engine_args,
+    engine_args_for,
+)
 
 
 @pytest.fixture()
@@ -62,6 +75,62 @@ def test_a_misspelt_engine_arg_is_named(default_args):
     default_args["models"][0]["engine_args"]["max_model_length"] = 128
     with pytest.raises(ConfigError, match=r"models\.0\.engine_args\.max_model_length"):
         check_config(default_args)
+
+
+def test_an_unknown_engine_arg_is_named_with_vllms_close_matches(default_args):
+    default_args["models"][0]["engine_args"] |= {"quantisation": "awq", "kv_cache_type": "fp8"}
+    with pytest.raises(ConfigError) as raised:
+        check_config(default_args)
+    message = str(raised.value)
+    assert (
+        f"models.0.engine_args.quantisation: not an engine argument of vLLM {vllm.__version__}; "
+        "did you mean 'quantization'" in message
+    )
+    assert "models.0.engine_args.kv_cache_type: not an engine argument" in message
+    assert "'kv_cache_dtype'" in message
+
+
+def test_any_vllm_engine_arg_reaches_the_engine():
+    passed = {
+        "quantization": "awq",
+        "revision": "v2",
+        "tokenizer": "org/tokenizer",
+        "kv_cache_dtype": "fp8",
+        "compilation_config": {"mode": 0},
+    }
+    config = ModelConfig(name="m", model="org/m", runner="generate", engine_args=passed)
+    args = engine_args_for(config)
+    assert (args.quantization, args.revision, args.tokenizer, args.kv_cache_dtype) == (
+        "awq",
+        "v2",
+        "org/tokenizer",
+        "fp8",
+    )
+    assert args.compilation_config.mode == 0
+    assert args.max_logprobs == 128  # capserve's own default still applies
+
+
+def test_a_bad_value_vllm_refuses_is_named_with_the_model():
+    config = ModelConfig(
+        name="m", model="org/m", runner="generate", engine_args={"compilation_config": {"x": 1}}
+    )
+    with pytest.raises(ConfigError, match=r"model 'm': engine_args: .*CompilationConfig"):
+        engine_args_for(config)
+
+
+@pytest.mark.parametrize("name", sorted(CAPSERVE_ENGINE_ARGS))
+def test_engine_args_capserve_sets_itself_are_refused(name):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{name} is set by capserve: {CAPSERVE_ENGINE_ARGS[name]}")
+    ):
+        ModelConfig(name="m", model="org/m", runner="generate", engine_args={name: "x"})
+
+
+def test_capserves_engine_args_are_vllms():
+    """What capserve types, defaults or sets itself names vLLM's arguments (checked on upgrade)."""
+    config = ModelConfig(name="m", model="org/m", runner="generate")
+    assert set(capserve_engine_args(config)) == set(CAPSERVE_ENGINE_ARGS)
+    assert set(CAPSERVE_ENGINE_ARGS) | set(EngineArgs.model_fields) <= VLLM_ENGINE_ARGS
 
 
 def test_a_missing_model_path_is_named(default_args):

