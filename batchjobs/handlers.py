@@ -18,7 +18,7 @@ import hashlib
 import importlib
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
 from itertools import chain
 from pathlib import Path
@@ -29,14 +29,16 @@ import httpx
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from batchjobs.schemas import BatchObject, OutputLine
-from capabilities.webhooks import Event, WebhookSender
+from capabilities.egress import HostAllowList, PublicAddressTransport
+from capabilities.webhooks import Event, WebhookSecret, WebhookSender
 
 ENTRY_POINT_GROUP = "capserve.result_handlers"
 INSERT_BATCH_ROWS = 1000
 CONNECT_TIMEOUT_S = 10
+DEFAULT_METADATA_KEY = "webhook_url"
 
 logger = logging.getLogger("capserve.batch")
 
@@ -161,53 +163,133 @@ async def run_handlers(
     return {name: outcome for (name, _), outcome in zip(handlers, outcomes, strict=True)}
 
 
-class WebhookSettings(BaseModel):
+class CallerUrls(BaseModel):
+    """Lets an API caller choose where its batch's event goes, in the batch's metadata."""
+
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = None
-    secret: str = Field(min_length=1)
-    metadata_key: str = "webhook_url"
+    allowed_hosts: list[str] = Field(
+        min_length=1,
+        description="Host names a caller's URL may name: `hooks.example.com`, or "
+        "`*.example.com` for its subdomains. Their addresses must also be public: loopback, "
+        "private and link-local ones are refused when the event is sent.",
+    )
+    metadata_key: str = Field(default=DEFAULT_METADATA_KEY, min_length=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        HostAllowList(value)  # a ValueError names the entry that is not a host name
+        return value
+
+
+class WebhookSettings(WebhookSecret):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None, description="The operator's receiver; any address, as configured."
+    )
+    caller_urls: CallerUrls | None = Field(
+        default=None,
+        description="Off unless set: a batch's metadata URL is then used in place of `url` if "
+        "its host is allowed and its addresses are public.",
+    )
     max_attempts: int = Field(default=5, ge=1)
     backoff_s: float = Field(default=0.5, ge=0)
     timeout_s: float = Field(default=5, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_in_config(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "secret" in data:
+            raise ValueError(
+                "secret: a secret in the config is copied wherever the config goes; put it in "
+                "an environment variable (secret_env) or a file (secret_file)"
+            )
+        return data
+
+    def caller_url(self, metadata: dict[str, str] | None) -> httpx.URL | None:
+        """The URL a batch's metadata chooses, where caller URLs are on; None where they are off
+        or it names none; a ValueError saying why when it may not be used."""
+        if self.caller_urls is None:
+            return None
+        key = self.caller_urls.metadata_key
+        chosen = (metadata or {}).get(key)
+        if chosen is None:
+            return None
+        try:
+            url = httpx.URL(chosen)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"metadata.{key} is not an absolute http(s) URL")
+        if not HostAllowList(self.caller_urls.allowed_hosts).allows(url):
+            raise ValueError(
+                f"metadata.{key}: host {url.host!r} is not one this server sends batch events "
+                "to; ask its operator to allow it"
+            )
+        return url
+
+    def check_metadata(self, metadata: dict[str, str] | None) -> None:
+        """Raises a ValueError, for the caller, when a batch's metadata asks for a webhook URL
+        this handler would not use."""
+        if self.caller_urls is None and DEFAULT_METADATA_KEY in (metadata or {}):
+            raise ValueError(
+                f"metadata.{DEFAULT_METADATA_KEY}: this server sends batch events only to its "
+                f"own receiver; leave {DEFAULT_METADATA_KEY} out"
+            )
+        self.caller_url(metadata)
+
+
+def check_batch_metadata(
+    handlers: Sequence[ResultHandlerConfig], metadata: dict[str, str] | None
+) -> None:
+    """Raises a ValueError naming the metadata key when a batch asks a webhook handler for a
+    URL it would not use, so the caller hears of it when making the batch."""
+    for config in handlers:
+        if config.type == "webhook":
+            WebhookSettings.model_validate(config.settings).check_metadata(metadata)
+
 
 class WebhookHandler:
-    """POSTs a signed `batch.<status>` event to the batch's `metadata[metadata_key]` URL, else
-    the configured `url`; receivers fetch the batch by the id in `data`."""
+    """POSTs a signed `batch.<status>` event to the configured `url`, or, where `caller_urls`
+    allows it, to the URL in the batch's metadata; receivers fetch the batch by the id in
+    `data`."""
 
     settings_model = WebhookSettings
 
     def __init__(self, settings: WebhookSettings) -> None:
         self.settings = settings
-        # Built now so a bad configured URL stops start-up instead of every later delivery.
+        # Read now so a missing secret or a bad configured URL stops start-up instead of every
+        # later delivery.
+        self._secret = settings.read_secret()
         self._configured = self._sender(settings.url) if settings.url else None
 
-    def _sender(self, url: str) -> WebhookSender:
+    def _sender(
+        self, url: str, transport: Callable[[], httpx.AsyncBaseTransport] | None = None
+    ) -> WebhookSender:
         return WebhookSender(
             url,
-            self.settings.secret,
+            self._secret,
             max_attempts=self.settings.max_attempts,
             backoff_s=self.settings.backoff_s,
             timeout_s=self.settings.timeout_s,
+            transport=transport,
         )
 
     async def handle(self, result: BatchResult) -> None:
         batch = result.batch
+        try:
+            chosen = self.settings.caller_url(batch.metadata)
+        except ValueError as error:
+            # Checked when the batch was made too; the settings may have changed since. The URL
+            # came from an API client: its fault must not fail the batch's other handlers, and
+            # the message names the host at most (a path may hold a token).
+            logger.warning("batch %s: no webhook sent: %s", batch.id, error)
+            return
         sender = self._configured
-        chosen = (batch.metadata or {}).get(self.settings.metadata_key)
         if chosen is not None:
-            try:
-                sender = self._sender(chosen)
-            except (ValueError, httpx.InvalidURL):
-                # The URL came from an API client, not the operator: a typo there must not fail
-                # the batch's other handlers. The URL itself is not logged (it may hold a token).
-                logger.warning(
-                    "batch %s: metadata %r is not an absolute http(s) URL; no webhook sent",
-                    batch.id,
-                    self.settings.metadata_key,
-                )
-                return
+            sender = self._sender(str(chosen), transport=PublicAddressTransport)
         if sender is None:
             return
         if not await sender.send(batch_event(batch)):

@@ -12,7 +12,6 @@ import asyncio
 import collections
 import json
 import logging
-import os
 import re
 import string
 from collections.abc import Sequence
@@ -32,10 +31,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from capabilities.base import Capability, Counter, Resources, RunContext
+from capabilities.base import Capability, Counter, RedactedUrl, Resources, RunContext
 from capabilities.classification import Classification
 from capabilities.errors import CapabilityError
-from capabilities.webhooks import Event, WebhookSender
+from capabilities.webhooks import Event, WebhookSecret, WebhookSender
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")
@@ -242,16 +241,14 @@ class MetricsSink(BaseModel):
     type: Literal["metrics"] = "metrics"
 
 
-class WebhookSink(BaseModel):
-    """One signed `alerts.fired` event per run that fired any alert, POSTed to `url`."""
+class WebhookSink(WebhookSecret):
+    """One signed `alerts.fired` event per run that fired any alert, POSTed to `url`; signed
+    with the secret in `secret_env` or `secret_file`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["webhook"] = "webhook"
-    url: str = Field(pattern=r"^https?://", description="Receiver of the events.")
-    secret_env: str = Field(
-        min_length=1, description="Environment variable holding the signing secret."
-    )
+    url: RedactedUrl = Field(pattern=r"^https?://", description="Receiver of the events.")
     max_attempts: int = Field(default=5, ge=1)
 
 
@@ -404,13 +401,7 @@ class AlertsCapability(Capability[AlertsSettings, AlertList]):
 
 
 def _webhook_sender(sink: WebhookSink) -> WebhookSender:
-    secret = os.environ.get(sink.secret_env)
-    if not secret:
-        raise AlertsConfigError(
-            f"webhook sink {sink.url}: environment variable {sink.secret_env} "
-            "(its signing secret) is not set or empty"
-        )
     try:
-        return WebhookSender(sink.url, secret, max_attempts=sink.max_attempts)
+        return WebhookSender(sink.url, sink.read_secret(), max_attempts=sink.max_attempts)
     except ValueError as error:
         raise AlertsConfigError(f"webhook sink: {error}") from None

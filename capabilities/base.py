@@ -13,12 +13,34 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PlainSerializer, SerializationInfo
 
 from capabilities.engine import EmbeddingEngine, GenerativeEngine
 from capabilities.errors import InvalidRequestError
+
+PUBLIC_VIEW = {"public": True}
+"""The serialization context of settings shown to API callers (`Capability.public_settings`)."""
+REDACTED = "[redacted]"
+
+
+def _shown_url(url: str, info: SerializationInfo) -> str:
+    if not (info.context or {}).get("public"):
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    origin = f"{parts.scheme}://{netloc}"
+    # Userinfo, path, query and fragment are where webhook URLs carry their tokens.
+    return origin if url.rstrip("/") == origin else f"{origin}/{REDACTED}"
+
+
+RedactedUrl = Annotated[str, PlainSerializer(_shown_url, return_type=str)]
+"""A URL setting that may hold a token: API callers see only its scheme, host and port."""
 
 
 class NoOptions(BaseModel):
@@ -107,6 +129,10 @@ class Capability(ABC, Generic[SettingsT, OutputT]):
             [self.name, self.settings.model_dump(mode="json"), self._file_digests], sort_keys=True
         )
         return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    def public_settings(self) -> dict[str, Any]:
+        """The settings as API callers see them: `RedactedUrl` fields cut to their origin."""
+        return self.settings.model_dump(mode="json", by_alias=True, context=PUBLIC_VIEW)
 
     @classmethod
     def public_view(cls, output: OutputT) -> Any:

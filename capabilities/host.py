@@ -83,7 +83,7 @@ class CapabilityHost:
             name=self.name,
             depends_on=list(self.capability_class.depends_on),
             version=capability.version,
-            settings=capability.settings.model_dump(mode="json", by_alias=True),
+            settings=capability.public_settings(),
         )
 
     def _loaded(self) -> Capability:

@@ -11,12 +11,17 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from capabilities.egress import EgressRefusedError
 
 SIGNATURE_HEADER = "X-Capserve-Signature"
 EVENT_ID_HEADER = "X-Capserve-Event-Id"
@@ -55,9 +60,54 @@ def verify(
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_s:
         return False
-    expected = sign(secret, timestamp, body)
-    # Several v1 values let a sender sign with an old and a new secret while rotating.
-    return any(hmac.compare_digest(expected, signature) for signature in signatures)
+    expected = sign(secret, timestamp, body).encode()
+    # Several v1 values let a sender sign with an old and a new secret while rotating. Compared
+    # as bytes: compare_digest refuses str with non-ASCII characters, which a header may hold.
+    return any(
+        hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
+        for signature in signatures
+    )
+
+
+class WebhookSecret(BaseModel):
+    """Where a webhook's signing secret is: an environment variable or a file (e.g. a mounted
+    Kubernetes secret). Never the config itself, which is copied to every replica, shown by
+    `serve status` and kept in version control."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret_env: str | None = Field(
+        default=None, min_length=1, description="Environment variable holding the secret."
+    )
+    secret_file: Path | None = Field(
+        default=None, description="File holding the secret (surrounding whitespace ignored)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WebhookSecret:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError(
+                "give exactly one of secret_env (an environment variable) and secret_file "
+                "(a file) holding the signing secret"
+            )
+        return self
+
+    def read_secret(self) -> str:
+        """The secret; a ValueError names the variable or file when it is missing or empty."""
+        if self.secret_file is not None:
+            try:
+                secret = self.secret_file.read_text().strip()
+            except OSError as error:
+                raise ValueError(
+                    f"secret_file {self.secret_file}: cannot read it: {error.strerror}"
+                ) from None
+            where = f"secret_file {self.secret_file}"
+        else:
+            secret = os.environ.get(str(self.secret_env), "")
+            where = f"environment variable {self.secret_env} (secret_env)"
+        if not secret:
+            raise ValueError(f"{where} holding the signing secret is not set or empty")
+        return secret
 
 
 def _event_id() -> str:
@@ -84,7 +134,10 @@ class WebhookSender:
         backoff_s: float = 0.5,
         timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
+        transport: Callable[[], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
+        """`transport` makes each delivery's transport (e.g. `PublicAddressTransport` for a URL
+        an API caller chose); httpx's default when None."""
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"webhook url {url!r} must be an absolute http(s) URL")
@@ -98,6 +151,7 @@ class WebhookSender:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
+        self._transport = transport
         # Webhook URLs often carry a token in their path or query; logs name the host only.
         self._host_for_logs = f"{parsed.scheme}://{parsed.netloc.decode()}"
 
@@ -105,7 +159,12 @@ class WebhookSender:
         """Delivers `event`; True on a 2xx, False (with a warning logged) once it gives up."""
         body = event.model_dump_json().encode()
         problem = "no attempt made"
-        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+        transport = self._transport() if self._transport is not None else None
+        # A redirect is not followed but fails the delivery: it could lead anywhere, around
+        # whatever the URL was checked against.
+        async with httpx.AsyncClient(
+            timeout=self.timeout_s, transport=transport, follow_redirects=False
+        ) as client:
             for attempt in range(self.max_attempts):
                 headers = {
                     "Content-Type": "application/json",
@@ -117,6 +176,9 @@ class WebhookSender:
                 retry_after: float | None = None
                 try:
                     response = await client.post(self.url, content=body, headers=headers)
+                except EgressRefusedError as error:
+                    problem = f"refused: {error}"
+                    break
                 except httpx.TransportError as error:
                     problem = f"{type(error).__name__}: {error}"
                 else:

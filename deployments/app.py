@@ -22,6 +22,7 @@ from deployments.engine.deployment import EngineDeployment
 from deployments.engine.placement import engine_deployment_options
 from deployments.engine.vllm_engine import check_engine_args
 from deployments.http.ingress import Ingress
+from deployments.ray_compat import serve_http_host
 from deployments.telemetry.stats import StatsRecorder
 
 
@@ -43,6 +44,8 @@ def check_config(args: dict[str, Any]) -> AppConfig:
 INTERNAL_LOGGING = {"enable_access_log": False}
 # Retry-After of the ingress's own 503s: its queue drains as requests finish, so soon.
 INGRESS_RETRY_AFTER_S = 1.0
+# Where Serve listens when it is started without http_options.
+DEFAULT_HTTP_HOST = "127.0.0.1"
 
 
 def runner_options(capability: CapabilityConfig) -> dict[str, Any]:
@@ -84,8 +87,16 @@ def batch_runner_options(batch: BatchConfig) -> dict[str, Any]:
     }
 
 
+def check_exposure(config: AppConfig, http_host: str | None) -> None:
+    """Refuses to serve every tenant's data anonymously on a host the network reaches."""
+    problem = config.auth.exposure_problem(http_host or DEFAULT_HTTP_HOST)
+    if problem is not None:
+        raise ConfigError(f"invalid capserve config: {problem}")
+
+
 def build_app(args: dict[str, Any]) -> Application:
     config = check_config(args)
+    check_exposure(config, serve_http_host())
     stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind(
         [model.name for model in config.models]
     )

@@ -459,7 +459,9 @@ class AppConfig(StrictModel):
     ingress: IngressConfig = IngressConfig()
     batch: BatchConfig = BatchConfig()
     auth: AuthConfig = Field(
-        default=AuthConfig(), description="API keys; with none every endpoint is open."
+        default=AuthConfig(),
+        description="API keys; with none every endpoint is open, which the app allows only on a "
+        "loopback host unless `allow_anonymous` is set.",
     )
     rate_limits: RateLimitConfig = RateLimitConfig()
     cache_dir: Path = Path("~/.cache/capserve")

@@ -27,6 +27,21 @@ def serve_controller_client() -> Any:
     return _get_global_client()
 
 
+def serve_http_host() -> str | None:
+    """The host Serve's HTTP ingress (its proxy or HAProxy) binds, from the running controller;
+    None before Serve runs in this Ray, when it will start on its default, 127.0.0.1."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    if not ray.is_initialized():
+        return None
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    # Serve, and HAProxy, bind every interface for a host left unset.
+    return client.http_config.host or "0.0.0.0"
+
+
 async def accepted(response: DeploymentResponse[Any] | DeploymentResponseGenerator[Any]) -> None:
     """Returns once a replica has taken the call. Serve 2.60 has no public way to wait for this;
     its router holds a call for a deployment without running replicas until one starts."""

@@ -3,7 +3,8 @@
 Keys are configured as SHA-256 hashes only, so a leaked config or log reveals no key. A key's
 `name` is who holds it: files and batches belong to that name, and rate limits count per name,
 so two keys with one name (an old and a new one, while rotating) share both. With no keys
-configured every route is open and every caller is one anonymous principal that sees everything.
+configured every route is open and every caller is one anonymous principal that sees everything:
+the app serves so only on a loopback host, or where `auth.allow_anonymous` says so.
 
     python -m deployments.http.auth new --name team-a --scopes classify batch
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +72,12 @@ class AuthConfig(BaseModel):
         description="A YAML file `{api_keys: [...]}` of more keys, read at start-up, so keys "
         "can live outside the serve config (e.g. a Kubernetes secret).",
     )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Serve without keys on a host reachable from the network, every caller one "
+        "anonymous principal that sees every tenant's files and batches. Without keys the app "
+        "otherwise starts only on a loopback host.",
+    )
 
     @model_validator(mode="after")
     def _one_entry_per_key(self) -> AuthConfig:
@@ -94,6 +102,29 @@ class AuthConfig(BaseModel):
         except ValidationError as error:
             raise ValueError(f"api_keys_file: {path}: {error}") from None
         return listed.api_keys
+
+    def exposure_problem(self, http_host: str) -> str | None:
+        """Why serving on `http_host` with these settings would open every tenant's data to the
+        network; None when it would not (keys, a loopback host, or anonymous access chosen)."""
+        if self.allow_anonymous or is_loopback(http_host) or self.all_keys():
+            return None
+        return (
+            f"auth: no API keys, and Serve's http_options.host {http_host!r} is reachable from "
+            "the network: every caller would be one anonymous principal that sees every "
+            "tenant's files and batches. Add keys (auth.api_keys or auth.api_keys_file; "
+            "`python -m deployments.http.auth new` makes one), bind 127.0.0.1, or set "
+            "auth.allow_anonymous: true to serve without keys on purpose"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host only this machine reaches: `localhost` or a loopback address."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 
 from batchjobs.files import FileStorage, FileTooLargeError, new_file_id, sortable_id
+from batchjobs.handlers import check_batch_metadata
 from batchjobs.schemas import (
     MAX_EXPIRES_AFTER_S,
     MIN_EXPIRES_AFTER_S,
@@ -36,6 +37,7 @@ from deployments.http.errors import (
     BadRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    UnprocessableError,
     UnsupportedMediaTypeError,
 )
 from deployments.http.request_body import read_json
@@ -277,6 +279,10 @@ class BatchApi:
     async def create_batch(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = CreateBatchRequest.model_validate(payload)
+        try:
+            check_batch_metadata(self._config.batch.result_handlers, body.metadata)
+        except ValueError as error:
+            raise UnprocessableError(str(error), "metadata") from None
         tenant = principal_of(request).tenant
         record = await self._store.get_file(body.input_file_id, tenant)
         if record is None:

@@ -39,7 +39,6 @@ from deployments.http.errors import (
     BadRequestError,
     MethodNotAllowedError,
     NotFoundError,
-    NotReadyError,
     handle_error,
 )
 from deployments.http.openai_api import (
@@ -51,6 +50,7 @@ from deployments.http.openai_api import (
 )
 from deployments.http.openapi import OpenApiDocument, openapi_endpoint
 from deployments.http.rate_limit import RateLimiter
+from deployments.http.readiness import Readiness
 from deployments.http.request_body import read_json
 from deployments.http.request_timing import RequestObserver, RequestTimingMiddleware
 from deployments.http.routes import ApiRoute, Endpoint
@@ -166,6 +166,10 @@ class Ingress:
         self._authenticator = Authenticator(config.auth.all_keys())
         self._rate_limiter = RateLimiter(config.rate_limits)
         self._openai = OpenAIEndpoints(config.models, self._engines)
+        self._readiness = Readiness(
+            {name: engine.ready for name, engine in self._engines.items()},
+            {name: capability.describe for name, capability in self._capabilities.items()},
+        )
         self._batch_api = BatchApi(
             config,
             open_store(config.batch_store_url),
@@ -322,14 +326,4 @@ class Ingress:
         return JSONResponse(HealthStatus().model_dump())
 
     async def readyz(self, request: Request) -> JSONResponse:
-        checks = [engine.ready() for engine in self._engines.values()]
-        checks += [capability.describe() for capability in self._capabilities.values()]
-        try:
-            # Each check ends within the guarded handle's check timeout.
-            await asyncio.gather(*checks)
-        except Exception as error:  # noqa: BLE001 - any failure means not ready
-            raise NotReadyError(
-                f"engines or capabilities are not answering: {type(error).__name__}: {error}"
-            ) from None
-        ready = ReadyStatus(engines=sorted(self._engines), capabilities=sorted(self._capabilities))
-        return JSONResponse(ready.model_dump())
+        return JSONResponse((await self._readiness.status()).model_dump())

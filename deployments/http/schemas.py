@@ -176,3 +176,7 @@ class ReadyStatus(BaseModel):
     status: Literal["ready"] = "ready"
     engines: list[str]
     capabilities: list[str]
+    checked_at: float = Field(
+        description="Unix time of the check this answer comes from: answers are reused for a "
+        "moment, so probes cannot become load."
+    )

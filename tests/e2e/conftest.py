@@ -24,6 +24,11 @@ pytestmark = pytest.mark.e2e
 TEST_BATCH_WAIT_S = 0.15
 DEPLOY_TIMEOUT_S = 600
 WEBHOOK_SECRET = "e2e-webhook-secret"
+# The replicas find the signing secrets in these variables of the app's runtime_env, as they
+# would in a mounted secret's.
+WEBHOOK_SECRET_ENV = "CAPSERVE_E2E_WEBHOOK_SECRET"
+ALERTS_SECRET_ENV = "CAPSERVE_E2E_ALERTS_SECRET"
+ALERTS_WEBHOOK_TOKEN = "e2e-alerts-t0ken"
 # Small chunks and a short lease, so a test sees several checkpoints and a crashed runner's
 # batch is taken over within seconds.
 TEST_BATCH_SETTINGS = {
@@ -56,9 +61,13 @@ class ServeCluster:
 
 
 def e2e_deploy_config(
-    cache_dir: str, tiny_llama_path: Path, port: int, webhook_url: str
+    cache_dir: str, tiny_llama_path: Path, port: int, webhook_url: str, alerts_url: str
 ) -> dict[str, Any]:
     app = default_app(cache_dir)
+    app["runtime_env"]["env_vars"] |= {
+        WEBHOOK_SECRET_ENV: WEBHOOK_SECRET,
+        ALERTS_SECRET_ENV: "e2e-alerts-secret",
+    }
     # Inline capabilities coalesce in the ingress; runners (the generative app's) on their own.
     batching = {"max_batch_size": 64, "batch_wait_timeout_s": TEST_BATCH_WAIT_S}
     app["args"]["ingress"] = {"batching": batching}
@@ -68,9 +77,15 @@ def e2e_deploy_config(
         **TEST_BATCH_SETTINGS,
         "dir": f"{cache_dir}/batches-default",
         "result_handlers": [
-            {"type": "webhook", "settings": {"url": webhook_url, "secret": WEBHOOK_SECRET}}
+            {"type": "webhook", "settings": {"url": webhook_url, "secret_env": WEBHOOK_SECRET_ENV}}
         ],
     }
+    # An alerts webhook whose URL carries a token, as Slack's and most others' do: /v1/capabilities
+    # must not show it.
+    alerts = next(c for c in app["args"]["capabilities"] if c["name"] == "alerts")
+    alerts["settings"]["sinks"].append(
+        {"type": "webhook", "url": alerts_url, "secret_env": ALERTS_SECRET_ENV}
+    )
     app["args"]["auth"] = {"api_keys": TEST_API_KEYS}
     generative = generative_app(app, tiny_llama_path, cache_dir)
     # The default app runs its capabilities inline; this one in a runner deployment, so the
@@ -89,8 +104,18 @@ def webhook_receiver() -> Iterator[HttpReceiver]:
 
 
 @pytest.fixture(scope="session")
+def alerts_receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
 def serve_cluster(
-    project_root: Path, tmp_path_factory, tiny_llama_path: Path, webhook_receiver: HttpReceiver
+    project_root: Path,
+    tmp_path_factory,
+    tiny_llama_path: Path,
+    webhook_receiver: HttpReceiver,
+    alerts_receiver: HttpReceiver,
 ) -> Iterator[ServeCluster]:
     import ray
     from ray import serve
@@ -106,7 +131,13 @@ def serve_cluster(
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))
     cluster = ServeCluster(
-        e2e_deploy_config(cache_dir, tiny_llama_path, port, webhook_receiver.url),
+        e2e_deploy_config(
+            cache_dir,
+            tiny_llama_path,
+            port,
+            webhook_receiver.url,
+            f"{alerts_receiver.url}/{ALERTS_WEBHOOK_TOKEN}?token={ALERTS_WEBHOOK_TOKEN}",
+        ),
         f"http://127.0.0.1:{port}",
         metrics_port,
     )

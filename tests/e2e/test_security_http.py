@@ -1,5 +1,6 @@
-"""API keys, scopes, per-key isolation of files and batches, and per-key rate limits, against the
-running default app (which admits the keys of tests/e2e/api_keys.py)."""
+"""API keys, scopes, per-key isolation of files and batches, per-key rate limits, what the public
+and any-key routes disclose, and caller-chosen webhook URLs, against the running default app
+(which admits the keys of tests/e2e/api_keys.py)."""
 
 import time
 
@@ -7,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from deployments.http.readiness import READY_CACHE_S
 from loadtests.batch_bench import job_file
 from tests.e2e.api_keys import (
     CLASSIFY_KEY,
@@ -16,6 +18,7 @@ from tests.e2e.api_keys import (
     TEAM_B_KEY,
     bearer,
 )
+from tests.e2e.conftest import ALERTS_WEBHOOK_TOKEN
 
 pytestmark = pytest.mark.e2e
 TEXTS = ["I still have not received my new card", "Why was I charged a fee?"]
@@ -123,3 +126,43 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(base_url: str) -> N
         httpx.get(f"{base_url}/v1/models", headers=bearer(CLASSIFY_KEY), timeout=30).status_code
         == 200
     )
+
+
+def test_readyz_reuses_its_answer_for_a_moment(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        first = http.get("/readyz").json()
+        again = http.get("/readyz").json()
+        assert again["checked_at"] == first["checked_at"]
+        time.sleep(READY_CACHE_S + 0.5)
+        later = http.get("/readyz").json()
+    assert later["checked_at"] > first["checked_at"]
+    assert later["engines"] == ["minilm"]
+
+
+def test_capabilities_show_alert_webhook_urls_without_their_tokens(
+    base_url: str, alerts_receiver
+) -> None:
+    response = httpx.get(f"{base_url}/v1/capabilities", headers=bearer(CLASSIFY_KEY), timeout=30)
+    assert response.status_code == 200
+    assert ALERTS_WEBHOOK_TOKEN not in response.text
+    cards = {card["id"]: card for card in response.json()["data"]}
+    [sink] = [s for s in cards["alerts"]["settings"]["sinks"] if s["type"] == "webhook"]
+    origin = alerts_receiver.url.removesuffix("/hook")
+    assert sink["url"] == f"{origin}/[redacted]"
+
+
+def test_a_batch_naming_its_own_webhook_url_is_refused_while_caller_urls_are_off(
+    base_url: str,
+) -> None:
+    team_a = sdk(base_url, TEAM_A_KEY)
+    upload = team_a.files.create(file=job_file(TEXTS, "hook"), purpose="batch")
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        team_a.batches.create(
+            input_file_id=upload.id,
+            endpoint="/v1/classify",  # type: ignore[arg-type]
+            completion_window="24h",
+            metadata={"webhook_url": "http://169.254.169.254/latest/meta-data/"},
+        )
+    error = raised.value.response.json()["error"]
+    assert error["param"] == "metadata"
+    assert "sends batch events only to its own receiver" in error["message"]

@@ -15,6 +15,7 @@ from capabilities.alerts import (
 )
 from capabilities.base import Resources, RunContext
 from capabilities.classification import Classification
+from capabilities.host import CapabilityHost
 from capabilities.webhooks import SIGNATURE_HEADER, verify
 from tests.conftest import BANKING77
 from tests.fakes import classified
@@ -424,3 +425,41 @@ async def test_webhook_sink_without_its_secret_fails_at_load_naming_the_variable
                 }
             ],
         )
+
+
+async def test_webhook_sink_reads_its_secret_from_a_file(receiver, tmp_path):
+    (tmp_path / "secret").write_text("from-a-file\n")
+    capability = await loaded(
+        rules=[rule("is_a", label_in=["a"])],
+        sinks=[{"type": "webhook", "url": receiver.url, "secret_file": str(tmp_path / "secret")}],
+    )
+    await alerts_for(capability, [("x", classified("a"))])
+    await capability.drain()
+    [request] = receiver.requests
+    assert verify("from-a-file", request.headers[SIGNATURE_HEADER.lower()], request.body)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://user:pw@hooks.slack.com/services/T00/B00/XyZsecret?token=abc#x",
+            "https://hooks.slack.com/[redacted]",
+        ),
+        ("http://[fd00::1]:8443/alerts/t0ken", "http://[fd00::1]:8443/[redacted]"),
+        ("https://alerts.example.com", "https://alerts.example.com"),
+    ],
+)
+async def test_callers_see_a_webhook_sink_url_cut_to_its_origin(monkeypatch, url, shown):
+    monkeypatch.setenv("ALERTS_TEST_SECRET", "s3cret")
+    settings = {
+        "rules": [rule("r", label_in=["a"])],
+        "sinks": [{"type": "webhook", "url": url, "secret_env": "ALERTS_TEST_SECRET"}],
+    }
+    host = CapabilityHost(AlertsCapability, Resources(), None)
+    await host.configure(settings)
+    info = host.describe()  # what /v1/capabilities shows
+    assert info.settings["sinks"][0]["url"] == shown
+    # What replicas load and what the settings version hashes keep the whole URL.
+    parsed = AlertsSettings.model_validate(settings)
+    assert parsed.model_dump(mode="json")["sinks"][0]["url"] == url

@@ -106,3 +106,27 @@ def test_the_cli_prints_a_key_and_the_entry_that_admits_it(capsys) -> None:
     assert Authenticator([entry]).authenticate(f"Bearer {key}", "batch").name == "team-a"
     main(["hash", key])
     assert capsys.readouterr().out.strip() == key_hash(key)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LocalHost."]
+)
+def test_without_keys_a_loopback_host_serves_anonymously(host: str) -> None:
+    assert AuthConfig().exposure_problem(host) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "capserve.internal", ""])
+def test_without_keys_a_host_the_network_reaches_is_refused(host: str) -> None:
+    problem = AuthConfig().exposure_problem(host)
+    assert problem is not None
+    assert f"http_options.host {host!r} is reachable from the network" in problem
+    assert "auth.api_keys_file" in problem and "auth.allow_anonymous: true" in problem
+
+
+def test_keys_or_an_explicit_allow_anonymous_serve_on_the_network(tmp_path: Path) -> None:
+    entry = {"name": "team-a", "sha256": key_hash(KEY), "scopes": ["classify"]}
+    assert AuthConfig(api_keys=[entry]).exposure_problem("0.0.0.0") is None
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(yaml.safe_dump({"api_keys": [entry]}))
+    assert AuthConfig(api_keys_file=keys_file).exposure_problem("0.0.0.0") is None
+    assert AuthConfig(allow_anonymous=True).exposure_problem("0.0.0.0") is None

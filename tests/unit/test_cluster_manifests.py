@@ -21,10 +21,15 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.app import batch_runner_options, check_config, ingress_options, runner_options
 from deployments.config import AppConfig
 from deployments.engine.placement import distributed_executor_backend, engine_deployment_options
+from deployments.http.auth import is_loopback, new_key_entry
 from deployments.ray_compat import check_cluster_launcher_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 IMPORT_PATH = "deployments.app:build_app"
+SERVE_PORT = 8000
+DASHBOARD_PORT = 8265
+# The dashboard and its agent, which some KubeRay versions ask for a RayService's status.
+DASHBOARD_PORTS = {DASHBOARD_PORT, 52365}
 
 
 class Manifest(BaseModel):
@@ -49,6 +54,24 @@ class PodSpec(Manifest):
 
 class PodTemplate(Manifest):
     spec: PodSpec
+    metadata: dict[str, Any] = {}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.metadata.get("labels", {})
+
+    def mounts_secret_at(self, folder: Path) -> str | None:
+        """The Secret every container mounts at `folder`; None unless all of them do."""
+        volumes = {volume["name"]: volume for volume in self.spec.model_extra.get("volumes", [])}
+        secrets = set()
+        for container in self.spec.containers:
+            mounts = {
+                m["mountPath"]: m["name"] for m in container.model_extra.get("volumeMounts", [])
+            }
+            volume = volumes.get(mounts.get(str(folder), ""), {})
+            secrets.add(volume.get("secret", {}).get("secretName"))
+        (secret,) = secrets
+        return secret
 
 
 class HeadGroupSpec(Manifest):
@@ -79,9 +102,13 @@ class RayClusterSpec(Manifest):
     headGroupSpec: HeadGroupSpec
     workerGroupSpecs: list[WorkerGroupSpec] = Field(min_length=1)
 
+    def templates(self) -> list[PodTemplate]:
+        return [group.template for group in [self.headGroupSpec, *self.workerGroupSpecs]]
+
     def containers(self) -> list[Container]:
-        groups = [self.headGroupSpec, *self.workerGroupSpecs]
-        return [container for group in groups for container in group.template.spec.containers]
+        return [
+            container for template in self.templates() for container in template.spec.containers
+        ]
 
 
 class Metadata(Manifest):
@@ -126,8 +153,11 @@ def in_working_dir(project_root: Path, monkeypatch) -> None:
     monkeypatch.chdir(project_root)
 
 
-def checked_serve_config(text: str) -> tuple[dict[str, Any], AppConfig]:
-    """A one-app serve config as `serve deploy` and capserve's build_app would check it."""
+def checked_serve_config(
+    text: str, keys_file: Path | None = None
+) -> tuple[dict[str, Any], AppConfig]:
+    """A one-app serve config as `serve deploy` and capserve's build_app would check it, with
+    `keys_file` (a local one) in place of the `auth.api_keys_file` the cluster mounts."""
     config = yaml.safe_load(text)
     ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]
@@ -135,7 +165,44 @@ def checked_serve_config(text: str) -> tuple[dict[str, Any], AppConfig]:
     for capability in app["args"]["capabilities"]:
         # An inline capability has no runner: its `deployment` settings would do nothing.
         assert "deployment" not in capability or capability.get("placement") == "deployment"
-    return app, check_config(copy.deepcopy(app["args"]))
+    args = copy.deepcopy(app["args"])
+    if keys_file is not None:
+        args["auth"]["api_keys_file"] = str(keys_file)
+    checked = check_config(args)
+    # What build_app checks once it knows where Serve listens: no anonymous access from outside.
+    assert checked.auth.exposure_problem(config["http_options"]["host"]) is None
+    return app, checked
+
+
+@pytest.fixture()
+def keys_file(tmp_path: Path) -> Path:
+    """A valid api_keys_file, standing in for the one a cluster mounts from its secret."""
+    _, entry = new_key_entry("team-a", ["classify"])
+    path = tmp_path / "api_keys.yaml"
+    path.write_text(yaml.safe_dump({"api_keys": [entry.model_dump(exclude_none=True)]}))
+    return path
+
+
+def keys_folder(app: dict[str, Any]) -> Path:
+    return Path(app["args"]["auth"]["api_keys_file"]).parent
+
+
+def check_network_policy(policy: dict[str, Any], cluster: RayClusterSpec, dashboard_peers: int):
+    """The policy covers every Ray pod, lets any of them reach any other, opens at most the API
+    port to everyone and the dashboard to `dashboard_peers` peers besides the Ray pods."""
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for template in cluster.templates():
+        assert selector.items() <= template.labels.items(), template.labels
+    rules = policy["spec"]["ingress"]
+    assert {"from": [{"podSelector": {"matchLabels": selector}}]} in rules
+    for rule in rules:
+        ports = [port["port"] for port in rule.get("ports", [])]
+        if "from" not in rule:
+            assert ports == [SERVE_PORT], rule
+        elif rule["from"] != [{"podSelector": {"matchLabels": selector}}]:
+            assert ports[0] == DASHBOARD_PORT and set(ports) <= DASHBOARD_PORTS, rule
+            assert len(rule["from"]) == dashboard_peers, rule
 
 
 def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
@@ -197,9 +264,9 @@ def check_cluster_images(cluster: RayClusterSpec) -> None:
         assert container.image.startswith(f"rayproject/ray:{ray.__version__}-"), container.image
 
 
-def test_the_2x8_gpu_example_shards_the_70b_engine_over_both_nodes(in_working_dir):
+def test_the_2x8_gpu_example_shards_the_70b_engine_over_both_nodes(in_working_dir, keys_file):
     path = CLUSTER / "examples" / "serve_config.2x8gpu.yaml"
-    app, config = checked_serve_config(path.read_text())
+    app, config = checked_serve_config(path.read_text(), keys_file)
     llama = config.model("llama70b")
     options = engine_deployment_options(llama)
     assert len(options["placement_group_bundles"]) == 16
@@ -214,7 +281,9 @@ def test_the_2x8_gpu_example_shards_the_70b_engine_over_both_nodes(in_working_di
     assert app["runtime_env"]["working_dir"] == "local:///home/ray/capserve"
 
 
-def test_the_launcher_config_is_valid_for_ray_up_and_fits_the_2x8_example(in_working_dir):
+def test_the_launcher_config_is_valid_for_ray_up_and_fits_the_2x8_example(
+    in_working_dir, keys_file
+):
     cluster = yaml.safe_load((CLUSTER / "launcher" / "gpu-cluster.yaml").read_text())
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(cluster, schema)
@@ -222,9 +291,16 @@ def test_the_launcher_config_is_valid_for_ray_up_and_fits_the_2x8_example(in_wor
     assert cluster["docker"]["image"] == f"rayproject/ray:{ray.__version__}-py311-gpu"
 
     app, config = checked_serve_config(
-        (CLUSTER / "examples" / "serve_config.2x8gpu.yaml").read_text()
+        (CLUSTER / "examples" / "serve_config.2x8gpu.yaml").read_text(), keys_file
     )
     assert f"local://{next(iter(cluster['file_mounts']))}" == app["runtime_env"]["working_dir"]
+    # Every node gets the keys the example reads, from outside the synced repository.
+    assert str(keys_folder(app)) in cluster["file_mounts"]
+    assert not cluster["file_mounts"][str(keys_folder(app))].startswith(".")
+    # The dashboard runs any job its API is sent: it stays on the head's loopback.
+    for command in cluster["head_start_ray_commands"]:
+        flags = dict(f.partition("=")[::2] for f in shlex.split(command) if f.startswith("--"))
+        assert is_loopback(flags.get("--dashboard-host", "127.0.0.1")), command
     node_types = cluster["available_node_types"].values()
     llama_gpus = sum(
         node.get("min_workers", 0) * node["resources"].get("GPU", 0)
@@ -240,13 +316,17 @@ def test_the_launcher_config_is_valid_for_ray_up_and_fits_the_2x8_example(in_wor
     assert embed_nodes >= bge.max_replicas
 
 
-def test_the_rayservice_embeds_a_config_capserve_accepts(in_working_dir):
-    service = RayService.model_validate(
-        yaml.safe_load((CLUSTER / "kuberay" / "rayservice.yaml").read_text())
-    )
+def test_the_rayservice_embeds_a_config_capserve_accepts(in_working_dir, keys_file):
+    manifests = documents(CLUSTER / "kuberay" / "rayservice.yaml")
+    service = RayService.model_validate(manifests["RayService"])
     cluster = service.spec.rayClusterSpec
     check_cluster_images(cluster)
-    app, config = checked_serve_config(service.spec.serveConfigV2)
+    app, config = checked_serve_config(service.spec.serveConfigV2, keys_file)
+    # Keys from a Kubernetes Secret on every pod (ingress replicas run on the workers too).
+    assert {t.mounts_secret_at(keys_folder(app)) for t in cluster.templates()} == {
+        "capserve-api-keys"
+    }
+    check_network_policy(manifests["NetworkPolicy"], cluster, dashboard_peers=1)
     serve_config = yaml.safe_load(service.spec.serveConfigV2)
     assert serve_config["http_options"]["host"] == "0.0.0.0"
     RuntimeEnv(**app["runtime_env"])
@@ -262,7 +342,7 @@ def test_the_rayservice_embeds_a_config_capserve_accepts(in_working_dir):
     assert replicas_that_fit >= sum(model.deployment.max_replicas for model in config.models)
 
 
-def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working_dir):
+def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working_dir, keys_file):
     manifests = documents(CLUSTER / "kuberay" / "rayjob.yaml")
     job = RayJob.model_validate(manifests["RayJob"])
     cluster = job.spec.rayClusterSpec
@@ -284,7 +364,12 @@ def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working
     assert Path(flags["--input"]).parent == Path(flags["--output"]).parent
     assert str(Path(flags["--input"]).parent) in mounts
     config_map = manifests["ConfigMap"]
-    app, _ = checked_serve_config(config_map["data"][config_path.name])
+    app, _ = checked_serve_config(config_map["data"][config_path.name], keys_file)
+    assert {t.mounts_secret_at(keys_folder(app)) for t in cluster.templates()} == {
+        "capserve-api-keys"
+    }
+    # The operator and the job's submitter pod reach the dashboard.
+    check_network_policy(manifests["NetworkPolicy"], cluster, dashboard_peers=2)
 
     job_env = yaml.safe_load(job.spec.runtimeEnvYAML)
     RuntimeEnv(**job_env)
@@ -299,7 +384,7 @@ def test_the_rayjob_runs_the_batch_job_with_a_config_capserve_accepts(in_working
     assert volumes["batches"]["persistentVolumeClaim"]["claimName"] == claim
 
 
-def test_the_2x8_example_reserves_cpus_the_launcher_cluster_has(in_working_dir):
+def test_the_2x8_example_reserves_cpus_the_launcher_cluster_has(in_working_dir, keys_file):
     launcher = yaml.safe_load((CLUSTER / "launcher" / "gpu-cluster.yaml").read_text())
     nodes = launcher["available_node_types"]
     assert nodes[launcher["head_node_type"]]["resources"]["CPU"] == 0
@@ -309,23 +394,23 @@ def test_the_2x8_example_reserves_cpus_the_launcher_cluster_has(in_working_dir):
         if name != launcher["head_node_type"]
     )
     _, config = checked_serve_config(
-        (CLUSTER / "examples" / "serve_config.2x8gpu.yaml").read_text()
+        (CLUSTER / "examples" / "serve_config.2x8gpu.yaml").read_text(), keys_file
     )
     check_cpus_fit(config, workers)
 
 
-def test_the_kuberay_apps_reserve_cpus_their_pods_have(in_working_dir):
+def test_the_kuberay_apps_reserve_cpus_their_pods_have(in_working_dir, keys_file):
     service = RayService.model_validate(
-        yaml.safe_load((CLUSTER / "kuberay" / "rayservice.yaml").read_text())
+        documents(CLUSTER / "kuberay" / "rayservice.yaml")["RayService"]
     )
-    _, config = checked_serve_config(service.spec.serveConfigV2)
+    _, config = checked_serve_config(service.spec.serveConfigV2, keys_file)
     # Replicas stay off the head, which runs Serve's controller and proxy.
     assert service.spec.rayClusterSpec.headGroupSpec.rayStartParams["num-cpus"] == "0"
     check_cpus_fit(config, cluster_cpus(service.spec.rayClusterSpec))
 
     manifests = documents(CLUSTER / "kuberay" / "rayjob.yaml")
     job = RayJob.model_validate(manifests["RayJob"])
-    _, config = checked_serve_config(manifests["ConfigMap"]["data"]["serve_config.yaml"])
+    _, config = checked_serve_config(manifests["ConfigMap"]["data"]["serve_config.yaml"], keys_file)
     assert job.spec.rayClusterSpec is not None
     check_cpus_fit(config, cluster_cpus(job.spec.rayClusterSpec))
 

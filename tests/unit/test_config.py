@@ -6,6 +6,7 @@ import pytest
 import vllm
 import yaml
 
+import deployments.app
 from capabilities.base import Capability, NoOptions
 from deployments.app import check_config, ingress_options, runner_options
 from deployments.config import (
@@ -298,3 +299,21 @@ def test_a_queue_bound_and_call_guard_are_validated(default_args):
     default_args["models"][0]["deployment"]["calls"] = {"timeout_s": 30, "cooldown_s": 0}
     with pytest.raises(ConfigError, match=r"models\.0\.deployment\.calls\.cooldown_s"):
         check_config(default_args)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3"])
+def test_the_app_refuses_to_start_without_keys_on_a_host_the_network_reaches(
+    default_args, monkeypatch, host
+):
+    monkeypatch.setattr(deployments.app, "serve_http_host", lambda: host)
+    with pytest.raises(ConfigError, match=f"no API keys, and Serve's http_options.host '{host}'"):
+        deployments.app.build_app(default_args)
+    default_args["auth"] = {"allow_anonymous": True}
+    assert deployments.app.build_app(default_args) is not None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", None])
+def test_the_app_starts_without_keys_on_loopback(default_args, monkeypatch, host):
+    # None: no Serve runs yet, and `serve.run` will start it on 127.0.0.1.
+    monkeypatch.setattr(deployments.app, "serve_http_host", lambda: host)
+    assert deployments.app.build_app(default_args) is not None

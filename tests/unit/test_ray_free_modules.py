@@ -17,6 +17,7 @@ from deployments.ray_compat import PINNED_RAY_VERSION
 RAY_FREE = [
     "capabilities.host",
     "capabilities.batching",
+    "capabilities.egress",
     "batchjobs.executor",
     "deployments.config",
     "deployments.http.auth",
@@ -26,6 +27,7 @@ RAY_FREE = [
     "deployments.http.openai_api",
     "deployments.http.request_body",
     "deployments.http.openapi",
+    "deployments.http.readiness",
     "deployments.calls.circuit_breaker",
     "deployments.engine.calls",
     "deployments.engine.choice_tokens",

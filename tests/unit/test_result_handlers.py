@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import fsspec
+import httpx
 import psycopg
 import pytest
 
@@ -17,15 +18,18 @@ from batchjobs.handlers import (
     ResultHandler,
     ResultHandlerConfig,
     WebhookHandler,
+    check_batch_metadata,
     load_handler,
     run_handlers,
 )
 from batchjobs.schemas import BatchObject
+from capabilities import egress
 from capabilities.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, Event, verify
 from examples.custom_result_handler import LabelSummary
 from tests.http_receiver import HttpReceiver
 
 SECRET = "whsec_test"
+SECRET_ENV = "CAPSERVE_TEST_WEBHOOK_SECRET"
 FINISHED_AT = 1_700_000_100
 STAMPS = {
     "completed": "completed_at",
@@ -107,9 +111,34 @@ def receiver():
         yield server
 
 
+@pytest.fixture(autouse=True)
+def webhook_secret(monkeypatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+
+
 def webhook(**settings) -> ResultHandler:
-    config = {"secret": SECRET, "backoff_s": 0.01, "timeout_s": 2} | settings
+    config = {"secret_env": SECRET_ENV, "backoff_s": 0.01, "timeout_s": 2} | settings
     return load_handler(ResultHandlerConfig(type="webhook", settings=config))
+
+
+def callers_may_choose(*hosts: str, **caller_urls) -> dict:
+    return {"caller_urls": {"allowed_hosts": list(hosts), **caller_urls}}
+
+
+def resolving_to(monkeypatch, address: str, public: set[str]) -> None:
+    """Every name resolves to `address`; the addresses in `public` count as public (only
+    loopback can reach a test's receiver)."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return [address]
+
+    monkeypatch.setattr(egress, "resolve", resolve)
+    monkeypatch.setattr(egress, "is_public", lambda ip: str(ip) in public)
+
+
+def at_host(url: str, host: str) -> str:
+    """`url` with its host replaced by `host`, port and path kept."""
+    return str(httpx.URL(url).copy_with(host=host))
 
 
 # --- webhook ---------------------------------------------------------------------------------
@@ -136,23 +165,74 @@ async def test_webhook_posts_a_signed_deterministic_event_per_terminal_status(re
     assert second.body == first.body  # receivers can deduplicate by id
 
 
-async def test_webhook_metadata_url_beats_the_configured_url():
+async def test_webhook_ignores_a_metadata_url_unless_caller_urls_are_on():
     with HttpReceiver() as configured, HttpReceiver() as chosen:
         batch = make_batch(metadata={"webhook_url": chosen.url})
         await webhook(url=configured.url).handle(BatchResult(batch=batch))
+        assert chosen.requests == []
+        assert len(configured.requests) == 1
+
+
+async def test_webhook_sends_to_an_allowed_metadata_url_instead_of_the_configured_one(
+    monkeypatch,
+):
+    resolving_to(monkeypatch, "127.0.0.1", public={"127.0.0.1"})
+    with HttpReceiver() as configured, HttpReceiver() as chosen:
+        url = at_host(chosen.url, "hooks.example.com")
+        batch = make_batch(metadata={"webhook_url": url})
+        settings = callers_may_choose("hooks.example.com")
+        await webhook(url=configured.url, **settings).handle(BatchResult(batch=batch))
         assert configured.requests == []
+        [request] = chosen.requests
+        assert request.headers["host"] == httpx.URL(url).netloc.decode()
+
+
+async def test_webhook_metadata_key_is_configurable(monkeypatch):
+    resolving_to(monkeypatch, "127.0.0.1", public={"127.0.0.1"})
+    with HttpReceiver() as chosen:
+        batch = make_batch(metadata={"notify": at_host(chosen.url, "hooks.example.com")})
+        settings = callers_may_choose("hooks.example.com", metadata_key="notify")
+        await webhook(**settings).handle(BatchResult(batch=batch))
         assert len(chosen.requests) == 1
 
 
-async def test_webhook_metadata_key_is_configurable(receiver):
-    batch = make_batch(metadata={"notify": receiver.url})
-    await webhook(metadata_key="notify").handle(BatchResult(batch=batch))
-    assert len(receiver.requests) == 1
+@pytest.mark.parametrize("address", ["127.0.0.1", "169.254.169.254", "10.0.0.5"])
+async def test_webhook_refuses_an_allowed_host_that_resolves_to_an_internal_address(
+    monkeypatch, caplog, address
+):
+    # Allowed when the batch was made; by the time it ends, the name points inside.
+    resolving_to(monkeypatch, address, public=set())
+    with HttpReceiver() as chosen:
+        url = at_host(chosen.url, "hooks.example.com")
+        batch = make_batch(metadata={"webhook_url": url})
+        settings = {"secret_env": SECRET_ENV} | callers_may_choose("hooks.example.com")
+        check_batch_metadata(
+            [ResultHandlerConfig(type="webhook", settings=settings)], batch.metadata
+        )
+        with (
+            caplog.at_level(logging.WARNING, logger="capserve.webhooks"),
+            pytest.raises(RuntimeError, match="not delivered"),
+        ):
+            await webhook(**callers_may_choose("hooks.example.com")).handle(
+                BatchResult(batch=batch)
+            )
+        assert chosen.requests == []
+    assert f"refused: hooks.example.com resolves to ['{address}']" in caplog.text
+
+
+async def test_webhook_skips_a_metadata_url_whose_host_is_not_allowed(receiver, caplog):
+    batch = make_batch(metadata={"webhook_url": f"{receiver.url}?token=t0ken"})
+    settings = callers_may_choose("hooks.example.com")
+    with caplog.at_level(logging.WARNING, logger="capserve.batch"):
+        await webhook(url=receiver.url, **settings).handle(BatchResult(batch=batch))
+    assert receiver.requests == []
+    assert "host '127.0.0.1' is not one this server sends batch events to" in caplog.text
+    assert "t0ken" not in caplog.text
 
 
 async def test_webhook_without_any_url_sends_nothing(receiver):
     batch = make_batch(metadata={"another_key": receiver.url})
-    await webhook().handle(BatchResult(batch=batch))
+    await webhook(**callers_may_choose("hooks.example.com")).handle(BatchResult(batch=batch))
     assert receiver.requests == []
 
 
@@ -168,10 +248,55 @@ async def test_webhook_retries_after_a_server_error(receiver):
 )
 async def test_webhook_skips_a_bad_metadata_url_with_a_warning(receiver, caplog, url):
     batch = make_batch(metadata={"webhook_url": url})
+    settings = callers_may_choose("example.com")
     with caplog.at_level(logging.WARNING, logger="capserve.batch"):
-        await webhook(url=receiver.url).handle(BatchResult(batch=batch))
+        await webhook(url=receiver.url, **settings).handle(BatchResult(batch=batch))
     assert receiver.requests == []
-    assert f"batch {batch.id}: metadata 'webhook_url' is not an absolute http(s) URL" in caplog.text
+    assert f"batch {batch.id}: no webhook sent: metadata.webhook_url is not an absolute" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "metadata", "problem"),
+    [
+        ({}, {"webhook_url": "https://hooks.example.com/x"}, "only to its own receiver"),
+        (
+            callers_may_choose("hooks.example.com"),
+            {"webhook_url": "https://169.254.169.254/latest"},
+            "host '169.254.169.254' is not one this server sends batch events to",
+        ),
+        (callers_may_choose("hooks.example.com"), {"webhook_url": "file:///x"}, "not an absolute"),
+        ({}, {"team": "a"}, None),
+        (
+            callers_may_choose("hooks.example.com"),
+            {"webhook_url": "https://hooks.example.com"},
+            None,
+        ),
+    ],
+)
+def test_a_batch_asking_for_a_webhook_url_it_would_not_get_is_refused_when_made(
+    settings, metadata, problem
+):
+    configs = [
+        ResultHandlerConfig(type="copy", settings={"destination": "memory://x"}),
+        ResultHandlerConfig(type="webhook", settings={"secret_env": SECRET_ENV} | settings),
+    ]
+    if problem is None:
+        check_batch_metadata(configs, metadata)
+    else:
+        with pytest.raises(ValueError, match=problem):
+            check_batch_metadata(configs, metadata)
+
+
+def test_webhook_reads_its_secret_from_a_file(tmp_path):
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    handler = load_handler(
+        ResultHandlerConfig(
+            type="webhook", settings={"secret_file": str(tmp_path / "secret"), "url": "http://h"}
+        )
+    )
+    assert isinstance(handler, WebhookHandler) and handler._secret == SECRET
 
 
 async def test_webhook_that_is_not_delivered_fails_the_handler(receiver):
@@ -302,7 +427,7 @@ def test_postgres_rejects_a_table_name_that_is_not_an_identifier(table):
 @pytest.mark.parametrize(
     ("type_", "settings", "expected"),
     [
-        ("webhook", {"secret": SECRET}, WebhookHandler),
+        ("webhook", {"secret_env": SECRET_ENV}, WebhookHandler),
         ("copy", {"destination": "memory://x"}, CopyHandler),
         ("postgres", {"url": "postgresql://localhost/db"}, PostgresHandler),
         ("examples.custom_result_handler:LabelSummary", {"folder": "/tmp/x"}, LabelSummary),
@@ -367,14 +492,34 @@ def test_load_handler_finds_entry_points(tmp_path, monkeypatch):
         ("examples.custom_result_handler:", {}, r"must look like 'package.module:ClassName'"),
         ("batchjobs.handlers:ENTRY_POINT_GROUP", {}, r"is not a class"),
         ("collections:OrderedDict", {}, r"'collections:OrderedDict' has no `async def handle"),
-        ("webhook", {}, r"'webhook' has bad settings: secret: Field required"),
-        ("webhook", {"secret": ""}, r"'webhook' has bad settings: secret: String should have"),
+        ("webhook", {}, r"'webhook' has bad settings: .*exactly one of secret_env .* and "),
         (
             "webhook",
-            {"secret": SECRET, "max_attempts": 0, "retries": 3},
+            {"secret": SECRET},
+            (
+                r"'webhook' has bad settings: .*secret: .* environment variable \(secret_env\) "
+                r"or a file \(secret_file\)"
+            ),
+        ),
+        (
+            "webhook",
+            {"secret_env": "CAPSERVE_TEST_UNSET_SECRET"},
+            (
+                r"'webhook' cannot be created: ValueError: environment variable "
+                r"CAPSERVE_TEST_UNSET_SECRET \(secret_env\) holding the signing secret is not set"
+            ),
+        ),
+        (
+            "webhook",
+            {"secret_env": SECRET_ENV, "max_attempts": 0, "retries": 3},
             r"bad settings: max_attempts: Input should be greater .*; retries: Extra inputs",
         ),
-        ("webhook", {"secret": SECRET, "url": "ftp://h/x"}, r"'webhook' cannot be created: .*"),
+        ("webhook", {"secret_env": SECRET_ENV, "url": "ftp://h/x"}, r"cannot be created: .*"),
+        (
+            "webhook",
+            {"secret_env": SECRET_ENV, "caller_urls": {"allowed_hosts": ["https://h/x"]}},
+            r"bad settings: caller_urls.allowed_hosts: .*'https://h/x' is not a host name",
+        ),
         ("copy", {}, r"'copy' has bad settings: destination: Field required"),
         ("copy", {"destination": "nope://bucket"}, r"'copy' cannot be created: ValueError"),
         ("postgres", {"url": "mysql://h/db"}, r"'postgres' has bad settings: url: String should"),

@@ -4,11 +4,14 @@ import socket
 import time
 
 import pytest
+from pydantic import ValidationError
 
+from capabilities.egress import PublicAddressTransport
 from capabilities.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     Event,
+    WebhookSecret,
     WebhookSender,
     sign,
     signature_header,
@@ -134,6 +137,50 @@ def test_verify_rejects_old_and_far_future_timestamps():
 @pytest.mark.parametrize("header", ["", "t=abc,v1=00", "v1=00", "t=1700000000", "garbage"])
 def test_verify_rejects_malformed_headers(header):
     assert not verify(SECRET, header, b"{}", now=1_700_000_000)
+
+
+@pytest.mark.parametrize("signature", ["é" * 64, "\u2028", "00\udcff"])
+def test_verify_rejects_a_non_ascii_signature_instead_of_raising(signature):
+    now = 1_700_000_000
+    assert not verify(SECRET, f"t={now},v1={signature}", b"{}", now=now)
+
+
+async def test_a_redirect_is_not_followed_and_fails_the_delivery(receiver, caplog):
+    with HttpReceiver() as elsewhere:
+        receiver.fail_next(1, 307, {"Location": elsewhere.url})
+        with caplog.at_level(logging.WARNING, logger="capserve.webhooks"):
+            assert not await sender(receiver.url).send(event())
+        assert elsewhere.requests == []
+    assert len(receiver.requests) == 1
+    assert "HTTP 307" in caplog.text
+
+
+async def test_a_refused_destination_is_not_retried(caplog):
+    with caplog.at_level(logging.WARNING, logger="capserve.webhooks"):
+        refused = sender("http://169.254.169.254/hook", transport=PublicAddressTransport)
+        assert not await refused.send(event())
+    assert "after 1 attempt(s): refused: 169.254.169.254 resolves to" in caplog.text
+
+
+def test_a_secret_comes_from_the_environment_or_a_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOOK_SECRET", "from-env")
+    assert WebhookSecret(secret_env="HOOK_SECRET").read_secret() == "from-env"
+    (tmp_path / "secret").write_text("from-file\n")
+    assert WebhookSecret(secret_file=tmp_path / "secret").read_secret() == "from-file"
+
+
+def test_a_missing_or_empty_secret_names_where_it_was_looked_for(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMPTY_SECRET", "")
+    with pytest.raises(ValueError, match="environment variable EMPTY_SECRET"):
+        WebhookSecret(secret_env="EMPTY_SECRET").read_secret()
+    with pytest.raises(ValueError, match=f"secret_file {tmp_path / 'none'}: cannot read it"):
+        WebhookSecret(secret_file=tmp_path / "none").read_secret()
+
+
+@pytest.mark.parametrize("sources", [{}, {"secret_env": "A", "secret_file": "/run/secret"}])
+def test_a_secret_has_exactly_one_source(sources):
+    with pytest.raises(ValidationError, match="exactly one of secret_env"):
+        WebhookSecret.model_validate(sources)
 
 
 def test_verify_accepts_any_of_several_signatures_while_secrets_rotate():
