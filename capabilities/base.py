@@ -109,6 +109,12 @@ class Capability(ABC, Generic[SettingsT, OutputT]):
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 
     @classmethod
+    def cacheable_output(cls, output: OutputT) -> bool:
+        """Whether the result cache may keep `output`: not where it records a failure (a
+        timeout, an error) rather than an answer, which the next request should try again."""
+        return True
+
+    @classmethod
     def public_view(cls, output: OutputT) -> Any:
         """What a response shows of one output; a wrapper of one list may show just the list."""
         return output.model_dump(mode="json")
