@@ -102,9 +102,12 @@ class Capability(ABC, Generic[SettingsT, OutputT]):
 
     @property
     def version(self) -> str:
-        """Changes whenever the settings or any loaded file changes; cache keys include it."""
+        """Changes whenever the settings, any loaded file or any engine's identity (its weights,
+        dtype, max length...) changes; cache keys include it."""
+        engines = sorted((name, engine.identity) for name, engine in self.resources.engines.items())
         material = json.dumps(
-            [self.name, self.settings.model_dump(mode="json"), self._file_digests], sort_keys=True
+            [self.name, self.settings.model_dump(mode="json"), self._file_digests, engines],
+            sort_keys=True,
         )
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 

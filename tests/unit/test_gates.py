@@ -76,6 +76,7 @@ class ScriptedGenerator:
 
     def __init__(self, p_yes: dict[str, float], name: str = "gen") -> None:
         self.name = name
+        self.identity = f"{name}@scripted"
         self.p_yes = p_yes
         self.prompts: list[str] = []
 

@@ -88,7 +88,7 @@ async def echo(*args: Any) -> Any:
 
 def engine(behaviour: Behaviour) -> tuple[EngineClient, FakeHandle]:
     handle = FakeHandle(behaviour)
-    return EngineClient("minilm", handle, CALLS), handle  # type: ignore[arg-type]
+    return EngineClient("minilm", "minilm@test", handle, CALLS), handle  # type: ignore[arg-type]
 
 
 def test_a_call_returns_the_reply():
@@ -132,7 +132,7 @@ def test_until_the_engine_first_answers_calls_wait_the_startup_timeout():
 
     handle = FakeHandle(slow)
     calls = CallGuardConfig(timeout_s=0.05, startup_timeout_s=30, accept_timeout_s=0.05)
-    client = EngineClient("minilm", handle, calls)  # type: ignore[arg-type]
+    client = EngineClient("minilm", "minilm@test", handle, calls)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         handle.acceptance = asyncio.Event()
