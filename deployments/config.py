@@ -88,8 +88,9 @@ class CallGuardConfig(StrictModel):
     startup_timeout_s: float = Field(
         default=900,
         gt=0,
-        description="The timeout until the deployment first answers this caller: it may still "
-        "be starting (an engine loads for minutes on a CPU).",
+        description="The start-up window: for this long after a caller's replica starts, the "
+        "calls it makes to load its capabilities may wait for this deployment, which may be "
+        "starting too (an engine loads for minutes on a CPU). Requests never wait this long.",
     )
     accept_timeout_s: float = Field(
         default=10,

@@ -22,7 +22,7 @@ from capabilities.batching import RunCall, RunReply
 from capabilities.cache import CacheConfig
 from capabilities.host import CapabilityHost, CapabilityInfo, CapabilitySettingsError
 from capabilities.registry import capability_class
-from deployments.calls.guarded_handle import GuardedCallee
+from deployments.calls.guarded_handle import GuardedCallee, loading
 from deployments.config import BatchingConfig, ConfigError, ModelConfig
 from deployments.dag.capability_clients import batch_recorder
 from deployments.engine.client import engine_client
@@ -67,7 +67,8 @@ class CapabilityRunner(GuardedCallee):
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         try:
-            await self._host.configure(user_config)
+            with loading():
+                await self._host.configure(user_config)
         except CapabilitySettingsError as error:
             raise ConfigError(f"user_config of {runner_name(self._host.name)}: {error}") from None
 

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import BaseModel, Field, computed_field
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from capabilities.batching import BatchReport
+from deployments.calls.guarded_handle import GuardedCallee, GuardedHandle
+from deployments.config import CallGuardConfig
+from deployments.http.errors import ServiceUnavailableError
 from deployments.telemetry.gpu_health import GpuReading
 
 LATENCY_WINDOW_S = 60
@@ -302,12 +306,20 @@ def engine_stats(models: Iterable[str], reports: Iterable[ReplicaReport]) -> dic
 
 
 STATS_NAME = "stats"
+# A snapshot is read from one replica's memory: it comes in milliseconds, or the recorder is down.
+STATS_CALLS = CallGuardConfig(timeout_s=10, accept_timeout_s=5)
+
+
+def stats_reader(stats: DeploymentHandle) -> GuardedHandle:
+    """How /v1/stats asks the recorder: within timeouts and behind a breaker, so a recorder that
+    is down or hung answers 503 with Retry-After instead of holding the request."""
+    return GuardedHandle("the stats recorder", stats, STATS_CALLS, ServiceUnavailableError)
 
 
 @serve.deployment(
     name=STATS_NAME, num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
 )
-class StatsRecorder:
+class StatsRecorder(GuardedCallee):
     """One replica on purpose: it must hear from every replica of the app. Methods are async so
     they run on the replica's event loop, one at a time, with no locking."""
 
