@@ -3,9 +3,9 @@
 Capability runners send each batch's report; ingress replicas send their requests' latencies about
 once a second; engine, runner and ingress replicas each report themselves every couple of seconds.
 One `StatsRecorder` replica keeps it all and answers snapshots: latencies over a rolling window
-(counted in fixed buckets, so its memory does not grow with traffic),
-the live replicas (a replica silent for `REPLICA_TTL_S` is gone, with its node), the nodes they
-run on, and each engine's replicas and GPUs.
+(counted in fixed buckets, so its memory does not grow with traffic), the live replicas (a
+replica silent for `REPLICA_TTL_S` is gone, with its node), the nodes they run on, and each
+engine's replicas and GPUs.
 """
 
 from __future__ import annotations
