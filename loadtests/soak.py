@@ -19,8 +19,9 @@ error. The resident memory of every process of the app is sampled every `--sampl
 the soak, each process named by its role as in the benchmark's CPU table (each Serve replica by
 deployment, the stats replica included; Serve's proxy or HAProxy; vLLM's engine core and worker
 with the replica they serve; Ray's own daemons); a process whose least-squares growth over the
-soak's second half exceeds `--max-slope` MB/min is growing, any other flat. Writes
-`loadtests/results/soak.json` and `.md`; exits 1 on any error or growing process.
+soak's second half exceeds `--max-slope` MB/min (and adds up to `MIN_RISE_MB`) is growing, any
+other flat. Writes `loadtests/results/soak.json` and `.md`; exits 1 on any error or growing
+process.
 """
 
 from __future__ import annotations
@@ -355,6 +356,9 @@ async def batch_jobs(
 # Growth over the soak's second half that marks a process as growing: 6 MB an hour. The first half
 # absorbs warm-up (allocator arenas, caches filling up); a leak keeps going through the second.
 MAX_SLOPE_MB_PER_MIN = 0.1
+# A fitted rise smaller than this over the whole second half is sampling noise (a garbage
+# collection, an arena more or less), however steep it looks over a short soak.
+MIN_RISE_MB = 1.0
 MIN_SAMPLES_FOR_SLOPE = 3
 Verdict = Literal["flat", "growing", "too few samples"]
 
@@ -424,11 +428,12 @@ def slope_mb_per_min(samples: Sequence[tuple[float, float]]) -> float | None:
 
 def process_memory(series: MemorySeries, rounds: list[float], max_slope: float) -> ProcessMemory:
     """Start and end RSS, the slopes over the whole soak and its second half, and the verdict:
-    growing where the second half's slope exceeds `max_slope`."""
+    growing where the second half's slope exceeds `max_slope` and adds up to `MIN_RISE_MB`."""
     rss = [mb for _, mb in series.samples]
     slope = slope_mb_per_min(series.samples)
     middle = (rounds[0] + rounds[-1]) / 2
-    late_slope = slope_mb_per_min([sample for sample in series.samples if sample[0] >= middle])
+    late = [sample for sample in series.samples if sample[0] >= middle]
+    late_slope = slope_mb_per_min(late)
     appeared = series.samples[0][0] > rounds[0]
     exited = series.samples[-1][0] < rounds[-1]
     lifetime = {
@@ -437,9 +442,10 @@ def process_memory(series: MemorySeries, rounds: list[float], max_slope: float) 
         (False, True): "exited",
         (True, True): "appeared and exited",
     }[(appeared, exited)]
-    verdict: Verdict = (
-        "too few samples" if late_slope is None else "growing" if late_slope > max_slope else "flat"
-    )
+    verdict: Verdict = "too few samples"
+    if late_slope is not None:
+        rise_mb = late_slope * (late[-1][0] - late[0][0]) / 60
+        verdict = "growing" if late_slope > max_slope and rise_mb >= MIN_RISE_MB else "flat"
     return ProcessMemory(
         role=series.role,
         name=series.name,
@@ -635,7 +641,7 @@ def markdown(report: SoakReport) -> str:
         f"Resident memory per process, sampled every {report.sample_every_s:g} s of the soak "
         f"(start = first sample, after warm-up and the capacity phase); MB/min = least-squares "
         f"slope over the whole soak and over its second half; growing = second half above "
-        f"{report.max_slope_mb_per_min} MB/min."
+        f"{report.max_slope_mb_per_min} MB/min and rising {MIN_RISE_MB:g} MB or more."
     )
     summary = {
         f"capacity, requests/s ({capacity_source})": report.capacity_requests_per_s,

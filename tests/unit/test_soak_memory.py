@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from loadtests.soak import MAX_SLOPE_MB_PER_MIN, MemorySampler, MemorySeries, process_memory
 
@@ -53,6 +54,18 @@ def test_growth_that_settles_in_the_first_half_is_flat():
     assert memory.verdict == "flat"
     assert memory.change_mb > 10
     assert abs(memory.second_half_slope_mb_per_min or 0) < 0.01
+
+
+def test_a_steep_but_small_rise_over_a_short_soak_is_flat():
+    # A 2-minute smoke run: +0.7 MB over its last minute is noise, not a leak.
+    two_minutes = [float(at) for at in range(0, 121, 5)]
+    noisy = MemorySeries(pid=9, role="HAProxy", name="haproxy")
+    noisy.samples = [(at, 13.3 + 0.7 * max(0.0, at - 60) / 60) for at in two_minutes]
+
+    memory = process_memory(noisy, two_minutes, MAX_SLOPE_MB_PER_MIN)
+
+    assert memory.second_half_slope_mb_per_min == pytest.approx(0.7, abs=0.01)
+    assert memory.verdict == "flat"
 
 
 def test_a_process_seen_twice_in_the_second_half_has_no_verdict():
