@@ -19,6 +19,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from itertools import chain
 from pathlib import Path
@@ -36,6 +37,9 @@ from capabilities.egress import HostAllowList, PublicAddressTransport
 from capabilities.webhooks import Event, WebhookSecret, WebhookSender
 
 ENTRY_POINT_GROUP = "capserve.result_handlers"
+# A run of a handler that takes longer (a hung S3 upload, a database that stopped answering) is
+# given up, so the batch's slot in the runner is freed.
+DEFAULT_TIMEOUT_S = 600.0
 INSERT_BATCH_ROWS = 1000
 CONNECT_TIMEOUT_S = 10
 DEFAULT_METADATA_KEY = "webhook_url"
@@ -63,6 +67,25 @@ class ResultHandlerConfig(BaseModel):
 
     type: str = Field(min_length=1)
     settings: dict[str, Any] = {}
+    timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S,
+        gt=0,
+        description="How long one run of the handler may take before it counts as failed, so a "
+        "hung copy or database never holds the runner's batch slot.",
+    )
+
+
+@dataclass(frozen=True)
+class LoadedHandler:
+    """A handler built from its config, with the name and timeout it runs under."""
+
+    name: str
+    handler: ResultHandler
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def of(cls, config: ResultHandlerConfig) -> LoadedHandler:
+        return cls(config.type, load_handler(config), config.timeout_s)
 
 
 def load_handler(config: ResultHandlerConfig) -> ResultHandler:
@@ -147,20 +170,33 @@ def output_lines(path: str | None) -> Iterator[OutputLine]:
 
 
 async def run_handlers(
-    handlers: Sequence[tuple[str, ResultHandler]], result: BatchResult
+    handlers: Sequence[LoadedHandler], result: BatchResult
 ) -> dict[str, str | None]:
-    """Runs every handler concurrently; name -> None where it succeeded, else the error text."""
+    """Runs every handler concurrently, each within its timeout; name -> None where it
+    succeeded, else what went wrong."""
 
-    async def run(name: str, handler: ResultHandler) -> str | None:
+    async def run(loaded: LoadedHandler) -> str | None:
+        deadline = asyncio.timeout(loaded.timeout_s)
         try:
-            await handler.handle(result)
+            async with deadline:
+                await loaded.handler.handle(result)
         except Exception as error:
-            logger.exception("result handler %s failed for batch %s", name, result.batch.id)
+            # Only our own deadline is a timeout; a TimeoutError the handler raised is its error.
+            if deadline.expired():
+                # A handler working in a thread (copy, postgres) goes on there, unwatched.
+                logger.error(
+                    "result handler %s for batch %s took more than %g s; given up",
+                    loaded.name,
+                    result.batch.id,
+                    loaded.timeout_s,
+                )
+                return f"timed out after {loaded.timeout_s:g} s"
+            logger.exception("result handler %s failed for batch %s", loaded.name, result.batch.id)
             return f"{type(error).__name__}: {error}"
         return None
 
-    outcomes = await asyncio.gather(*(run(name, handler) for name, handler in handlers))
-    return {name: outcome for (name, _), outcome in zip(handlers, outcomes, strict=True)}
+    outcomes = await asyncio.gather(*(run(loaded) for loaded in handlers))
+    return {loaded.name: outcome for loaded, outcome in zip(handlers, outcomes, strict=True)}
 
 
 class CallerUrls(BaseModel):

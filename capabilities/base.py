@@ -124,15 +124,24 @@ class Capability(ABC, Generic[SettingsT, OutputT]):
 
     @property
     def version(self) -> str:
-        """Changes whenever the settings or any loaded file changes; cache keys include it."""
+        """Changes whenever the settings, any loaded file or any engine's identity (its weights,
+        dtype, max length...) changes; cache keys include it."""
+        engines = sorted((name, engine.identity) for name, engine in self.resources.engines.items())
         material = json.dumps(
-            [self.name, self.settings.model_dump(mode="json"), self._file_digests], sort_keys=True
+            [self.name, self.settings.model_dump(mode="json"), self._file_digests, engines],
+            sort_keys=True,
         )
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 
     def public_settings(self) -> dict[str, Any]:
         """The settings as API callers see them: `RedactedUrl` fields cut to their origin."""
         return self.settings.model_dump(mode="json", by_alias=True, context=PUBLIC_VIEW)
+
+    @classmethod
+    def cacheable_output(cls, output: OutputT) -> bool:
+        """Whether the result cache may keep `output`: not where it records a failure (a
+        timeout, an error) rather than an answer, which the next request should try again."""
+        return True
 
     @classmethod
     def public_view(cls, output: OutputT) -> Any:

@@ -162,6 +162,7 @@ async def run_batch(
                         {
                             cache_keys[key]: outputs[key].model_dump_json().encode()
                             for key in missing
+                            if capability.cacheable_output(outputs[key])
                         }
                     )
         except Exception as error:  # noqa: BLE001 - reported to this group's callers only

@@ -263,7 +263,7 @@ class Classifier:
                     vectors = await self._embed(examples.texts)
                     if self._cache is not None:
                         self._cache.put(
-                            self._embedder.name, examples, self.settings.examples, vectors
+                            self._embedder.identity, examples, self.settings.examples, vectors
                         )
                 self._knn = KnnIndex(vectors, examples.labels, self.settings.k)
         if self._embedder is not None:
@@ -272,7 +272,7 @@ class Classifier:
     def _cached(self, examples: LabelledExamples) -> np.ndarray | None:
         if self._cache is None or self._embedder is None or self.settings.examples is None:
             return None
-        return self._cache.get(self._embedder.name, examples, self.settings.examples)
+        return self._cache.get(self._embedder.identity, examples, self.settings.examples)
 
     async def _embed(self, texts: Sequence[str]) -> np.ndarray:
         assert self._embedder is not None

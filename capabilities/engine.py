@@ -27,6 +27,9 @@ class ChoiceResult(BaseModel):
 
 class EmbeddingEngine(Protocol):
     name: str
+    identity: str
+    """What the outputs depend on (weights, dtype, max length...): caches key on it, not on
+    `name`, so new weights under an old name never meet the old weights' vectors."""
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Returns one L2-normalised row per text (shape: len(texts) x dim, float32)."""
@@ -38,6 +41,8 @@ class GenerativeEngine(Protocol):
     with a choice or, where keys are given, with the choice's key."""
 
     name: str
+    identity: str
+    """As `EmbeddingEngine.identity`."""
 
     async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
         """Short keys, one per choice, for prompts ending in `cue` to list next to the choices

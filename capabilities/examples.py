@@ -103,28 +103,29 @@ def _read_rows(source: ExamplesSource, content: str) -> list[dict[str, object]]:
 
 
 class EmbeddingCache:
-    """Stores example embeddings on disk, keyed by model and file digest, so restarts skip work."""
+    """Stores example embeddings on disk, keyed by the embedding engine's identity (not its name:
+    see `EmbeddingEngine.identity`) and the file's digest, so restarts skip work."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
 
-    def _path(self, model: str, examples: LabelledExamples, source: ExamplesSource) -> Path:
-        key = f"{model}\0{examples.digest}\0{source.text_column}"
+    def _path(self, identity: str, examples: LabelledExamples, source: ExamplesSource) -> Path:
+        key = f"{identity}\0{examples.digest}\0{source.text_column}"
         return self._folder / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
 
     def get(
-        self, model: str, examples: LabelledExamples, source: ExamplesSource
+        self, identity: str, examples: LabelledExamples, source: ExamplesSource
     ) -> np.ndarray | None:
-        path = self._path(model, examples, source)
+        path = self._path(identity, examples, source)
         if not path.is_file():
             return None
         vectors = np.load(path)
         return vectors if vectors.shape[0] == len(examples.texts) else None
 
     def put(
-        self, model: str, examples: LabelledExamples, source: ExamplesSource, vectors: np.ndarray
+        self, identity: str, examples: LabelledExamples, source: ExamplesSource, vectors: np.ndarray
     ) -> None:
-        path = self._path(model, examples, source)
+        path = self._path(identity, examples, source)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npy")
         np.save(partial, vectors)

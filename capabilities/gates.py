@@ -24,6 +24,7 @@ from capabilities.engine import EmbeddingEngine, GenerativeEngine
 FailureMode = Literal["open", "closed"]
 Reason = Literal["fired", "timeout", "error"]
 Status = Literal["fired", "clear", "cancelled", "timeout", "error"]
+FAILED: frozenset[Status] = frozenset({"timeout", "error"})
 ERROR_MESSAGE_CHARS = 200
 
 
@@ -281,6 +282,11 @@ class GatesCapability(Capability[GatesSettings, GateReport]):
 
     async def load(self) -> None:
         self.gates = await build_gates(self.settings, self.resources)
+
+    @classmethod
+    def cacheable_output(cls, output: GateReport) -> bool:
+        # A gate that timed out or failed (an engine restarting) may well answer next time.
+        return not any(outcome.status in FAILED for outcome in output.outcomes.values())
 
     async def run(self, texts: Sequence[str], context: RunContext) -> list[GateReport]:
         # One task per text is cheap: the engines coalesce concurrent calls into batches.

@@ -111,7 +111,7 @@ def build_app(args: dict[str, Any]) -> Application:
             capability.name,
             capability.import_path,
             engines,
-            {model.name: model.deployment.calls for model in config.models},
+            {model.name: model for model in config.models},
             config.cache_dir,
             capability.batching,
             config.cache,

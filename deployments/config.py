@@ -6,7 +6,15 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from batchjobs.executor import ExecutionSettings
 from batchjobs.handlers import ResultHandlerConfig
@@ -15,6 +23,7 @@ from capabilities.base import Capability
 from capabilities.cache import CacheConfig
 from capabilities.errors import validation_problems
 from capabilities.registry import Registry, RegistryError, capability_class
+from deployments.engine.identity import model_identity
 from deployments.http.auth import AuthConfig
 from deployments.http.rate_limit import RateLimitConfig
 
@@ -109,8 +118,9 @@ class CallGuardConfig(StrictModel):
     startup_timeout_s: float = Field(
         default=900,
         gt=0,
-        description="The timeout until the deployment first answers this caller: it may still "
-        "be starting (an engine loads for minutes on a CPU).",
+        description="The start-up window: for this long after a caller's replica starts, the "
+        "calls it makes to load its capabilities may wait for this deployment, which may be "
+        "starting too (an engine loads for minutes on a CPU). Requests never wait this long.",
     )
     accept_timeout_s: float = Field(
         default=10,
@@ -298,6 +308,20 @@ class ModelConfig(StrictModel):
     @classmethod
     def _resolve_model(cls, value: str) -> str:
         return str(resolve_model_path(value))
+
+    # Worked out once, where the config is validated, and carried with it to the replicas.
+    _identity: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _identify(self) -> ModelConfig:
+        self._identity = model_identity(self.name, self.model, self.runner, self.engine_kwargs())
+        return self
+
+    @property
+    def identity(self) -> str:
+        """What the engine's outputs depend on (`deployments.engine.identity`); caches key
+        on it rather than on `name`."""
+        return self._identity
 
     def engine_kwargs(self) -> dict[str, Any]:
         """`engine_args` as vLLM's keyword arguments, with capserve's defaults filled in."""

@@ -33,7 +33,7 @@ from capabilities.engine import ChoiceResult, GenerativeEngine
 from loadtests.accuracy import quality
 from loadtests.apps import PROJECT_ROOT, gemma_model, use_app_environment
 from loadtests.bench import INSTRUCTION, read_texts
-from loadtests.soak import process_name
+from loadtests.process_usage import process_name
 from tests.gemma import build_gemma
 
 

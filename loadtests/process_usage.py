@@ -1,5 +1,6 @@
 """The processes a load test starts, and what they use: a name for each from its Ray or vLLM
-process title, the role it plays on the request path, and its CPU time over a measured window.
+process title, the role it plays on the request path, and its CPU time over a measured window
+(the soak samples their memory by the same roles).
 
 Only descendants of a given process (this one by default) are looked at: Ray's GCS and raylet
 start from `ray.init`, the workers from the raylet, vLLM's engine cores from the replicas, and
@@ -91,37 +92,60 @@ def roles(names: Mapping[int, str], parents: Mapping[int, int]) -> dict[int, str
     return {pid: role(name, replica_owner(pid, names, parents)) for pid, name in names.items()}
 
 
+# A process of a run by (pid, create time), so a pid reused by a later process is not taken for it.
+ProcessKey = tuple[int, float]
+
+
+@dataclass(frozen=True)
+class RoledProcess:
+    process: psutil.Process
+    name: str
+    role: str
+
+
+def processes_by_role(
+    root: psutil.Process | None = None, root_role: str | None = None
+) -> dict[ProcessKey, RoledProcess]:
+    """Every live descendant of `root` (this process by default) with its `role`; `root` itself
+    too, under `root_role`, when one is given (the load generator is left out)."""
+    root = root or psutil.Process()
+    processes = descendants(root) + ([root] if root_role else [])
+    names: dict[int, str] = {}
+    parents: dict[int, int] = {}
+    found: dict[int, tuple[psutil.Process, float]] = {}  # pid -> (process, create time)
+    for process in processes:
+        try:
+            with process.oneshot():
+                names[process.pid] = root_role if process == root else process_name(process)
+                parents[process.pid] = process.ppid()
+                found[process.pid] = (process, process.create_time())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            names.pop(process.pid, None)
+    return {
+        (pid, found[pid][1]): RoledProcess(found[pid][0], names[pid], process_role)
+        for pid, process_role in roles(names, parents).items()
+    }
+
+
 @dataclass(frozen=True)
 class CpuSample:
     role: str
     cpu_s: float  # user + system, of the process itself (its children are sampled on their own)
 
 
-# Keyed by (pid, create time), so a pid reused within the window is not taken for the same process.
-CpuSnapshot = dict[tuple[int, float], CpuSample]
+CpuSnapshot = dict[ProcessKey, CpuSample]
 
 
 def cpu_snapshot(root: psutil.Process | None = None, root_role: str | None = None) -> CpuSnapshot:
-    """The CPU time so far of every descendant of `root` (this process by default); `root`
-    itself too, under `root_role`, when one is given (the load generator is left out)."""
-    root = root or psutil.Process()
-    processes = descendants(root) + ([root] if root_role else [])
-    names: dict[int, str] = {}
-    parents: dict[int, int] = {}
-    seconds: dict[int, tuple[float, float]] = {}  # pid -> (create time, CPU seconds)
-    for process in processes:
+    """The CPU time so far of every process `processes_by_role` finds."""
+    snapshot: CpuSnapshot = {}
+    for key, found in processes_by_role(root, root_role).items():
         try:
-            with process.oneshot():
-                names[process.pid] = root_role if process == root else process_name(process)
-                parents[process.pid] = process.ppid()
-                times = process.cpu_times()
-                seconds[process.pid] = (process.create_time(), times.user + times.system)
+            times = found.process.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            names.pop(process.pid, None)
-    return {
-        (pid, seconds[pid][0]): CpuSample(process_role, seconds[pid][1])
-        for pid, process_role in roles(names, parents).items()
-    }
+            continue
+        snapshot[key] = CpuSample(found.role, times.user + times.system)
+    return snapshot
 
 
 def cpu_ms_by_role(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:

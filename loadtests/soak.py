@@ -15,10 +15,13 @@ once `/readyz` answers 200:
 The mix is the locust mix of `loadtests/profiles.py` (single, 16-text batch, mixed items with
 recommendations/alerts), plus requests asking every capability (gates included) and
 `/v1/embeddings`. Every answer is checked; a non-2xx, a wrong result count or an exception is an
-error. The resident memory of every process of the app (Ray's, Serve's, the replicas', vLLM's
-engine cores) is sampled every `--sample-every` s during the soak; a process whose fitted growth
-exceeds `--max-slope` MB/min is flagged. Writes `loadtests/results/soak.json` and `.md`; exits 1
-on any error or flagged process.
+error. The resident memory of every process of the app is sampled every `--sample-every` s during
+the soak, each process named by its role as in the benchmark's CPU table (each Serve replica by
+deployment, the stats replica included; Serve's proxy or HAProxy; vLLM's engine core and worker
+with the replica they serve; Ray's own daemons); a process whose least-squares growth over the
+soak's second half exceeds `--max-slope` MB/min (and adds up to `MIN_RISE_MB`) is growing, any
+other flat. Writes `loadtests/results/soak.json` and `.md`; exits 1 on any error or growing
+process.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ from pydantic import BaseModel
 # Run as a script: the project's packages sit beside this folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.processes import free_port
+from cluster.serve_flags import ray_env, selected_flags
 from loadtests.apps import PROJECT_ROOT, uncached_default_app, use_app_environment
 from loadtests.batch_bench import job_file
 from loadtests.bench import Measurement
-from loadtests.process_usage import descendants, process_name
+from loadtests.process_usage import ProcessKey, processes_by_role
 from loadtests.profiles import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MIXED_ITEMS,
@@ -348,33 +353,43 @@ async def batch_jobs(
 # --- resident memory ---------------------------------------------------------------------------
 
 
+# Growth over the soak's second half that marks a process as growing: 6 MB an hour. The first half
+# absorbs warm-up (allocator arenas, caches filling up); a leak keeps going through the second.
+MAX_SLOPE_MB_PER_MIN = 0.1
+# A fitted rise smaller than this over the whole second half is sampling noise (a garbage
+# collection, an arena more or less), however steep it looks over a short soak.
+MIN_RISE_MB = 1.0
+MIN_SAMPLES_FOR_SLOPE = 3
+Verdict = Literal["flat", "growing", "too few samples"]
+
+
 @dataclass
 class MemorySeries:
     pid: int
+    role: str
     name: str
     samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds, RSS MB)
 
 
 class MemorySampler:
-    """RSS of every process this driver started (`descendants`)."""
+    """RSS of every process this driver started, each named by its role on the request path
+    (`processes_by_role`, as the benchmark's CPU table)."""
 
     def __init__(self) -> None:
         self._started = time.perf_counter()
-        self._series: dict[tuple[int, float], MemorySeries] = {}
+        self._series: dict[ProcessKey, MemorySeries] = {}
         self.rounds: list[float] = []  # seconds since the start of each sampling round
 
     def sample(self) -> None:
         elapsed = time.perf_counter() - self._started
         self.rounds.append(elapsed)
-        for process in descendants():
+        for key, found in processes_by_role().items():
             try:
-                key = (process.pid, process.create_time())
-                if key not in self._series:
-                    self._series[key] = MemorySeries(process.pid, process_name(process))
-                rss_mb = process.memory_info().rss / BYTES_PER_MB
+                rss_mb = found.process.memory_info().rss / BYTES_PER_MB
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            self._series[key].samples.append((elapsed, rss_mb))
+            series = self._series.setdefault(key, MemorySeries(key[0], found.role, found.name))
+            series.samples.append((elapsed, rss_mb))
 
     async def run(self, every_s: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -390,22 +405,35 @@ class MemorySampler:
 
 
 class ProcessMemory(BaseModel):
-    pid: int
+    role: str
     name: str
+    pid: int
     start_mb: float
     end_mb: float
     change_mb: float
     slope_mb_per_min: float | None
+    second_half_slope_mb_per_min: float | None
     samples: int
     lifetime: Literal["whole soak", "appeared", "exited", "appeared and exited"]
-    growing: bool
+    verdict: Verdict
+
+
+def slope_mb_per_min(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of RSS against time; None with too few samples to fit."""
+    if len(samples) < MIN_SAMPLES_FOR_SLOPE:
+        return None
+    minutes = np.array([at for at, _ in samples]) / 60
+    return float(np.polyfit(minutes, np.array([mb for _, mb in samples]), 1)[0])
 
 
 def process_memory(series: MemorySeries, rounds: list[float], max_slope: float) -> ProcessMemory:
-    """Start and end RSS, and the least-squares slope of RSS against time."""
-    minutes = np.array([at for at, _ in series.samples]) / 60
-    rss = np.array([mb for _, mb in series.samples])
-    slope = float(np.polyfit(minutes, rss, 1)[0]) if len(series.samples) >= 3 else None
+    """Start and end RSS, the slopes over the whole soak and its second half, and the verdict:
+    growing where the second half's slope exceeds `max_slope` and adds up to `MIN_RISE_MB`."""
+    rss = [mb for _, mb in series.samples]
+    slope = slope_mb_per_min(series.samples)
+    middle = (rounds[0] + rounds[-1]) / 2
+    late = [sample for sample in series.samples if sample[0] >= middle]
+    late_slope = slope_mb_per_min(late)
     appeared = series.samples[0][0] > rounds[0]
     exited = series.samples[-1][0] < rounds[-1]
     lifetime = {
@@ -414,16 +442,22 @@ def process_memory(series: MemorySeries, rounds: list[float], max_slope: float) 
         (False, True): "exited",
         (True, True): "appeared and exited",
     }[(appeared, exited)]
+    verdict: Verdict = "too few samples"
+    if late_slope is not None:
+        rise_mb = late_slope * (late[-1][0] - late[0][0]) / 60
+        verdict = "growing" if late_slope > max_slope and rise_mb >= MIN_RISE_MB else "flat"
     return ProcessMemory(
-        pid=series.pid,
+        role=series.role,
         name=series.name,
-        start_mb=round(float(rss[0]), 1),
-        end_mb=round(float(rss[-1]), 1),
-        change_mb=round(float(rss[-1] - rss[0]), 1),
-        slope_mb_per_min=round(slope, 2) if slope is not None else None,
+        pid=series.pid,
+        start_mb=round(rss[0], 1),
+        end_mb=round(rss[-1], 1),
+        change_mb=round(rss[-1] - rss[0], 1),
+        slope_mb_per_min=None if slope is None else round(slope, 3),
+        second_half_slope_mb_per_min=None if late_slope is None else round(late_slope, 3),
         samples=len(series.samples),
         lifetime=lifetime,
-        growing=slope is not None and slope > max_slope,
+        verdict=verdict,
     )
 
 
@@ -472,6 +506,7 @@ def kind_reports(tally: Tally, seconds: float) -> list[KindReport]:
 class SoakReport(BaseModel):
     command: str
     machine: str
+    serve_flags: list[str]
     capacity_requests_per_s: float
     capacity_measured: bool
     capacity_phase: list[KindReport]
@@ -557,14 +592,15 @@ async def run_soak(base_url: str, texts: Sequence[str], settings: SoakSettings) 
         await sampling
     processes = sorted(
         (process_memory(s, sampler.rounds, settings.max_slope) for s in sampler.series()),
-        key=lambda process: -process.start_mb,
+        key=lambda process: (process.role, process.pid),
     )
     overall = tally.overall(result.seconds).summary()
     errors = tally.error_count + jobs_tally.error_count
-    growing = [f"{p.name} [{p.pid}]" for p in processes if p.growing]
+    growing = [f"{p.role} [{p.pid}]" for p in processes if p.verdict == "growing"]
     return SoakReport(
         command="python loadtests/soak.py " + " ".join(sys.argv[1:]),
         machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        serve_flags=sorted(selected_flags()),
         capacity_requests_per_s=round(capacity, 1),
         capacity_measured=settings.capacity is None,
         capacity_phase=capacity_phase,
@@ -596,14 +632,16 @@ async def run_soak(base_url: str, texts: Sequence[str], settings: SoakSettings) 
 def markdown(report: SoakReport) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     headline = (
-        f"Soak: `{report.command}` on {report.machine}: **{verdict}** "
+        f"Soak: `{report.command}` on {report.machine}, Serve modes "
+        f"{', '.join(report.serve_flags) or 'off'}: **{verdict}** "
         f"({report.errors} errors, {len(report.growing)} processes growing)."
     )
     capacity_source = "measured" if report.capacity_measured else "given"
     memory_note = (
-        f"Resident memory, sampled every {report.sample_every_s:.0f} s of the soak (start = first "
-        f"sample, after warm-up and the capacity phase); growing = least-squares slope above "
-        f"{report.max_slope_mb_per_min} MB/min."
+        f"Resident memory per process, sampled every {report.sample_every_s:g} s of the soak "
+        f"(start = first sample, after warm-up and the capacity phase); MB/min = least-squares "
+        f"slope over the whole soak and over its second half; growing = second half above "
+        f"{report.max_slope_mb_per_min} MB/min and rising {MIN_RISE_MB:g} MB or more."
     )
     summary = {
         f"capacity, requests/s ({capacity_source})": report.capacity_requests_per_s,
@@ -635,12 +673,16 @@ def markdown(report: SoakReport) -> str:
         "",
         memory_note,
         "",
-        "| process | pid | start MB | end MB | change MB | MB/min | samples | lifetime | growing |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        (
+            "| process | title | pid | start MB | end MB | change MB | MB/min "
+            "| MB/min, 2nd half | samples | lifetime | verdict |"
+        ),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     lines += [
-        f"| {p.name} | {p.pid} | {p.start_mb} | {p.end_mb} | {p.change_mb} "
-        f"| {p.slope_mb_per_min} | {p.samples} | {p.lifetime} | {'YES' if p.growing else 'no'} |"
+        f"| {p.role} | {p.name} | {p.pid} | {p.start_mb} | {p.end_mb} | {p.change_mb} "
+        f"| {p.slope_mb_per_min} | {p.second_half_slope_mb_per_min} | {p.samples} | {p.lifetime} "
+        f"| {p.verdict.upper() if p.verdict == 'growing' else p.verdict} |"
         for p in report.processes
     ]
     if report.first_errors:
@@ -664,7 +706,10 @@ def parse_settings() -> tuple[SoakSettings, Path]:
         "--sample-every", type=float, default=10, help="seconds between RSS samples"
     )
     parser.add_argument(
-        "--max-slope", type=float, default=2.0, help="MB/min of RSS growth that flags a process"
+        "--max-slope",
+        type=float,
+        default=MAX_SLOPE_MB_PER_MIN,
+        help="MB/min of RSS growth over the soak's second half that flags a process as growing",
     )
     parser.add_argument("--api-key", help="sent as a bearer token when the app requires keys")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "loadtests" / "results")
@@ -696,6 +741,9 @@ def parse_settings() -> tuple[SoakSettings, Path]:
 def main() -> None:
     settings, out = parse_settings()
     use_app_environment()
+    # The modes the app ships with (HAProxy and throughput unless CAPSERVE_SERVE_FLAGS says
+    # otherwise), set before this process starts Ray, as `make run` does.
+    os.environ.update(ray_env(selected_flags(), free_port))
     texts = load_texts(PROJECT_ROOT / "data" / "banking77" / "heldout.csv")
     texts += load_texts(PROJECT_ROOT / "data" / "banking77" / "train.csv")
     with (

@@ -25,8 +25,9 @@ class FakeEngine:
     """Bag-of-words embeddings (shared words => similar vectors); `choose` prefers word overlap.
     With `keyed`, it asks for keys K0, K1, ... for every label set, and records what it got."""
 
-    def __init__(self, name: str = "fake", keyed: bool = False) -> None:
+    def __init__(self, name: str = "fake", keyed: bool = False, identity: str = "") -> None:
         self.name = name
+        self.identity = identity or f"{name}@fake-weights"
         self.keyed = keyed
         self.embedded: list[str] = []
         self.chosen: list[str] = []

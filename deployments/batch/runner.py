@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from batchjobs.executor import BatchExecutor, failed
 from batchjobs.files import FileStorage
-from batchjobs.handlers import BatchResult, ResultHandler, load_handler, run_handlers
+from batchjobs.handlers import BatchResult, LoadedHandler, run_handlers
 from batchjobs.schemas import BatchError
 from batchjobs.sql_store import open_store
 from deployments.batch.lines import BatchLines
@@ -83,9 +83,7 @@ class BatchRunner:
         lines, self._inline = build_batch_lines(
             config, engines, runners, stats, config.ingress.batching
         )
-        self._handlers: list[tuple[str, ResultHandler]] = [
-            (handler.type, load_handler(handler)) for handler in config.batch.result_handlers
-        ]
+        self._handlers = [LoadedHandler.of(handler) for handler in config.batch.result_handlers]
         self._executor = BatchExecutor(
             self._store,
             FileStorage(config.batch_dir),

@@ -4,13 +4,21 @@ error, which the HTTP surface answers as 503 with Retry-After.
 
 Without this a call to a deployment whose only replica died waits in the handle's queue until
 Serve has replaced it (minutes for an engine), and so does every request behind it.
+
+Only a replica loading its capabilities as it starts (`loading()`) waits longer: its callees may
+be starting with it (an engine loads for minutes on a CPU), so those calls may wait until the
+start-up window (`startup_timeout_s` from the handle's creation, i.e. the replica's start) closes.
+Requests never do: one reaching a callee that is down fails within the normal timeouts and
+counts against the breaker, whether or not the callee ever answered this replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
@@ -33,6 +41,18 @@ CHECK_TIMEOUT_S = 10.0
 BUSY_RETRY_AFTER_S = 1.0
 # A (message, retry_after_s) constructor of the error callers map to 503.
 UnavailableError = Callable[[str, float], Exception]
+_LOADING: ContextVar[bool] = ContextVar("capserve_loading", default=False)
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """Marks the calls made inside (tasks started inside included) as the replica loading its
+    capabilities, which may wait for their callees until the start-up window closes."""
+    token = _LOADING.set(True)
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
 
 
 class NotAcceptedError(TimeoutError):
@@ -76,23 +96,25 @@ class GuardedHandle:
         handle: DeploymentHandle,
         calls: CallGuardConfig,
         unavailable: UnavailableError,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._handle = handle.options(stream=True)
         self._calls = calls
         self._unavailable = unavailable
         self._breaker = CircuitBreaker(name, calls.failure_threshold, calls.cooldown_s, outcome_of)
-        # Until the callee first answers it may be starting, which is no reason to give up soon.
-        self._answered = False
+        self._clock = clock
+        # Handles are made as their replica starts: its start-up window closes this much later.
+        self._startup_ends = clock() + calls.startup_timeout_s
 
     async def call(self, method: str, *args: Any) -> Any:
         """The callee's `<method>(*args)` through the breaker, within the accept and call
-        timeouts; within the startup timeout alone while the callee has never answered (a
-        runner's `load` waits so for its engine when the app starts)."""
-        if self._answered:
-            accept_s, timeout_s = self._calls.accept_timeout_s, self._calls.timeout_s
-        else:
-            accept_s = timeout_s = self._calls.startup_timeout_s
+        timeouts; while the replica loads within its start-up window (`loading()`), within
+        what is left of the window where that is longer."""
+        accept_s, timeout_s = self._calls.accept_timeout_s, self._calls.timeout_s
+        if _LOADING.get():
+            window_s = self._startup_ends - self._clock()
+            accept_s, timeout_s = max(accept_s, window_s), max(timeout_s, window_s)
         with self._unavailable_errors(accept_s, timeout_s), self._breaker.attempt():
             return await self._send(method, args, accept_s, timeout_s)
 
@@ -125,7 +147,6 @@ class GuardedHandle:
             # Frees the queue place or replica slot that nobody waits for any more.
             response.cancel()
             raise
-        self._answered = True
         return result
 
     @contextmanager

@@ -22,7 +22,7 @@ from capabilities.host import (
     CapabilityInfo,
     CapabilitySettingsError,
 )
-from deployments.calls.guarded_handle import BUSY_RETRY_AFTER_S
+from deployments.calls.guarded_handle import BUSY_RETRY_AFTER_S, loading
 from deployments.config import AppConfig, CapabilityConfig, ConfigError
 from deployments.dag.runner_client import RunnerClient
 from deployments.engine.client import EngineClient
@@ -119,9 +119,10 @@ async def configure_inline(
             f"inline capabilities are {sorted(inline)}"
         )
     try:
-        loaded = await asyncio.gather(
-            *(capability.load(user_config.get(name)) for name, capability in inline.items())
-        )
+        with loading():
+            loaded = await asyncio.gather(
+                *(capability.load(user_config.get(name)) for name, capability in inline.items())
+            )
     except CapabilitySettingsError as error:
         raise ConfigError(f"user_config of {replica}: {error}") from None
     for capability, instance in zip(inline.values(), loaded, strict=True):

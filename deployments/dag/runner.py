@@ -22,10 +22,10 @@ from capabilities.batching import RunCall, RunReply
 from capabilities.cache import CacheConfig
 from capabilities.host import CapabilityHost, CapabilityInfo, CapabilitySettingsError
 from capabilities.registry import capability_class
-from deployments.calls.guarded_handle import GuardedCallee
-from deployments.config import BatchingConfig, CallGuardConfig, ConfigError
+from deployments.calls.guarded_handle import GuardedCallee, loading
+from deployments.config import BatchingConfig, ConfigError, ModelConfig
 from deployments.dag.capability_clients import batch_recorder
-from deployments.engine.client import EngineClient
+from deployments.engine.client import engine_client
 from deployments.telemetry import metrics
 from deployments.telemetry.replica_telemetry import CallCounter, ReplicaReporter
 
@@ -43,7 +43,7 @@ class CapabilityRunner(GuardedCallee):
         name: str,
         import_path: str | None,
         engines: dict[str, DeploymentHandle],
-        engine_calls: dict[str, CallGuardConfig],
+        models: dict[str, ModelConfig],
         cache_dir: Path,
         batching: BatchingConfig,
         cache: CacheConfig,
@@ -51,8 +51,7 @@ class CapabilityRunner(GuardedCallee):
     ) -> None:
         resources = Resources(
             engines={
-                model: EngineClient(model, handle, engine_calls[model])
-                for model, handle in engines.items()
+                model: engine_client(models[model], handle) for model, handle in engines.items()
             },
             cache_dir=cache_dir,
             # Cached per process: a reloaded capability asks again for the metric it exports.
@@ -68,7 +67,8 @@ class CapabilityRunner(GuardedCallee):
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         try:
-            await self._host.configure(user_config)
+            with loading():
+                await self._host.configure(user_config)
         except CapabilitySettingsError as error:
             raise ConfigError(f"user_config of {runner_name(self._host.name)}: {error}") from None
 

@@ -16,7 +16,7 @@ from capabilities.embedding_memo import EmbeddingMemo
 from capabilities.engine import ChoiceResult
 from capabilities.errors import EngineUnavailableError
 from deployments.calls.guarded_handle import GuardedHandle
-from deployments.config import ENGINE_CALLS, AppConfig, CallGuardConfig
+from deployments.config import AppConfig, CallGuardConfig, ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
 
 
@@ -25,9 +25,10 @@ class EngineClient:
     process embedded last are answered from its `EmbeddingMemo` without a call."""
 
     def __init__(
-        self, name: str, handle: DeploymentHandle, calls: CallGuardConfig = ENGINE_CALLS
+        self, name: str, identity: str, handle: DeploymentHandle, calls: CallGuardConfig
     ) -> None:
         self.name = name
+        self.identity = identity
         self._engine = GuardedHandle(f"engine {name!r}", handle, calls, EngineUnavailableError)
         self._memo = EmbeddingMemo()
 
@@ -62,11 +63,12 @@ class EngineClient:
         await self._engine.check("ready")
 
 
+def engine_client(model: ModelConfig, handle: DeploymentHandle) -> EngineClient:
+    """The client of `model`'s engine, guarded as its `deployment.calls` says."""
+    return EngineClient(model.name, model.identity, handle, model.deployment.calls)
+
+
 def engine_clients(
     config: AppConfig, handles: Mapping[str, DeploymentHandle]
 ) -> dict[str, EngineClient]:
-    """A client per engine, guarded as its model's `deployment.calls` says."""
-    return {
-        name: EngineClient(name, handle, config.model(name).deployment.calls)
-        for name, handle in handles.items()
-    }
+    return {name: engine_client(config.model(name), handle) for name, handle in handles.items()}

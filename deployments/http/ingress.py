@@ -65,7 +65,7 @@ from deployments.http.schemas import (
     ReadyStatus,
 )
 from deployments.telemetry.replica_telemetry import IngressTelemetry
-from deployments.telemetry.stats import StatsSnapshot
+from deployments.telemetry.stats import StatsSnapshot, stats_reader
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -159,7 +159,7 @@ class Ingress:
         self._inline = wiring.inline
         self._capabilities = wiring.capabilities
         self._classify = wiring.service
-        self._stats = stats
+        self._stats = stats_reader(stats)
         self._telemetry = IngressTelemetry(stats)
         self._registry = config.registry()
         self._started = int(time.time())
@@ -312,7 +312,7 @@ class Ingress:
         return JSONResponse(listing.model_dump(mode="json"))
 
     async def stats(self, request: Request) -> JSONResponse:
-        snapshot = await self._stats.snapshot.remote()
+        snapshot = await self._stats.call("snapshot")
         return JSONResponse(snapshot.model_dump(mode="json"))
 
     async def models(self, request: Request) -> JSONResponse:

@@ -2,22 +2,29 @@
 
 Capability runners send each batch's report; ingress replicas send their requests' latencies about
 once a second; engine, runner and ingress replicas each report themselves every couple of seconds.
-One `StatsRecorder` replica keeps it all and answers snapshots: latencies over a rolling window,
-the live replicas (a replica silent for `REPLICA_TTL_S` is gone, with its node), the nodes they
-run on, and each engine's replicas and GPUs.
+One `StatsRecorder` replica keeps it all and answers snapshots: latencies over a rolling window
+(counted in fixed buckets, so its memory does not grow with traffic), the live replicas (a
+replica silent for `REPLICA_TTL_S` is gone, with its node), the nodes they run on, and each
+engine's replicas and GPUs.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, Field, computed_field
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from capabilities.batching import BatchReport
+from deployments.calls.guarded_handle import GuardedCallee, GuardedHandle
+from deployments.config import CallGuardConfig
+from deployments.http.errors import ServiceUnavailableError
 from deployments.telemetry.gpu_health import GpuReading
 
 LATENCY_WINDOW_S = 60
@@ -143,13 +150,52 @@ class StatsSnapshot(BaseModel):
     engines: dict[str, EngineStats]
 
 
-def latency_summary(parts: Sequence[EndpointLatencies]) -> LatencySummary:
-    seconds = np.fromiter((s for part in parts for s in part.seconds), dtype=np.float64)
+# Latencies are counted in fixed buckets, log-spaced from 0.1 ms to 10 min, each 2% wider than
+# the one before: a percentile read from them is within 1% of the exact one, and what the recorder
+# holds depends on the buckets and the window, never on how many requests there were.
+BUCKET_GROWTH = 1.02
+MIN_LATENCY_S = 1e-4
+MAX_LATENCY_S = 600.0
+BUCKET_EDGES_S = MIN_LATENCY_S * BUCKET_GROWTH ** np.arange(
+    math.ceil(math.log(MAX_LATENCY_S / MIN_LATENCY_S, BUCKET_GROWTH)) + 1
+)
+# Bucket i holds latencies in [edge i-1, edge i); bucket 0 those below the first edge and the last
+# those at or above the last. Each reads as the geometric middle of its edges.
+BUCKET_VALUES_S = np.concatenate(
+    ([MIN_LATENCY_S], np.sqrt(BUCKET_EDGES_S[:-1] * BUCKET_EDGES_S[1:]), [BUCKET_EDGES_S[-1]])
+)
+
+
+@dataclass
+class LatencyCounts:
+    """Requests to one route, as counts per latency bucket (only the buckets used)."""
+
+    buckets: Counter[int] = field(default_factory=Counter)
+    errors: int = 0
+    client_errors: int = 0
+
+    def add(self, part: EndpointLatencies) -> None:
+        indexes, counts = np.unique(
+            np.searchsorted(BUCKET_EDGES_S, part.seconds, side="right"), return_counts=True
+        )
+        self.buckets.update(dict(zip(indexes.tolist(), counts.tolist(), strict=True)))
+        self.errors += part.errors
+        self.client_errors += part.client_errors
+
+
+def latency_summary(parts: Sequence[LatencyCounts]) -> LatencySummary:
+    counts = np.zeros(BUCKET_VALUES_S.size, dtype=np.int64)
+    for part in parts:
+        np.add.at(counts, list(part.buckets), list(part.buckets.values()))
+    requests = int(counts.sum())
     p50_ms = p95_ms = None
-    if seconds.size:
-        p50_ms, p95_ms = (round(float(ms), 2) for ms in np.percentile(seconds, [50, 95]) * 1000)
+    if requests:
+        # Nearest rank: the latency below or at which q% of the requests were answered.
+        ranks = np.ceil(np.array([0.5, 0.95]) * requests)
+        indexes = np.searchsorted(np.cumsum(counts), ranks)
+        p50_ms, p95_ms = (round(float(s) * 1000, 2) for s in BUCKET_VALUES_S[indexes])
     return LatencySummary(
-        requests=int(seconds.size),
+        requests=requests,
         errors=sum(part.errors for part in parts),
         client_errors=sum(part.client_errors for part in parts),
         p50_ms=p50_ms,
@@ -159,23 +205,33 @@ def latency_summary(parts: Sequence[EndpointLatencies]) -> LatencySummary:
 
 class LatencyWindow:
     """The ingress replicas' flushes of the last `window_s` seconds, stamped on arrival (one
-    clock for all replicas, whatever their machines' clocks say)."""
+    clock for all replicas, whatever their machines' clocks say) and counted per second of
+    arrival, so it holds at most `window_s` seconds' bucket counts per route whatever the
+    traffic; seconds that left the window are dropped as flushes arrive."""
 
     def __init__(self, window_s: int = LATENCY_WINDOW_S, clock: Clock = time.monotonic) -> None:
         self._window_s = window_s
         self._clock = clock
-        self._flushes: deque[tuple[float, dict[str, EndpointLatencies]]] = deque()
+        self._seconds: deque[tuple[int, dict[str, LatencyCounts]]] = deque()
 
     def add(self, latencies: dict[str, EndpointLatencies]) -> None:
-        self._flushes.append((self._clock(), latencies))
+        second = math.floor(self._clock())
+        self._forget_before(second - self._window_s)
+        if not self._seconds or self._seconds[-1][0] != second:
+            self._seconds.append((second, {}))
+        by_endpoint = self._seconds[-1][1]
+        for endpoint, part in latencies.items():
+            by_endpoint.setdefault(endpoint, LatencyCounts()).add(part)
+
+    def _forget_before(self, oldest: float) -> None:
+        while self._seconds and self._seconds[0][0] < oldest:
+            self._seconds.popleft()
 
     def summary(self) -> LatencyStats:
-        oldest = self._clock() - self._window_s
-        while self._flushes and self._flushes[0][0] < oldest:
-            self._flushes.popleft()
-        by_endpoint: dict[str, list[EndpointLatencies]] = {}
-        for _, flush in self._flushes:
-            for endpoint, part in flush.items():
+        self._forget_before(self._clock() - self._window_s)
+        by_endpoint: dict[str, list[LatencyCounts]] = {}
+        for _, counts in self._seconds:
+            for endpoint, part in counts.items():
                 by_endpoint.setdefault(endpoint, []).append(part)
         return LatencyStats(
             window_s=self._window_s,
@@ -250,12 +306,20 @@ def engine_stats(models: Iterable[str], reports: Iterable[ReplicaReport]) -> dic
 
 
 STATS_NAME = "stats"
+# A snapshot is read from one replica's memory: it comes in milliseconds, or the recorder is down.
+STATS_CALLS = CallGuardConfig(timeout_s=10, accept_timeout_s=5)
+
+
+def stats_reader(stats: DeploymentHandle) -> GuardedHandle:
+    """How /v1/stats asks the recorder: within timeouts and behind a breaker, so a recorder that
+    is down or hung answers 503 with Retry-After instead of holding the request."""
+    return GuardedHandle("the stats recorder", stats, STATS_CALLS, ServiceUnavailableError)
 
 
 @serve.deployment(
     name=STATS_NAME, num_replicas=1, max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0}
 )
-class StatsRecorder:
+class StatsRecorder(GuardedCallee):
     """One replica on purpose: it must hear from every replica of the app. Methods are async so
     they run on the replica's event loop, one at a time, with no locking."""
 

@@ -101,6 +101,19 @@ async def test_cache_is_keyed_by_file_content(examples_csv, tmp_path):
     assert "card never came" in engine.embedded
 
 
+async def test_new_weights_under_the_same_name_embed_the_examples_again(examples_csv, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
+    await loaded(
+        settings(examples_csv), FakeEngine("fake", identity="fake@old-weights"), cache=cache
+    )
+    swapped = FakeEngine("fake", identity="fake@new-weights")
+    await loaded(settings(examples_csv), swapped, cache=cache)
+    assert {text for text, _ in ROWS} <= set(swapped.embedded)
+    same = FakeEngine("fake", identity="fake@new-weights")
+    await loaded(settings(examples_csv), same, cache=cache)
+    assert not set(same.embedded) & {text for text, _ in ROWS}
+
+
 async def test_zero_shot_uses_label_names_of_the_examples(examples_csv):
     classifier = await loaded(settings(examples_csv))
     assert classifier.labels == ["card_arrival", "lost_card", "top_up"]

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capabilities.base import Resources, RunContext
+from capabilities.batching import RunCall, run_batch
+from capabilities.cache import CacheConfig
 from capabilities.engine import ChoiceResult
-from capabilities.errors import InvalidRequestError
+from capabilities.errors import EngineUnavailableError, InvalidRequestError
 from capabilities.gates import (
     GateCheck,
     GatesCapability,
@@ -74,6 +76,7 @@ class ScriptedGenerator:
 
     def __init__(self, p_yes: dict[str, float], name: str = "gen") -> None:
         self.name = name
+        self.identity = f"{name}@scripted"
         self.p_yes = p_yes
         self.prompts: list[str] = []
 
@@ -332,3 +335,43 @@ async def test_load_refuses_a_missing_engine():
 def test_settings_refuse_unservable_gates(gates, message):
     with pytest.raises(ValueError, match=message):
         GatesSettings.model_validate({"gates": gates})
+
+
+class RecoveringGenerator(ScriptedGenerator):
+    """Fails its first `choose` as `failure` says (an engine restarting), then answers."""
+
+    def __init__(self, failure: Literal["error", "hang"]) -> None:
+        super().__init__({"furious": 0.9})
+        self.failure: Literal["error", "hang"] | None = failure
+        self.calls = 0
+
+    async def choose(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceResult]:
+        self.calls += 1
+        failure, self.failure = self.failure, None
+        if failure == "error":
+            raise EngineUnavailableError("engine 'gen' is down", 5)
+        if failure == "hang":
+            await asyncio.Event().wait()
+        return await super().choose(prompts, choices)
+
+
+@pytest.mark.parametrize(("failure", "status"), [("error", "error"), ("hang", "timeout")])
+async def test_a_gate_that_failed_is_asked_again_not_answered_from_the_cache(failure, status):
+    generator = RecoveringGenerator(failure)
+    settings = GatesSettings.model_validate(
+        {
+            "generative_model": "gen",
+            "gates": [{"name": "angry", "kind": "llm", "question": "Angry?", "timeout_s": 0.05}],
+        }
+    )
+    capability = await loaded_capability(settings, None, generator)
+    cache = CacheConfig(max_entries=100).build()
+
+    [failed], _ = await run_batch(capability, [RunCall(texts=["I am furious"])], cache)
+    [answered], report = await run_batch(capability, [RunCall(texts=["I am furious"])], cache)
+    [cached], again = await run_batch(capability, [RunCall(texts=["I am furious"])], cache)
+
+    assert statuses(failed.outputs[0]) == {"angry": status}
+    assert statuses(answered.outputs[0]) == {"angry": "fired"}
+    assert report.cache_hits == 0
+    assert (again.cache_hits, cached.outputs, generator.calls) == (1, answered.outputs, 2)

@@ -11,7 +11,7 @@ from ray.serve.exceptions import BackPressureError
 
 from capabilities.batching import RunCall, RunFailure, RunReply, failure_of
 from capabilities.errors import EngineUnavailableError, InvalidRequestError
-from deployments.calls.guarded_handle import GuardedCallee
+from deployments.calls.guarded_handle import GuardedCallee, GuardedHandle, loading
 from deployments.config import CallGuardConfig
 from deployments.dag.capability_clients import answer_of
 from deployments.dag.runner_client import RunnerClient
@@ -88,7 +88,7 @@ async def echo(*args: Any) -> Any:
 
 def engine(behaviour: Behaviour) -> tuple[EngineClient, FakeHandle]:
     handle = FakeHandle(behaviour)
-    return EngineClient("minilm", handle, CALLS), handle  # type: ignore[arg-type]
+    return EngineClient("minilm", "minilm@test", handle, CALLS), handle  # type: ignore[arg-type]
 
 
 def test_a_call_returns_the_reply():
@@ -125,23 +125,68 @@ def test_a_call_no_replica_takes_fails_within_the_accept_timeout():
     assert handle.responses[-1].cancelled
 
 
-def test_until_the_engine_first_answers_calls_wait_the_startup_timeout():
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def starting_engine(clock: FakeClock) -> tuple[GuardedHandle, FakeHandle]:
+    """A guarded handle made as its replica starts (window 30 s) of an engine no replica takes
+    calls for until `handle.acceptance` is set (accept timeout 0.02 s); then it answers in 0.1 s,
+    above the 0.05 s call timeout."""
+
     async def slow(*args: Any) -> Any:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.1)
         return args
 
     handle = FakeHandle(slow)
-    calls = CallGuardConfig(timeout_s=0.05, startup_timeout_s=30, accept_timeout_s=0.05)
-    client = EngineClient("minilm", handle, calls)  # type: ignore[arg-type]
+    handle.acceptance = asyncio.Event()
+    calls = CallGuardConfig(
+        timeout_s=0.05, startup_timeout_s=30, accept_timeout_s=0.02, failure_threshold=2
+    )
+    client = GuardedHandle("engine 'minilm'", handle, calls, EngineUnavailableError, clock)  # type: ignore[arg-type]
+    return client, handle
 
+
+def test_loading_within_the_startup_window_waits_for_a_starting_engine():
     async def scenario() -> None:
-        handle.acceptance = asyncio.Event()
-        starting = asyncio.create_task(client.embed(["starting"]))
+        client, handle = starting_engine(FakeClock())
+        with loading():
+            starting = asyncio.create_task(client.call("embed", ["example"]))
         await asyncio.sleep(0.2)
-        handle.acceptance.set()
-        assert await starting == (["starting"],)
+        handle.acceptance.set()  # type: ignore[union-attr]
+        assert await starting == (["example"],)
         with pytest.raises(EngineUnavailableError, match="did not answer within 0.05 s"):
-            await client.embed(["started"])
+            await client.call("embed", ["a request"])
+
+    asyncio.run(scenario())
+
+
+def test_loading_after_the_startup_window_has_the_normal_timeouts():
+    async def scenario() -> None:
+        clock = FakeClock()
+        client, _ = starting_engine(clock)
+        clock.now += 31  # a reload of the settings, long after the replica started
+        with loading(), pytest.raises(EngineUnavailableError, match="took no call within 0.02 s"):
+            await client.call("embed", ["example"])
+
+    asyncio.run(scenario())
+
+
+def test_requests_to_a_dead_engine_fail_fast_and_open_the_breaker_before_any_answer():
+    # A restarted ingress whose engine is down: its handle has never had an answer.
+    async def scenario() -> None:
+        client, handle = starting_engine(FakeClock())
+        async with asyncio.timeout(5):  # the startup window (30 s) is not waited
+            for _ in range(2):
+                with pytest.raises(EngineUnavailableError, match="took no call within 0.02 s"):
+                    await client.call("embed", ["a request"])
+            with pytest.raises(EngineUnavailableError, match="calls resume in"):
+                await client.call("embed", ["a request"])
+        assert len(handle.calls) == 2
 
     asyncio.run(scenario())
 

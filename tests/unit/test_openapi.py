@@ -14,6 +14,7 @@ from deployments.config import parse_app_config
 from deployments.http.ingress import Ingress
 from deployments.http.openapi import openapi_document
 from deployments.http.routes import ApiRoute
+from tests.unit.test_guarded_handle import FakeHandle, echo
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def ingress(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any
     args["cache_dir"] = str(tmp_path_factory.mktemp("openapi-cache"))
     # The class serve.ingress wrapped: built without Ray, its routes only need no handle.
     ingress_class = Ingress.func_or_class.__bases__[0]
-    return ingress_class(parse_app_config(args), {}, {}, None, None)
+    return ingress_class(parse_app_config(args), {}, {}, FakeHandle(echo), None)
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,7 @@ class ScriptedGenerator:
 
     def __init__(self, answer: Callable[[str, dict[str, Any]], dict[str, Any]], name: str = "gen"):
         self.name = name
+        self.identity = f"{name}@scripted"
         self.answer = answer
         self.calls: list[tuple[list[str], dict[str, Any]]] = []
 

@@ -2,6 +2,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from batchjobs.handlers import (
     BatchResult,
     CopyHandler,
+    LoadedHandler,
     PostgresHandler,
     ResultHandler,
     ResultHandlerConfig,
@@ -409,7 +411,7 @@ async def test_postgres_handlers_creating_one_table_at_once_all_succeed(postgres
     # CREATE TABLE IF NOT EXISTS alone lets one of two simultaneous creators fail.
     for _ in range(5):
         table = f"results_{uuid.uuid4().hex[:8]}"
-        handlers = [(str(n), postgres_handler(postgres_url, table)) for n in range(6)]
+        handlers = [LoadedHandler(str(n), postgres_handler(postgres_url, table)) for n in range(6)]
         outcome = await run_handlers(handlers, result)
         assert outcome == dict.fromkeys(outcome, None)
         assert len(stored_rows(postgres_url, table, result.batch.id)) == 5
@@ -569,7 +571,12 @@ async def test_run_handlers_reports_a_failure_without_stopping_the_others(result
     started = time.monotonic()
     with caplog.at_level(logging.ERROR, logger="capserve.batch"):
         outcome = await run_handlers(
-            [("slow", slow), ("failing", Failing()), ("other", other)], result
+            [
+                LoadedHandler("slow", slow),
+                LoadedHandler("failing", Failing()),
+                LoadedHandler("other", other),
+            ],
+            result,
         )
     assert time.monotonic() - started < 0.55  # concurrently, not one after another
     assert outcome == {
@@ -579,6 +586,52 @@ async def test_run_handlers_reports_a_failure_without_stopping_the_others(result
     }
     assert slow.handled == other.handled == [result.batch.id]
     assert f"result handler failing failed for batch {result.batch.id}" in caplog.text
+
+
+class Hung:
+    """A copy to a store that stopped answering, in a thread as the built-ins copy."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    async def handle(self, result: BatchResult) -> None:
+        await asyncio.to_thread(self.release.wait)
+
+
+async def test_a_hung_handler_is_given_up_after_its_timeout(result, caplog):
+    hung, other = Hung(), Slow()
+    try:
+        with caplog.at_level(logging.ERROR, logger="capserve.batch"):
+            outcome = await asyncio.wait_for(
+                run_handlers(
+                    [LoadedHandler("copy", hung, timeout_s=0.2), LoadedHandler("other", other)],
+                    result,
+                ),
+                10,  # before, run_handlers waited for the copy for ever, and the batch with it
+            )
+    finally:
+        hung.release.set()
+    assert outcome == {"copy": "timed out after 0.2 s", "other": None}
+    assert other.handled == [result.batch.id]
+    assert f"result handler copy for batch {result.batch.id} took more than 0.2 s" in caplog.text
+
+
+async def test_a_timeout_the_handler_raises_itself_is_its_error(result):
+    class Raising:
+        async def handle(self, result: BatchResult) -> None:
+            raise TimeoutError("S3 said slow down")
+
+    outcome = await run_handlers([LoadedHandler("copy", Raising(), timeout_s=30)], result)
+    assert outcome == {"copy": "TimeoutError: S3 said slow down"}
+
+
+def test_a_handler_runs_under_its_configured_timeout(tmp_path):
+    config = ResultHandlerConfig(type="copy", settings={"destination": str(tmp_path)})
+    assert LoadedHandler.of(config).timeout_s == 600
+    quick = config.model_copy(update={"timeout_s": 30})
+    assert (LoadedHandler.of(quick).name, LoadedHandler.of(quick).timeout_s) == ("copy", 30)
+    with pytest.raises(ValueError, match="greater than 0"):
+        ResultHandlerConfig(type="copy", timeout_s=0)
 
 
 async def test_run_handlers_with_no_handlers(result):
