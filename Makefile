@@ -1,4 +1,5 @@
-# `make run` serves the default app on 127.0.0.1:8000; `make test` runs the whole suite.
+# `make run` serves the default app on 127.0.0.1:8000, its Prometheus series on 127.0.0.1:8080
+# (CAPSERVE_METRICS_PORT picks another port); `make test` runs the whole suite.
 # Both (re)build .venv first, and skip that in a second when pyproject.toml has not changed.
 # CAPSERVE_SERVE_FLAGS picks Ray Serve's high-throughput modes for both, e.g.
 # `make run CAPSERVE_SERVE_FLAGS=haproxy,throughput`; unset, cluster/serve_flags.py's default.
@@ -25,7 +26,7 @@ $(INSTALLED): pyproject.toml
 venv: $(INSTALLED)
 
 run: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m cluster.serve_flags $(VENV)/bin/serve run serve_config.yaml
+	HF_HUB_OFFLINE=1 $(PYTHON) -m cluster.serve_flags $(PYTHON) -m cluster.serve_run serve_config.yaml
 
 services:
 	@command -v redis-server >/dev/null || { \

@@ -55,7 +55,7 @@ def test_the_page_lists_every_operation_of_the_document(docs: Page, base_url: st
         f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item
     }
     blocks = docs.locator(".opblock")
-    expect(blocks.first).to_be_visible()
+    expect(blocks.first).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     expect(blocks).to_have_count(len(operations))
     methods = blocks.locator(".opblock-summary-method").all_inner_texts()
     paths = blocks.locator(".opblock-summary-path").all_inner_texts()
@@ -89,7 +89,7 @@ def test_try_it_out_on_classify_answers_a_label(docs: Page, tmp_path: Path) -> N
 
     # What the user sees: the live response's status and the label in its body.
     live = operation.locator(".live-responses-table .response")
-    expect(live.locator(".response-col_status")).to_have_text("200")
+    expect(live.locator(".response-col_status")).to_have_text("200", timeout=PAGE_TIMEOUT_MS)
     expect(live.locator(".response-col_description")).to_contain_text(f'"label": "{label}"')
     # Tall enough to show the request and its answer below the operation's title.
     docs.set_viewport_size({"width": 1280, "height": 1800})
