@@ -18,8 +18,13 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.api_keys import CLASSIFY_KEY
 
-pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed (`make services` installs it)"
+    ),
+]
 SCREENSHOT_TO = "CAPSERVE_DOCS_SCREENSHOT"
 # Swagger UI fetches the document and renders every operation; a busy 2-core machine is slow.
 PAGE_TIMEOUT_MS = 60_000
@@ -32,8 +37,7 @@ ZERO_WIDTH_SPACE = "\u200b"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (`make services` installs it)")
+    assert CHROMIUM is not None
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
         yield browser
