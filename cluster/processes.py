@@ -3,10 +3,11 @@ give one, starting one until it is ready, and ending one."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,9 +23,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
-    """SIGTERM, and SIGKILL if it has not exited within `timeout_s`."""
-    process.terminate()
+def stop_process(
+    process: subprocess.Popen[bytes], timeout_s: float = 10, stop_signal: int = signal.SIGTERM
+) -> None:
+    """`stop_signal`, and SIGKILL if it has not exited within `timeout_s`."""
+    process.send_signal(stop_signal)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -40,11 +43,15 @@ def running_server(
     what: str,
     timeout_s: float,
     poll_s: float = 0.1,
+    env: Mapping[str, str] | None = None,
+    stop_signal: int = signal.SIGTERM,
+    stop_timeout_s: float = 10,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Starts `command` with its output in `log_path`, waits until `is_ready()`, and stops the
-    process on exit. Raises ServerNotReady when it exits first or `timeout_s` passes."""
+    """Starts `command` (in `env`, else this process's environment) with its output in
+    `log_path`, waits until `is_ready()`, and on exit sends it `stop_signal`, SIGKILL after
+    `stop_timeout_s`. Raises ServerNotReady when it exits first or `timeout_s` passes."""
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout_s
         while not is_ready():
@@ -57,4 +64,4 @@ def running_server(
             time.sleep(poll_s)
         yield process
     finally:
-        stop_process(process)
+        stop_process(process, stop_timeout_s, stop_signal)

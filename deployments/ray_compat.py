@@ -48,6 +48,13 @@ async def accepted(response: DeploymentResponse[Any] | DeploymentResponseGenerat
     await response._fetch_future_result_async()
 
 
+def serve_namespace() -> str:
+    """The Ray namespace `serve run` starts Ray in (cluster/serve_run.py starts it alike)."""
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    return SERVE_NAMESPACE
+
+
 def session_dir() -> str:
     """The running Ray node's session folder (logs, the metrics service discovery file)."""
     import ray

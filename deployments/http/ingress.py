@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Lifespan
 
 from batchjobs.files import FileStorage
@@ -32,6 +32,7 @@ from capabilities.errors import CapabilityError
 from deployments.config import AppConfig
 from deployments.dag.capability_clients import configure_inline
 from deployments.dag.classify_service import ClassifyWiring
+from deployments.http.api_docs import docs_routes
 from deployments.http.auth import Authenticator, principal_of
 from deployments.http.batch_api import BatchApi
 from deployments.http.errors import (
@@ -48,7 +49,7 @@ from deployments.http.openai_api import (
     EmbeddingRequest,
     OpenAIEndpoints,
 )
-from deployments.http.openapi import OpenApiDocument, openapi_endpoint
+from deployments.http.openapi import OPENAPI_PATH, OpenApiDocument, openapi_endpoint
 from deployments.http.rate_limit import RateLimiter
 from deployments.http.readiness import Readiness
 from deployments.http.request_body import read_json
@@ -119,9 +120,15 @@ def build_http_app(
     rate_limiter: RateLimiter,
     observer: RequestObserver,
     lifespan: Lifespan[Starlette],
+    pages: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The Starlette app of `routes`; `observer` sees every request once, timed outside all
-    other middleware; `lifespan` runs the app's background work."""
+    other middleware; `lifespan` runs the app's background work. `pages` are served as they are,
+    outside the route table: public, and not in the API's document."""
+    api = [
+        Route(route.path, _guarded(route, authenticator, rate_limiter), methods=[route.method])
+        for route in routes
+    ]
     handlers = {
         ApiError: handle_error,
         CapabilityError: handle_error,
@@ -129,10 +136,7 @@ def build_http_app(
         HTTPException: _http_error,
     }
     return Starlette(
-        routes=[
-            Route(route.path, _guarded(route, authenticator, rate_limiter), methods=[route.method])
-            for route in routes
-        ],
+        routes=[*api, *pages],
         middleware=[
             Middleware(RequestTimingMiddleware, observer=observer),
             Middleware(CatchAllMiddleware),
@@ -188,6 +192,7 @@ class Ingress:
             self._rate_limiter,
             self._telemetry,
             self._reporting,
+            pages=docs_routes(OPENAPI_PATH, "capserve API"),
         )
 
     @asynccontextmanager
@@ -264,7 +269,7 @@ class Ingress:
             ),
             *self._batch_api.routes(),
             ApiRoute(
-                "/openapi.json",
+                OPENAPI_PATH,
                 "GET",
                 openapi_endpoint(self.api_routes),
                 "This API's OpenAPI 3.1 document",

@@ -20,6 +20,7 @@ from deployments.http.errors import ErrorBody
 from deployments.http.routes import ApiRoute, Endpoint
 
 OPENAPI_VERSION = "3.1.0"
+OPENAPI_PATH = "/openapi.json"
 SCHEMA_REF = "#/components/schemas/{model}"
 SECURITY_SCHEME = "ApiKey"
 BINARY = {"type": "string", "format": "binary"}

@@ -4,31 +4,30 @@ Requests go to the app in two waves, each waited for in Prometheus, so rates ove
 between them are real; then the queries of the dashboard must answer.
 """
 
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from cluster.monitoring.prometheus_server import SCRAPE_CONFIG, InstantSample, PrometheusClient
-from tests.prometheus_server import prometheus_for_ray
+from cluster.monitoring.prometheus_server import PrometheusClient
+from tests.prometheus_server import (
+    dashboard_queries,
+    prometheus_for_ray,
+    total,
+    wait_for,
+    wait_for_total,
+)
 
 pytestmark = pytest.mark.e2e
-DASHBOARD = SCRAPE_CONFIG.with_name("grafana-dashboard.json")
 CLASSIFY_REQUESTS_PER_WAVE = 6
 EMBEDDINGS_REQUESTS_PER_WAVE = 3
-# Ray exports every 10 s and Prometheus scrapes every 5 s; replicas may be slow to report on a
-# busy machine.
-SCRAPE_WAIT_S = 90
-POLL_S = 2
 CLASSIFY_REQUESTS = 'sum(capserve_http_requests_total{endpoint="/v1/classify"})'
 CLASSIFY_P95 = (
     "histogram_quantile(0.95, sum by (le) (rate("
     'capserve_http_request_duration_seconds_bucket{endpoint="/v1/classify"}[1m])))'
 )
 ENGINE_REQUESTS = "sum by (model, method) (capserve_engine_requests_total)"
-GRAFANA_VARIABLES = {"$__rate_interval": "1m"}
 
 
 @pytest.fixture(scope="module")
@@ -48,39 +47,20 @@ def _send_wave(client: httpx.Client) -> None:
         assert response.status_code == 200, response.text
 
 
-def _wait_for(
-    prometheus: PrometheusClient, expr: str, done: Callable[[list[InstantSample]], bool]
-) -> list[InstantSample]:
-    deadline = time.monotonic() + SCRAPE_WAIT_S
-    while not done(samples := prometheus.query(expr)):
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {SCRAPE_WAIT_S} s Prometheus answers {expr} with {samples}")
-        time.sleep(POLL_S)
-    return samples
-
-
-def _total(samples: list[InstantSample]) -> float:
-    return sum(float(sample.value[1]) for sample in samples)
-
-
-def _wait_for_total(prometheus: PrometheusClient, expr: str, at_least: float) -> float:
-    return _total(_wait_for(prometheus, expr, lambda samples: _total(samples) >= at_least))
-
-
 @pytest.fixture(scope="module")
 def scraped_traffic(prometheus: PrometheusClient, client: httpx.Client) -> float:
     """Two waves of requests, each seen in Prometheus; the classify count Prometheus then has."""
     for _wave in range(2):
-        before = _total(prometheus.query(CLASSIFY_REQUESTS))
+        before = total(prometheus.query(CLASSIFY_REQUESTS))
         _send_wave(client)
         # `before` includes what earlier tests of the session sent.
         wanted = before + CLASSIFY_REQUESTS_PER_WAVE
-        total = _wait_for_total(prometheus, CLASSIFY_REQUESTS, wanted)
-    return total
+        counted = wait_for_total(prometheus, CLASSIFY_REQUESTS, wanted)
+    return counted
 
 
 def test_prometheus_scrapes_every_ray_node(prometheus: PrometheusClient) -> None:
-    samples = _wait_for(prometheus, 'up{job="ray"}', bool)
+    samples = wait_for(prometheus, 'up{job="ray"}', bool)
     assert [sample.value[1] for sample in samples] == ["1"] * len(samples), samples
 
 
@@ -99,18 +79,13 @@ def test_request_latency_quantile_is_a_number(
 def test_engine_calls_are_counted_per_model(
     prometheus: PrometheusClient, scraped_traffic: float
 ) -> None:
-    samples = _wait_for(prometheus, ENGINE_REQUESTS, bool)
+    samples = wait_for(prometheus, ENGINE_REQUESTS, bool)
     assert {sample.metric["model"] for sample in samples} >= {"minilm"}, samples
-    assert _total(samples) > 0
+    assert total(samples) > 0
 
 
 def test_prometheus_accepts_every_dashboard_query(
     prometheus: PrometheusClient, scraped_traffic: float
 ) -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    for panel in dashboard["panels"]:
-        for target in panel["targets"]:
-            expr = target["expr"]
-            for variable, value in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, value)
-            prometheus.query(expr)
+    for expr in dashboard_queries():
+        prometheus.query(expr)

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.testclient import TestClient
 
 from capabilities.batching import BatchReport
+from deployments.http.api_docs import docs_routes
 from deployments.http.auth import Authenticator
 from deployments.http.ingress import build_http_app
 from deployments.http.rate_limit import RateLimitConfig, RateLimiter
@@ -148,7 +149,12 @@ def observed() -> Iterator[tuple[TestClient, Observations]]:
         yield
 
     app = build_http_app(
-        routes, Authenticator([]), RateLimiter(RateLimitConfig()), observations, lifespan
+        routes,
+        Authenticator([]),
+        RateLimiter(RateLimitConfig()),
+        observations,
+        lifespan,
+        pages=docs_routes("/openapi.json", "API"),
     )
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, observations
@@ -164,6 +170,10 @@ def test_requests_are_named_by_route_template_and_status(
     assert client.delete("/v1/files/file-456").status_code == 405
     assert client.get("/nope/../etc/passwd").status_code == 404
     assert client.post("/v1/boom").status_code == 500
+    # Pages outside the route table: a mount of files is one name, not one per file.
+    assert client.get("/docs").status_code == 200
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
+    assert client.get("/docs/assets/favicon.png").status_code == 200
 
     assert [(o.endpoint, o.method, o.status) for o in observations.seen] == [
         ("/v1/files/{file_id}", "GET", 200),
@@ -171,6 +181,9 @@ def test_requests_are_named_by_route_template_and_status(
         ("/v1/files/{file_id}", "DELETE", 405),
         ("other", "GET", 404),
         ("/v1/boom", "POST", 500),
+        ("/docs", "GET", 200),
+        ("/docs/assets", "GET", 200),
+        ("/docs/assets", "GET", 200),
     ]
-    assert observations.starts == 5
+    assert observations.starts == 8
     assert all(o.seconds >= 0 for o in observations.seen)

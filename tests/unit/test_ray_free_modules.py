@@ -28,6 +28,7 @@ RAY_FREE = [
     "deployments.http.request_body",
     "deployments.http.openapi",
     "deployments.http.readiness",
+    "deployments.http.api_docs",
     "deployments.calls.circuit_breaker",
     "deployments.engine.calls",
     "deployments.engine.choice_tokens",
