@@ -26,12 +26,16 @@ class FakeLines:
     ) -> None:
         self.delay_s = delay_s
         self.calls: list[str] = []
+        self.tenants: list[str | None] = []
         self.flaky_failures = flaky_failures
         self.hang_after = hang_after
 
-    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
+    async def run(
+        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+    ) -> LineOutcome:
         text = body["texts"][0]
         self.calls.append(text)
+        self.tenants.append(tenant)
         if self.hang_after is not None and len(self.calls) > self.hang_after:
             await asyncio.Event().wait()
         await asyncio.sleep(self.delay_s)
@@ -218,8 +222,10 @@ async def test_lines_left_when_the_window_closes_are_written_as_expired(setup: S
     lines = FakeLines()
 
     class ClosingLines(FakeLines):
-        async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
-            outcome = await lines.run(endpoint, body, request_id)
+        async def run(
+            self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        ) -> LineOutcome:
+            outcome = await lines.run(endpoint, body, request_id, tenant)
             if len(lines.calls) == 5:
                 clock["now"] += 25 * 3600
             return outcome

@@ -9,7 +9,7 @@ import openai.types.chat
 import pytest
 from pydantic import ValidationError
 
-from deployments.config import ModelConfig
+from deployments.config import LimitsConfig, ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, JsonOutput, Rejection
 from deployments.http.errors import ApiError
 from deployments.http.openai_api import ChatCompletionRequest, EmbeddingRequest, OpenAIEndpoints
@@ -42,7 +42,7 @@ def model(name: str, runner: str) -> ModelConfig:
 
 def endpoints(*models: ModelConfig, reply: ChatOutput | Rejection | None = None):
     engines = {m.name: FakeOpenAIEngine(reply) for m in models}
-    return OpenAIEndpoints(models, engines), engines
+    return OpenAIEndpoints(models, engines, LimitsConfig()), engines
 
 
 async def chat(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
@@ -117,7 +117,9 @@ async def test_chat_defaults_are_openai_defaults_and_nulls_mean_unset():
     api, engines = endpoints(model("llama", "generate"))
     await chat(api, {"messages": USER, "temperature": None, "stop": None}, "req")
     [call] = engines["llama"].calls
-    assert (call.max_tokens, call.temperature, call.top_p, call.stop) == (None, 1.0, 1.0, [])
+    # No max_tokens: the server's cap, as OpenAI fills in what the model allows.
+    assert call.max_tokens == LimitsConfig().max_chat_tokens
+    assert (call.temperature, call.top_p, call.stop) == (1.0, 1.0, [])
 
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
