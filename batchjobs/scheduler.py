@@ -50,14 +50,18 @@ class BatchScheduler:
         return sorted(self._active)
 
     async def take_work(self) -> None:
-        """Starts the waiting batches this runner has room for, fairest first."""
+        """Starts the waiting batches this runner has room for, fairest first, one per tenant
+        a pass: the store's order is fair only as of the pass's start."""
         waiting = await self._store.claimable_batches(self._clock(), self._tenant_lines)
+        tenants: set[str | None] = set()
         for batch in waiting:
             if len(self._active) >= self._slots:
                 return
-            if batch.id not in self._active:
-                self._active[batch.id] = asyncio.create_task(self._run(batch.id))
-                self._on_change()
+            if batch.id in self._active or batch.tenant in tenants:
+                continue
+            tenants.add(batch.tenant)
+            self._active[batch.id] = asyncio.create_task(self._run(batch.id))
+            self._on_change()
 
     async def _should_yield(self, lease: Lease) -> bool:
         if len(self._active) < self._slots:
