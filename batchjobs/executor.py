@@ -6,7 +6,9 @@ chunk's checkpoint stored (the store's `add_chunk`), in the same transaction as 
 After a crash the batch resumes at the first chunk without a checkpoint, and the final files are
 the checkpointed chunk files concatenated in order: every custom_id exactly once. The runner holds
 a lease on the batch while it works and renews it; a runner that lost its lease stops, and its
-writes are refused, so two runners never write one batch.
+writes are refused, so two runners never write one batch. The lease says how many lines may be in
+flight (the tenant's quota, see `store.py`); between chunks the runner may hand its turn to
+another tenant (`YieldCheck`), and the batch carries on from its next chunk when taken again.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from batchjobs.schemas import (
     OutputLine,
     RequestCounts,
 )
-from batchjobs.store import JobStore, LeaseLostError
+from batchjobs.store import JobStore, Lease, LeaseLostError, StoreUnavailableError
 
 logger = logging.getLogger("capserve.batch")
 
@@ -64,7 +66,11 @@ class LineOutcome(BaseModel):
 class LineHandler(Protocol):
     """Answers batch lines as the online endpoint would."""
 
-    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome: ...
+    async def run(
+        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+    ) -> LineOutcome:
+        """Answers one line of `tenant`'s batch, counted against that tenant's budget."""
+        ...
 
     def default_model(self, endpoint: str) -> str | None:
         """The model that answers `endpoint` when lines do not name one."""
@@ -78,6 +84,12 @@ class ExecutionSettings(BaseModel):
         gt=0,
         description="Lines of one batch in flight at once: the share of the engine a batch may "
         "take, which keeps online traffic ahead of it.",
+    )
+    max_lines_per_tenant: int | None = Field(
+        default=128,
+        gt=0,
+        description="Lines of one tenant (API key name) in flight at once over all its batches "
+        "and every runner replica; its further batches wait. None: no quota.",
     )
     max_lines: int = Field(default=50_000, gt=0)
     max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
@@ -97,6 +109,8 @@ class ExecutionSettings(BaseModel):
 
 
 ResultHandlers = Callable[[BatchResult], Awaitable[None]]
+YieldCheck = Callable[[Lease], Awaitable[bool]]
+"""Asked between chunks whether the batch should give its runner's slot to other work now."""
 
 
 class BatchProgress(Protocol):
@@ -151,17 +165,17 @@ class BatchExecutor:
         self._clock = clock
         self._progress = progress
 
-    async def run(self, batch_id: str) -> bool:
-        """Takes the batch (False when another runner holds it) and drives it to the end."""
-        if not await self._store.claim_batch(
-            batch_id, self._owner, self._settings.lease_s, self._clock()
-        ):
+    async def run(self, batch_id: str, should_yield: YieldCheck | None = None) -> bool:
+        """Takes the batch (False when another runner holds it, or its tenant has no lines
+        left) and drives it to the end, or until `should_yield` says so between chunks."""
+        lease = await self._claim(batch_id)
+        if lease is None:
             return False
         work = asyncio.current_task()
         assert work is not None
         renewal = asyncio.create_task(self._renew_lease(batch_id, work))
         try:
-            await self._drive(batch_id)
+            await self._drive(lease, should_yield)
         except LeaseLostError:
             logger.warning("batch %s: lease lost; another runner carries on", batch_id)
         finally:
@@ -172,27 +186,42 @@ class BatchExecutor:
                 await self._store.release_batch(batch_id, self._owner)
         return True
 
+    async def _claim(self, batch_id: str) -> Lease | None:
+        return await self._store.claim_batch(
+            batch_id,
+            self._owner,
+            self._settings.lease_s,
+            self._clock(),
+            self._settings.max_concurrent_lines,
+            self._settings.max_lines_per_tenant,
+        )
+
     async def _renew_lease(self, batch_id: str, work: asyncio.Task[Any]) -> None:
         while True:
             await asyncio.sleep(self._settings.lease_s / 3)
-            renewed = await self._store.claim_batch(
-                batch_id, self._owner, self._settings.lease_s, self._clock()
-            )
-            if not renewed:
+            try:
+                renewed = await self._claim(batch_id)
+            except StoreUnavailableError:
+                # The next renewal tries again; a write after the lease ran out is refused.
+                continue
+            if renewed is None:
                 work.cancel()
                 return
 
-    async def _drive(self, batch_id: str) -> None:
-        batch = await self._get(batch_id)
+    async def _drive(self, lease: Lease, should_yield: YieldCheck | None) -> None:
+        batch = await self._get(lease.batch_id)
         if batch.status == "validating":
             batch = await self._validate(batch)
         if batch.status == "in_progress":
-            batch = await self._execute(batch)
+            executed = await self._execute(batch, lease, should_yield)
+            if executed is None:
+                return
+            batch = executed
         if batch.status in ("finalizing", "cancelling", "in_progress"):
             batch = await self._finalize(batch)
         if batch.terminal:
             await self._result_handlers(await self._result_of(batch))
-            await self._store.mark_handled(batch_id, self._owner)
+            await self._store.mark_handled(batch.id, self._owner)
             if self._progress is not None:
                 self._progress.batch_ended(batch.status)
 
@@ -247,7 +276,11 @@ class BatchExecutor:
 
         return await self._update(batch.id, start)
 
-    async def _execute(self, batch: BatchObject) -> BatchObject:
+    async def _execute(
+        self, batch: BatchObject, lease: Lease, should_yield: YieldCheck | None
+    ) -> BatchObject | None:
+        """Runs the batch's chunks; the batch as it is after them, or None when it yielded its
+        turn with lines left."""
         input_record = await self._store.get_file(batch.input_file_id)
         if input_record is None:
             return await self._update(batch.id, failed([_input_gone(batch)], int(self._clock())))
@@ -262,7 +295,7 @@ class BatchExecutor:
                 result, stop = ChunkResult(expired=list(tasks)), StopReason.EXPIRED
             else:
                 chunk_tasks = list(itertools.islice(tasks, self._settings.chunk_size))
-                result, stop = await self._run_chunk(batch, chunk_tasks, chunks)
+                result, stop = await self._run_chunk(batch, lease, chunk_tasks, chunks)
                 if stop == StopReason.EXPIRED:
                     result.expired.extend(tasks)
             chunk = self._write_chunk(batch.id, index, done, result)
@@ -274,6 +307,12 @@ class BatchExecutor:
             index += 1
             if stop is not None:
                 break
+            more = done < batch.request_counts.total
+            if more and should_yield is not None and await should_yield(lease):
+                logger.info(
+                    "batch %s: gives its turn to another tenant after chunk %d", batch.id, index - 1
+                )
+                return None
         batch = await self._get(batch.id)
         if batch.status == "in_progress" and done >= batch.request_counts.total:
             now = int(self._clock())
@@ -281,16 +320,20 @@ class BatchExecutor:
         return batch
 
     async def _run_chunk(
-        self, batch: BatchObject, chunk_tasks: list[NumberedLine], chunks: list[ChunkRecord]
+        self,
+        batch: BatchObject,
+        lease: Lease,
+        chunk_tasks: list[NumberedLine],
+        chunks: list[ChunkRecord],
     ) -> tuple[ChunkResult, str | None]:
-        """Runs the chunk's lines, at most `max_concurrent_lines` at a time, until all are done
-        or the batch is cancelled or its window closes; then the lines that finished."""
-        limit = asyncio.Semaphore(self._settings.max_concurrent_lines)
+        """Runs the chunk's lines, at most the lease's lines at a time, until all are done or
+        the batch is cancelled or its window closes; then the lines that finished."""
+        limit = asyncio.Semaphore(max(1, lease.lines))
         results: dict[int, tuple[OutputLine, bool, BatchUsage]] = {}
 
         async def run_task(task: NumberedLine) -> None:
             async with limit:
-                results[task.index] = await self._run_line(batch.endpoint, task)
+                results[task.index] = await self._run_line(batch.endpoint, task, lease.tenant)
 
         running = [asyncio.create_task(run_task(task)) for task in chunk_tasks]
         base = _totals(chunks)
@@ -346,13 +389,14 @@ class BatchExecutor:
         return None
 
     async def _run_line(
-        self, endpoint: str, task: NumberedLine
+        self, endpoint: str, task: NumberedLine, tenant: str | None
     ) -> tuple[OutputLine, bool, BatchUsage]:
         request_id = f"req_{uuid.uuid4().hex}"
-        deadline = self._clock() + self._settings.retry_window_s
+        # From the first answer: the wait for the tenant's budget is not the engine's outage.
+        deadline: float | None = None
         for attempt in itertools.count():
             try:
-                outcome = await self._lines.run(endpoint, task.line.body, request_id)
+                outcome = await self._lines.run(endpoint, task.line.body, request_id, tenant)
             except Exception as error:  # one bad line must not stop the batch
                 logger.exception("batch line %s failed", task.line.custom_id)
                 outcome = LineOutcome(
@@ -366,6 +410,8 @@ class BatchExecutor:
                         }
                     },
                 )
+            if deadline is None:
+                deadline = self._clock() + self._settings.retry_window_s
             transient = outcome.status_code in RETRIED_STATUSES and self._clock() < deadline
             server_error = outcome.status_code >= 500 and attempt + 1 < SERVER_ERROR_ATTEMPTS
             if not (transient or server_error):

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -25,7 +26,14 @@ from typing import Any, Literal, Protocol, TypeVar
 import psycopg
 
 from batchjobs.schemas import TERMINAL_STATUSES, BatchObject, ChunkRecord, FileRecord
-from batchjobs.store import BatchChange, LeaseLostError
+from batchjobs.store import (
+    RUNNING_STATUSES,
+    BatchChange,
+    Lease,
+    LeaseLostError,
+    StoreUnavailableError,
+    WaitingBatch,
+)
 
 T = TypeVar("T")
 
@@ -39,6 +47,10 @@ URL_FORMS = (
 _TERMINAL_SQL = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 # Any constant shared by every process using the database: serialises their schema creation.
 _SCHEMA_LOCK_KEY = 0x6361_7073_6A6F_6273
+# The first key of PostgreSQL's two-key advisory locks that serialise one tenant's claims.
+_TENANT_LOCK_CLASS = 0x6361_7073
+# How far back a tenant's last service counts when ordering waiting batches.
+FAIR_SHARE_MEMORY_S = 3600.0
 
 # One schema for both databases: SQLite maps BIGINT and DOUBLE PRECISION onto its INTEGER and
 # REAL; PostgreSQL's REAL would be float4, too coarse for epoch seconds.
@@ -60,6 +72,8 @@ _SCHEMA = (
         tenant TEXT,
         owner TEXT,
         lease_until DOUBLE PRECISION,
+        lines INTEGER NOT NULL DEFAULT 0,
+        served_at DOUBLE PRECISION,
         handled INTEGER NOT NULL DEFAULT 0,
         record TEXT NOT NULL
     )""",
@@ -74,7 +88,14 @@ _SCHEMA = (
 )
 # Columns added after the first release, which `CREATE TABLE IF NOT EXISTS` does not add to the
 # tables of an existing store.
-_ADDED_COLUMNS = (("files", "tenant", "TEXT"), ("batches", "tenant", "TEXT"))
+_ADDED_COLUMNS = (
+    ("files", "tenant", "TEXT"),
+    ("batches", "tenant", "TEXT"),
+    # `lines`: what the lease holder reserved of its tenant's quota; `served_at`: when a runner
+    # last took, renewed or released the batch.
+    ("batches", "lines", "INTEGER NOT NULL DEFAULT 0"),
+    ("batches", "served_at", "DOUBLE PRECISION"),
+)
 
 
 class _Cursor(Protocol):
@@ -106,6 +127,11 @@ class _Dialect:
     begin_schema: tuple[str, ...]
     columns_of: str
     """A query of the column names of the table named by its one parameter."""
+    lock_tenant: str | None
+    """Serialises the claims of the tenant named by its one parameter, until the transaction
+    ends; None where every write transaction is serialised anyway."""
+    same: str
+    """The comparison that is true of two NULLs too."""
     connect: Callable[[], _Connection]
     is_broken: Callable[[_Connection], bool]
 
@@ -129,6 +155,8 @@ def _sqlite(path: Path) -> _Dialect:
         lock_row="",
         begin_schema=("BEGIN IMMEDIATE",),
         columns_of="SELECT name FROM pragma_table_info(?)",
+        lock_tenant=None,
+        same="IS",
         connect=connect,
         is_broken=lambda _: False,
     )
@@ -150,6 +178,8 @@ def _postgres(url: str) -> _Dialect:
         begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"),
         columns_of="SELECT column_name FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND table_name = ?",
+        lock_tenant=f"SELECT pg_advisory_xact_lock({_TENANT_LOCK_CLASS}, hashtext(COALESCE(?, '')))",
+        same="IS NOT DISTINCT FROM",
         connect=connect,
         is_broken=is_broken,
     )
@@ -174,7 +204,7 @@ class SqlJobStore:
     def __init__(self, dialect: _Dialect) -> None:
         self._dialect = dialect
         self._lock = threading.Lock()
-        connection = dialect.connect()
+        connection = self._connect()
         self._connection: _Connection | None = connection
         try:
             with self._lock:
@@ -311,43 +341,116 @@ class SqlJobStore:
 
         return await self._write(update)
 
-    async def claim_batch(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
-        claimed = await self._write(
-            lambda sql: (
+    async def claim_batch(
+        self,
+        batch_id: str,
+        owner: str,
+        lease_s: float,
+        now: float,
+        lines: int = 1,
+        tenant_lines: int | None = None,
+    ) -> Lease | None:
+        def claim(sql: _Sql) -> Lease | None:
+            row = sql(
+                "SELECT tenant, status, owner, lease_until, lines, handled FROM batches "
+                f"WHERE id = ?{self._dialect.lock_row}",
+                batch_id,
+            ).fetchone()
+            if row is None:
+                return None
+            tenant, status, holder, lease_until, held_lines, handled = row
+            if handled and status in TERMINAL_STATUSES:
+                return None
+            if holder is not None and lease_until >= now:
+                if holder != owner:
+                    return None
                 sql(
-                    "UPDATE batches SET owner = ?, lease_until = ? "
-                    "WHERE id = ? AND (owner IS NULL OR owner = ? OR lease_until < ?) "
-                    f"AND NOT (handled = 1 AND status IN ({_TERMINAL_SQL}))",
-                    owner,
+                    "UPDATE batches SET lease_until = ?, served_at = ? WHERE id = ?",
                     now + lease_s,
-                    batch_id,
-                    owner,
                     now,
-                ).rowcount
+                    batch_id,
+                )
+                return Lease(batch_id, tenant, held_lines)
+            granted = lines if status in RUNNING_STATUSES else 0
+            if granted and tenant_lines is not None:
+                granted = min(granted, tenant_lines - self._tenant_lines(sql, tenant, now))
+                if granted < 1:
+                    return None
+            sql(
+                "UPDATE batches SET owner = ?, lease_until = ?, lines = ?, served_at = ? "
+                "WHERE id = ?",
+                owner,
+                now + lease_s,
+                granted,
+                now,
+                batch_id,
             )
-        )
-        return claimed > 0
+            return Lease(batch_id, tenant, granted)
+
+        return await self._write(claim)
+
+    def _tenant_lines(self, sql: _Sql, tenant: str | None, now: float) -> int:
+        """The lines the tenant's live leases hold, its claims serialised from here to commit."""
+        if self._dialect.lock_tenant is not None:
+            sql(self._dialect.lock_tenant, tenant)
+        row = sql(
+            "SELECT COALESCE(SUM(lines), 0) FROM batches "
+            f"WHERE tenant {self._dialect.same} ? AND owner IS NOT NULL AND lease_until >= ?",
+            tenant,
+            now,
+        ).fetchone()
+        return int(row[0])
 
     async def release_batch(self, batch_id: str, owner: str) -> None:
         await self._write(
             lambda sql: sql(
-                "UPDATE batches SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?",
+                "UPDATE batches SET owner = NULL, lease_until = NULL, lines = 0, served_at = ? "
+                "WHERE id = ? AND owner = ?",
+                time.time(),
                 batch_id,
                 owner,
             )
         )
 
-    async def claimable_batches(self, now: float) -> list[str]:
-        rows = await self._read(
-            lambda sql: sql(
-                "SELECT id FROM batches "
+    async def claimable_batches(
+        self, now: float, tenant_lines: int | None = None
+    ) -> list[WaitingBatch]:
+        def read(sql: _Sql) -> tuple[list[Any], list[Any]]:
+            waiting = sql(
+                "SELECT id, tenant, status FROM batches "
                 f"WHERE (status NOT IN ({_TERMINAL_SQL}) OR handled = 0) "
                 "AND (owner IS NULL OR lease_until < ?) "
                 "ORDER BY created_at, id",
                 now,
             ).fetchall()
+            tenants = sql(
+                "SELECT tenant, "
+                "SUM(CASE WHEN owner IS NOT NULL AND lease_until >= ? THEN lines ELSE 0 END), "
+                "MAX(served_at) FROM batches WHERE served_at >= ? GROUP BY tenant",
+                now,
+                now - FAIR_SHARE_MEMORY_S,
+            ).fetchall()
+            return waiting, tenants
+
+        waiting, tenants = await self._read(read)
+        in_flight = {tenant: int(lines) for tenant, lines, _ in tenants}
+        served_at = {tenant: float(at) for tenant, _, at in tenants}
+        batches = [
+            WaitingBatch(
+                id=batch_id,
+                tenant=tenant,
+                runs_lines=status in RUNNING_STATUSES,
+                tenant_lines=in_flight.get(tenant, 0),
+            )
+            for batch_id, tenant, status in waiting
+        ]
+        if tenant_lines is not None:
+            batches = [b for b in batches if not b.runs_lines or b.tenant_lines < tenant_lines]
+        # A stable sort: equals keep the oldest-first order of the query.
+        return sorted(
+            batches,
+            key=lambda b: (b.runs_lines, b.tenant_lines, served_at.get(b.tenant, -math.inf)),
         )
-        return [row[0] for row in rows]
 
     async def mark_handled(self, batch_id: str, owner: str) -> None:
         # The handlers ran whoever holds the lease now; only the lease is `owner`'s to release.
@@ -356,8 +459,10 @@ class SqlJobStore:
             lambda sql: sql(
                 "UPDATE batches SET handled = 1, "
                 "owner = CASE WHEN owner = ? THEN NULL ELSE owner END, "
-                "lease_until = CASE WHEN owner = ? THEN NULL ELSE lease_until END "
+                "lease_until = CASE WHEN owner = ? THEN NULL ELSE lease_until END, "
+                "lines = CASE WHEN owner = ? THEN 0 ELSE lines END "
                 "WHERE id = ?",
+                owner,
                 owner,
                 owner,
                 batch_id,
@@ -428,14 +533,14 @@ class SqlJobStore:
 
     async def _read(self, work: Callable[[_Sql], T]) -> T:
         def read() -> T:
-            with self._lock:
+            with self._lock, _server_errors_as_unavailable():
                 return self._retrying(lambda: work(self._sql()))
 
         return await asyncio.to_thread(read)
 
     async def _write(self, work: Callable[[_Sql], T]) -> T:
         def write() -> T:
-            with self._lock:
+            with self._lock, _server_errors_as_unavailable():
                 return self._transaction((self._dialect.begin_write,), work)
 
         return await asyncio.to_thread(write)
@@ -470,8 +575,16 @@ class SqlJobStore:
             if self._connection is None or not self._dialect.is_broken(self._connection):
                 raise
         self._connection.close()
-        self._connection = self._dialect.connect()
+        self._connection = self._connect()
         return step()
+
+    def _connect(self) -> _Connection:
+        try:
+            return self._dialect.connect()
+        except (psycopg.OperationalError, sqlite3.OperationalError, OSError) as error:
+            raise StoreUnavailableError(
+                f"the job store's database cannot be reached ({type(error).__name__})"
+            ) from error
 
     def _sql(self) -> _Sql:
         if self._connection is None:
@@ -482,6 +595,18 @@ class SqlJobStore:
             return connection.execute(query.replace("?", placeholder), params)
 
         return sql
+
+
+@contextlib.contextmanager
+def _server_errors_as_unavailable() -> Iterator[None]:
+    """PostgreSQL's operational errors (the server went away, shut down, or cancelled the
+    statement) pass: callers see them as the store being unavailable for now."""
+    try:
+        yield
+    except psycopg.OperationalError as error:
+        raise StoreUnavailableError(
+            f"the job store's database failed ({type(error).__name__})"
+        ) from error
 
 
 def _store_batch(sql: _Sql, batch_id: str, batch: BatchObject) -> None:

@@ -4,11 +4,18 @@ Every change of a batch is a read-modify-write inside one transaction (`update_b
 ingress (cancel) and a runner (progress) never overwrite each other. A runner owns a batch through
 a lease that it renews; a checkpoint or change made under a lease that was lost is refused, so
 two runners never both write a batch's output.
+
+A lease also reserves lines: a claim of a batch that runs lines (validating or in progress) takes
+up to the runner's concurrency out of its tenant's quota of lines in flight, counted over every
+live lease in the store, so the quota holds however many runners there are. `claimable_batches`
+lists waiting batches fairly: tenants with the fewest lines in flight, then the one served least
+recently, first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from batchjobs.schemas import BatchObject, ChunkRecord, FileRecord
@@ -16,9 +23,42 @@ from batchjobs.schemas import BatchObject, ChunkRecord, FileRecord
 BatchChange = Callable[[BatchObject], BatchObject | None]
 """Returns the changed batch, or None to leave it as it is."""
 
+RUNNING_STATUSES = frozenset({"validating", "in_progress"})
+"""Statuses of a batch that runs lines: claiming one reserves lines of its tenant's quota."""
+
 
 class LeaseLostError(RuntimeError):
     """The runner no longer owns the batch; it must stop working on it."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store's database cannot be reached now; a later attempt may succeed."""
+
+    def __init__(self, message: str, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A runner's hold on a batch: whose batch it is, and how many of its lines the runner may
+    have in flight (0 for a batch that runs none, e.g. one waiting for its result handlers)."""
+
+    batch_id: str
+    tenant: str | None
+    lines: int
+
+
+@dataclass(frozen=True)
+class WaitingBatch:
+    """A batch no runner holds that has work left."""
+
+    id: str
+    tenant: str | None
+    runs_lines: bool
+    """Whether a claim of it reserves lines (see RUNNING_STATUSES)."""
+    tenant_lines: int
+    """Lines its tenant has in flight now, over every runner."""
 
 
 class JobStore(Protocol):
@@ -64,15 +104,30 @@ class JobStore(Protocol):
         lease."""
         ...
 
-    async def claim_batch(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
-        """Takes (or renews) the lease when it is free, expired or already `owner`'s."""
+    async def claim_batch(
+        self,
+        batch_id: str,
+        owner: str,
+        lease_s: float,
+        now: float,
+        lines: int = 1,
+        tenant_lines: int | None = None,
+    ) -> Lease | None:
+        """Takes the lease when it is free or expired, or renews `owner`'s (keeping its lines).
+        A batch that runs lines gets up to `lines` of them, within what its tenant's other live
+        leases leave of `tenant_lines` (no quota when None); with none left it is not taken."""
         ...
 
     async def release_batch(self, batch_id: str, owner: str) -> None: ...
 
-    async def claimable_batches(self, now: float) -> list[str]:
-        """Ids of batches with work left whose lease is free or expired, oldest first: those not
-        terminal, and terminal ones whose result handlers have not all run (`mark_handled`)."""
+    async def claimable_batches(
+        self, now: float, tenant_lines: int | None = None
+    ) -> list[WaitingBatch]:
+        """Batches with work left whose lease is free or expired: those not terminal, and
+        terminal ones whose result handlers have not all run (`mark_handled`). Batches that
+        only wait for handlers come first; then those of tenants with the fewest lines in
+        flight, then of the tenant served least recently, oldest first. Batches whose tenant
+        has no lines left of `tenant_lines` are left out."""
         ...
 
     async def mark_handled(self, batch_id: str, owner: str) -> None:

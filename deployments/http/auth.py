@@ -180,12 +180,23 @@ class Authenticator:
                 f"the key of {key.name!r} lacks the scope {access!r} this endpoint needs; it has "
                 f"{sorted(key.scopes)}"
             )
-        return Principal(
-            name=key.name,
-            scopes=frozenset(key.scopes),
-            rate_limits=key.rate_limits,
-            tenant=key.name,
-        )
+        return _principal(key)
+
+    def principal_of_tenant(self, tenant: str | None) -> Principal:
+        """Who owns a tenant's files and batches (made with keys off: the anonymous caller);
+        a name that no key has any more keeps its name, with no scope and default limits."""
+        if tenant is None:
+            return ANONYMOUS
+        key = next((key for key in self._by_hash.values() if key.name == tenant), None)
+        if key is None:
+            return Principal(name=tenant, scopes=frozenset(), rate_limits=None, tenant=tenant)
+        return _principal(key)
+
+
+def _principal(key: ApiKey) -> Principal:
+    return Principal(
+        name=key.name, scopes=frozenset(key.scopes), rate_limits=key.rate_limits, tenant=key.name
+    )
 
 
 def new_key_entry(name: str, scopes: Sequence[Scope]) -> tuple[str, ApiKey]:

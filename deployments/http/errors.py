@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from batchjobs.store import StoreUnavailableError
 from capabilities.errors import EngineUnavailableError, ExamplesError, InvalidRequestError
 
 logger = logging.getLogger("capserve")
@@ -117,7 +118,8 @@ class NotReadyError(RetryLaterError):
 
 
 class ServiceUnavailableError(RetryLaterError):
-    """The engine or a runner is overloaded or down; the circuit breaker answers for it."""
+    """An engine, a runner or the job store is overloaded or down (for engines and runners,
+    the circuit breaker answers)."""
 
     status_code, type, code = 503, "server_error", "service_unavailable"
 
@@ -155,7 +157,7 @@ def api_error_for(error: Exception, where: str) -> ApiError:
         return BadRequestError(str(error), error.param)
     if isinstance(error, ExamplesError):
         return BadRequestError(str(error))
-    if isinstance(error, EngineUnavailableError):
+    if isinstance(error, EngineUnavailableError | StoreUnavailableError):
         return ServiceUnavailableError(str(error), error.retry_after_s)
     if isinstance(error, ApiError):
         return error

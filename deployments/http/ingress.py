@@ -27,7 +27,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Lifespan
 
 from batchjobs.files import FileStorage
-from batchjobs.sql_store import open_store
+from batchjobs.store import StoreUnavailableError
+from batchjobs.store_opener import StoreOpener
 from capabilities.errors import CapabilityError
 from deployments.config import AppConfig
 from deployments.dag.capability_clients import configure_inline
@@ -50,7 +51,7 @@ from deployments.http.openai_api import (
     OpenAIEndpoints,
 )
 from deployments.http.openapi import OPENAPI_PATH, OpenApiDocument, openapi_endpoint
-from deployments.http.rate_limit import RateLimiter
+from deployments.http.rate_limit import RateLimiter, Usage
 from deployments.http.readiness import Readiness
 from deployments.http.request_body import read_json
 from deployments.http.request_timing import RequestObserver, RequestTimingMiddleware
@@ -132,6 +133,7 @@ def build_http_app(
     handlers = {
         ApiError: handle_error,
         CapabilityError: handle_error,
+        StoreUnavailableError: handle_error,
         ValidationError: handle_error,
         HTTPException: _http_error,
     }
@@ -169,14 +171,15 @@ class Ingress:
         self._started = int(time.time())
         self._authenticator = Authenticator(config.auth.all_keys())
         self._rate_limiter = RateLimiter(config.rate_limits)
-        self._openai = OpenAIEndpoints(config.models, self._engines)
+        self._openai = OpenAIEndpoints(config.models, self._engines, config.limits)
         self._readiness = Readiness(
             {name: engine.ready for name, engine in self._engines.items()},
             {name: capability.describe for name, capability in self._capabilities.items()},
         )
+        # Opened by the first batch route that needs it: online routes never wait on it.
         self._batch_api = BatchApi(
             config,
-            open_store(config.batch_store_url),
+            StoreOpener(config.batch_store_url, config.batch.store_retry_s),
             FileStorage(config.batch_dir),
             wake_runner=lambda: batch_runner.wake.remote(),
         )
@@ -281,25 +284,25 @@ class Ingress:
     async def classify(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
-        await self._admit_texts(request, len(body.all_texts()))
+        await self._admit(request, body.usage())
         response = await self._classify.classify(body, request_id_of(request))
         return JSONResponse(response.model_dump(mode="json"))
 
     async def chat_completions(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = ChatCompletionRequest.model_validate(payload)
-        await self._admit_texts(request, 1)
+        await self._admit(request, self._openai.chat_usage(body))
         return JSONResponse(await self._openai.chat_completions(body, request_id_of(request)))
 
     async def embeddings(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = EmbeddingRequest.model_validate(payload)
-        await self._admit_texts(request, len(body.texts()))
+        await self._admit(request, self._openai.embeddings_usage(body))
         return JSONResponse(await self._openai.embeddings(body, request_id_of(request)))
 
-    async def _admit_texts(self, request: Request, texts: int) -> None:
+    async def _admit(self, request: Request, usage: Usage) -> None:
         caller = principal_of(request)
-        await self._rate_limiter.admit(caller.name, caller.rate_limits, "texts", texts)
+        await self._rate_limiter.admit_usage(caller.name, caller.rate_limits, usage)
 
     async def capabilities(self, request: Request) -> JSONResponse:
         infos = await asyncio.gather(*(c.describe() for c in self._capabilities.values()))

@@ -2,6 +2,7 @@
 custom_id exactly once after crashes, cancel, expiry, retries and validation failures."""
 
 import asyncio
+import collections
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from batchjobs.files import FileStorage, new_file_id
 from batchjobs.handlers import BatchResult
 from batchjobs.schemas import BatchObject, FileObject, FileRecord, expiry_of
 from batchjobs.sql_store import open_store
+from batchjobs.store import Lease
 
 ENDPOINT = "/v1/classify"
 
@@ -26,15 +28,26 @@ class FakeLines:
     ) -> None:
         self.delay_s = delay_s
         self.calls: list[str] = []
+        self.tenants: list[str | None] = []
+        self.in_flight: collections.Counter[str | None] = collections.Counter()
+        self.most_in_flight: collections.Counter[str | None] = collections.Counter()
         self.flaky_failures = flaky_failures
         self.hang_after = hang_after
 
-    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
+    async def run(
+        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+    ) -> LineOutcome:
         text = body["texts"][0]
         self.calls.append(text)
-        if self.hang_after is not None and len(self.calls) > self.hang_after:
-            await asyncio.Event().wait()
-        await asyncio.sleep(self.delay_s)
+        self.tenants.append(tenant)
+        self.in_flight[tenant] += 1
+        self.most_in_flight[tenant] = max(self.most_in_flight[tenant], self.in_flight[tenant])
+        try:
+            if self.hang_after is not None and len(self.calls) > self.hang_after:
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight[tenant] -= 1
         if text == "bad":
             return LineOutcome(status_code=400, body={"error": {"message": "bad text"}})
         if text == "flaky" and self.flaky_failures > 0:
@@ -72,7 +85,9 @@ class Setup:
             self.store, self.storage, lines, settings(**changes), self.handled, owner
         )
 
-    async def batch(self, texts: list[str], raw_lines: list[str] | None = None) -> BatchObject:
+    async def batch(
+        self, texts: list[str], raw_lines: list[str] | None = None, tenant: str | None = None
+    ) -> BatchObject:
         file_id = new_file_id()
         path = self.storage.upload_path(file_id)
         records = raw_lines or [
@@ -104,7 +119,7 @@ class Setup:
             created_at=now,
             expires_at=expiry_of(now, "24h"),
         )
-        await self.store.create_batch(batch)
+        await self.store.create_batch(batch, tenant)
         return batch
 
     async def lines_of(self, file_id: str | None) -> list[dict[str, Any]]:
@@ -218,8 +233,10 @@ async def test_lines_left_when_the_window_closes_are_written_as_expired(setup: S
     lines = FakeLines()
 
     class ClosingLines(FakeLines):
-        async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
-            outcome = await lines.run(endpoint, body, request_id)
+        async def run(
+            self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        ) -> LineOutcome:
+            outcome = await lines.run(endpoint, body, request_id, tenant)
             if len(lines.calls) == 5:
                 clock["now"] += 25 * 3600
             return outcome
@@ -337,3 +354,39 @@ async def test_progress_is_told_each_checkpoint_and_the_end_once(setup: Setup) -
     invalid = await setup.batch([], raw_lines=["not json"])
     assert await executor.run(invalid.id)
     assert progress.ended == ["completed", "failed"]
+
+
+async def test_lines_run_as_their_tenants_within_the_lines_the_lease_grants(setup: Setup) -> None:
+    batch = await setup.batch([f"t{i}" for i in range(20)], tenant="team-a")
+    lines = FakeLines(delay_s=0.01)
+    executor = setup.executor(lines, chunk_size=20, max_concurrent_lines=8, max_lines_per_tenant=3)
+    assert await executor.run(batch.id)
+    assert set(lines.tenants) == {"team-a"}
+    assert lines.most_in_flight["team-a"] == 3
+
+
+async def test_a_batch_that_yields_between_chunks_resumes_where_it_stopped(setup: Setup) -> None:
+    batch = await setup.batch([f"t{i}" for i in range(12)], tenant="team-a")
+    asked: list[Lease] = []
+
+    async def yield_once(lease: Lease) -> bool:
+        asked.append(lease)
+        return len(asked) == 1
+
+    assert await setup.executor(FakeLines()).run(batch.id, yield_once)
+    paused = await setup.store.get_batch(batch.id)
+    assert paused is not None and paused.status == "in_progress"
+    assert paused.request_counts.completed == 5 and len(await setup.store.chunks(batch.id)) == 1
+    # The lease is given back, so the batch waits for whoever takes it next.
+    assert [b.id for b in await setup.store.claimable_batches(time.time())] == [batch.id]
+    assert asked[0].tenant == "team-a" and asked[0].lines == 64
+
+    resumed = FakeLines()
+    assert await setup.executor(resumed, owner="runner-b").run(batch.id, yield_once)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.status == "completed"
+    assert resumed.calls == [f"t{i}" for i in range(5, 12)]
+    output = await setup.lines_of(done.output_file_id)
+    assert [line["custom_id"] for line in output] == [f"id-{i}" for i in range(12)]
+    # Asked after each chunk with lines left, never after the last.
+    assert len(asked) == 2

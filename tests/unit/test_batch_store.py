@@ -15,7 +15,7 @@ import pytest
 
 from batchjobs.schemas import BatchObject, ChunkRecord, FileObject, FileRecord, RequestCounts
 from batchjobs.sql_store import SqlJobStore, open_store
-from batchjobs.store import LeaseLostError
+from batchjobs.store import Lease, LeaseLostError, WaitingBatch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 60.0
@@ -88,7 +88,7 @@ def set_status(status: str):
     return lambda batch: batch.model_copy(update={"status": status})
 
 
-def ids(items: list[FileRecord] | list[BatchObject]) -> list[str]:
+def ids(items: list[FileRecord] | list[BatchObject] | list[WaitingBatch]) -> list[str]:
     return [item.file.id if isinstance(item, FileRecord) else item.id for item in items]
 
 
@@ -301,10 +301,90 @@ async def test_claimable_batches(store: SqlJobStore) -> None:
     await store.mark_handled("batch-handled", "runner-a")
     await store.claim_batch("batch-leased", "runner-a", LEASE_S, now)
 
-    expected = ["batch-new", "batch-done", "batch-running"]
-    assert await store.claimable_batches(now) == expected
-    assert await store.claimable_batches(now + LEASE_S + 1) == [*expected, "batch-leased"]
+    # Batches waiting only for their result handlers first: they take no lines.
+    expected = ["batch-done", "batch-new", "batch-running"]
+    assert ids(await store.claimable_batches(now)) == expected
+    assert ids(await store.claimable_batches(now + LEASE_S + 1)) == [*expected, "batch-leased"]
     assert not await store.claim_batch("batch-handled", "runner-b", LEASE_S, now)
+
+
+async def test_a_tenants_lines_in_flight_keep_to_its_quota_over_every_runner(
+    store: SqlJobStore,
+) -> None:
+    now = time.time()
+    for name in ("a-1", "a-2", "a-3"):
+        await store.create_batch(batch_object(name), tenant="team-a")
+    await store.create_batch(batch_object("b-1"), tenant="team-b")
+    await store.create_batch(batch_object("a-done", status="completed"), tenant="team-a")
+
+    def claim(batch_id: str, owner: str, at: float = now):
+        return store.claim_batch(batch_id, owner, LEASE_S, at, lines=64, tenant_lines=100)
+
+    assert await claim("a-1", "runner-x") == Lease("a-1", "team-a", 64)
+    # Another runner gets what the quota has left, then nothing.
+    assert await claim("a-2", "runner-y") == Lease("a-2", "team-a", 36)
+    assert await claim("a-3", "runner-y") is None
+    assert await claim("b-1", "runner-y") == Lease("b-1", "team-b", 64)
+    # Result handlers run no lines: a terminal batch is taken whatever the quota.
+    assert await claim("a-done", "runner-y") == Lease("a-done", "team-a", 0)
+    # A renewal keeps its lines; a released or expired lease gives them back.
+    assert await claim("a-1", "runner-x", now + 1) == Lease("a-1", "team-a", 64)
+    await store.release_batch("a-2", "runner-y")
+    assert await claim("a-3", "runner-y") == Lease("a-3", "team-a", 36)
+    after_every_lease = now + 1 + LEASE_S + 1
+    assert await claim("a-2", "runner-z", after_every_lease) == Lease("a-2", "team-a", 64)
+
+
+async def test_concurrent_claims_of_one_tenant_never_exceed_its_quota(
+    store_url: str, store: SqlJobStore
+) -> None:
+    others = [open_store(store_url) for _ in range(3)]
+    try:
+        for index in range(8):
+            await store.create_batch(batch_object(f"a-{index}"), tenant="team-a")
+        now = time.time()
+        leases = await asyncio.gather(
+            *(
+                others[index % 3].claim_batch(
+                    f"a-{index}", f"runner-{index}", LEASE_S, now, lines=40, tenant_lines=100
+                )
+                for index in range(8)
+            )
+        )
+    finally:
+        for other in others:
+            await other.close()
+    granted = sorted(lease.lines for lease in leases if lease is not None)
+    assert granted == [20, 40, 40]
+
+
+async def test_waiting_batches_come_fairest_first(store: SqlJobStore) -> None:
+    now = time.time()
+    for index, (name, tenant) in enumerate(
+        [("a-1", "team-a"), ("a-2", "team-a"), ("a-3", "team-a"), ("b-1", "team-b")]
+        + [("c-1", "team-c"), ("c-2", "team-c"), ("d-1", "team-d")]
+    ):
+        await store.create_batch(batch_object(name, created_at=index), tenant=tenant)
+
+    def claim(batch_id: str, owner: str, at: float = now):
+        return store.claim_batch(batch_id, owner, LEASE_S, at, lines=64, tenant_lines=128)
+
+    await claim("a-1", "runner-x")
+    await claim("c-1", "runner-y", now - 10)
+    await store.release_batch("c-1", "runner-y")
+    await claim("a-2", "runner-x")
+    await claim("d-1", "runner-y")
+
+    waiting = await store.claimable_batches(now, tenant_lines=128)
+    # team-a's quota is used up; tenants with no lines in flight before team-d's 64, and of
+    # those the one never served (team-b) before the one served a moment ago (team-c).
+    assert ids(waiting) == ["b-1", "c-1", "c-2"]
+    assert [(batch.tenant, batch.tenant_lines) for batch in waiting] == [
+        ("team-b", 0),
+        ("team-c", 0),
+        ("team-c", 0),
+    ]
+    assert ids(await store.claimable_batches(now)) == ["b-1", "c-1", "c-2", "a-3"]
 
 
 async def test_mark_handled_releases_the_lease(store: SqlJobStore) -> None:
@@ -313,7 +393,7 @@ async def test_mark_handled_releases_the_lease(store: SqlJobStore) -> None:
     await store.claim_batch("batch-1", "runner-a", LEASE_S, now)
     await store.mark_handled("batch-1", "runner-a")
 
-    assert await store.claimable_batches(now) == []
+    assert ids(await store.claimable_batches(now)) == []
     assert not await store.claim_batch("batch-1", "runner-a", LEASE_S, now)
     with pytest.raises(LeaseLostError):
         await store.update_batch("batch-1", count_completed, owner="runner-a")
@@ -387,8 +467,8 @@ async def test_a_reopened_store_sees_everything(store_url: str) -> None:
         batch = await second.get_batch("batch-1")
         assert batch is not None and batch.request_counts.completed == 1
         assert await second.chunks("batch-1") == [chunk(0)]
-        assert await second.claimable_batches(now) == []
-        assert await second.claimable_batches(now + LEASE_S + 1) == ["batch-1"]
+        assert ids(await second.claimable_batches(now)) == []
+        assert ids(await second.claimable_batches(now + LEASE_S + 1)) == ["batch-1"]
         await second.add_chunk("batch-1", "runner-a", chunk(1), count_completed)
     finally:
         await second.close()
