@@ -8,7 +8,7 @@ two runners never both write a batch's output.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 from batchjobs.schemas import BatchObject, ChunkRecord, FileRecord
@@ -37,10 +37,16 @@ class JobStore(Protocol):
         after: str | None,
         tenant: str | None = None,
     ) -> tuple[list[FileRecord], bool]:
-        """A page ordered by (created_at, id), and whether more follow it."""
+        """A page of the files not expired, ordered by (created_at, id), and whether more
+        follow it."""
         ...
 
     async def delete_file(self, file_id: str) -> bool: ...
+
+    async def expired_files(self, limit: int) -> list[FileRecord]:
+        """Up to `limit` files past their `expires_at`, soonest expired first, leaving out the
+        input of any batch that has not ended (it is deleted once the batch ends)."""
+        ...
 
     async def create_batch(self, batch: BatchObject, tenant: str | None = None) -> None: ...
 
@@ -64,13 +70,14 @@ class JobStore(Protocol):
         lease."""
         ...
 
-    async def claim_batch(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
-        """Takes (or renews) the lease when it is free, expired or already `owner`'s."""
+    async def claim_batch(self, batch_id: str, owner: str, lease_s: float) -> bool:
+        """Takes (or renews) the lease for `lease_s` when it is free, expired or already
+        `owner`'s."""
         ...
 
     async def release_batch(self, batch_id: str, owner: str) -> None: ...
 
-    async def claimable_batches(self, now: float) -> list[str]:
+    async def claimable_batches(self) -> list[str]:
         """Ids of batches with work left whose lease is free or expired, oldest first: those not
         terminal, and terminal ones whose result handlers have not all run (`mark_handled`)."""
         ...
@@ -84,6 +91,14 @@ class JobStore(Protocol):
     ) -> None:
         """Stores the checkpoint and applies `change` in one transaction, under `owner`'s lease
         (LeaseLostError otherwise). A chunk index stored once is never replaced."""
+        ...
+
+    async def finish_batch(
+        self, batch_id: str, owner: str, files: Sequence[FileRecord], change: BatchChange
+    ) -> BatchObject:
+        """Applies `change` and records the batch's output files with it (a file stored already
+        is kept) in one transaction, under `owner`'s lease (LeaseLostError otherwise); when
+        `change` leaves the batch as it is, records nothing. The batch as stored afterwards."""
         ...
 
     async def chunks(self, batch_id: str) -> list[ChunkRecord]:

@@ -4,7 +4,8 @@ Each replica looks in the job store for batches with work left (new, interrupted
 ended but not yet handed to the result handlers), takes them under a lease and drives them to the
 end through the same capabilities and engines as online traffic. The ingress wakes it when a
 batch is created or cancelled; it also looks on its own every `poll_interval_s`, which is what
-resumes batches after a crash of a runner or of the whole app.
+resumes batches after a crash of a runner or of the whole app. Every `cleanup_interval_s` it
+deletes expired files and the chunk files of batches that ended.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from batchjobs.cleanup import clean_storage
 from batchjobs.executor import BatchExecutor, failed
 from batchjobs.files import FileStorage
 from batchjobs.handlers import BatchResult, ResultHandler, load_handler, run_handlers
@@ -30,6 +32,7 @@ from deployments.batch.lines import BatchLines
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
     InlineCapability,
+    close_inline,
     configure_inline,
 )
 from deployments.dag.classify_service import ClassifyWiring
@@ -80,6 +83,7 @@ class BatchRunner:
     ) -> None:
         self._settings = config.batch
         self._store = open_store(config.batch_store_url)
+        self._storage = FileStorage(config.batch_dir)
         lines, self._inline = build_batch_lines(
             config, engines, runners, stats, config.ingress.batching
         )
@@ -88,7 +92,7 @@ class BatchRunner:
         ]
         self._executor = BatchExecutor(
             self._store,
-            FileStorage(config.batch_dir),
+            self._storage,
             lines,
             config.batch,
             self._hand_over,
@@ -99,13 +103,26 @@ class BatchRunner:
         self._run_errors: collections.Counter[str] = collections.Counter()
         self._woken = asyncio.Event()
         self._polling: asyncio.Task[None] | None = None
+        self._cleaning: asyncio.Task[None] | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Settings of the inline capabilities, as the ingress gets them. Batches are taken only
         once they are loaded."""
         await configure_inline(self._inline, user_config, BATCH_RUNNER_NAME)
         if self._polling is None:
-            self._polling = asyncio.get_running_loop().create_task(self._poll())
+            loop = asyncio.get_running_loop()
+            self._polling = loop.create_task(self._poll())
+            self._cleaning = loop.create_task(self._clean())
+
+    async def __del__(self) -> None:
+        """Serve calls this as the replica shuts down: batches in flight stop and release their
+        leases (another replica resumes them at once), then pending alert deliveries finish."""
+        tasks = [self._polling, self._cleaning, *self._active.values()]
+        running = [task for task in tasks if task is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await close_inline(self._inline)
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -131,8 +148,16 @@ class BatchRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self._settings.poll_interval_s)
 
+    async def _clean(self) -> None:
+        while True:
+            try:
+                await clean_storage(self._store, self._storage)
+            except Exception:  # the store may be briefly unreachable; the next round retries
+                logger.exception("batch runner: storage cleanup failed")
+            await asyncio.sleep(self._settings.cleanup_interval_s)
+
     async def _take_work(self) -> None:
-        for batch_id in await self._store.claimable_batches(time.time()):
+        for batch_id in await self._store.claimable_batches():
             if len(self._active) >= self._settings.max_concurrent_batches:
                 return
             if batch_id not in self._active:
