@@ -24,6 +24,9 @@ pytestmark = pytest.mark.e2e
 TEST_BATCH_WAIT_S = 0.15
 DEPLOY_TIMEOUT_S = 600
 WEBHOOK_SECRET = "e2e-webhook-secret"
+# Alert webhook sinks read their secret from the environment: replicas inherit the variable from
+# the process that starts Ray.
+ALERTS_SECRET_ENV, ALERTS_WEBHOOK_SECRET = "CAPSERVE_E2E_ALERTS_SECRET", "e2e-alerts-secret"
 # Small chunks and a short lease, so a test sees several checkpoints and a crashed runner's
 # batch is taken over within seconds.
 TEST_BATCH_SETTINGS = {
@@ -102,6 +105,7 @@ def serve_cluster(
     # Serve's modes (CAPSERVE_SERVE_FLAGS) reach the controller, proxy and replicas only through
     # the environment of the process that starts Ray.
     os.environ.update(ray_env(selected_flags(), free_port))
+    os.environ[ALERTS_SECRET_ENV] = ALERTS_WEBHOOK_SECRET
     ray.init(include_dashboard=False, namespace="capserve-tests", _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))
