@@ -45,6 +45,7 @@ from batchjobs.schemas import (
     RequestCounts,
 )
 from batchjobs.store import JobStore, Lease, LeaseLostError, StoreUnavailableError
+from capabilities.base import BatchLine
 
 logger = logging.getLogger("capserve.batch")
 
@@ -67,9 +68,16 @@ class LineHandler(Protocol):
     """Answers batch lines as the online endpoint would."""
 
     async def run(
-        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        tenant: str | None,
+        line: BatchLine,
     ) -> LineOutcome:
-        """Answers one line of `tenant`'s batch, counted against that tenant's budget."""
+        """Answers one line of `tenant`'s batch, counted against that tenant's budget. `line`
+        names the batch line, which stays the same when the line runs again after a crash (the
+        request id does not): what effects such as alerts derive their ids from."""
         ...
 
     def default_model(self, endpoint: str) -> str | None:
@@ -191,7 +199,6 @@ class BatchExecutor:
             batch_id,
             self._owner,
             self._settings.lease_s,
-            self._clock(),
             self._settings.max_concurrent_lines,
             self._settings.max_lines_per_tenant,
         )
@@ -298,7 +305,7 @@ class BatchExecutor:
                 result, stop = await self._run_chunk(batch, lease, chunk_tasks, chunks)
                 if stop == StopReason.EXPIRED:
                     result.expired.extend(tasks)
-            chunk = self._write_chunk(batch.id, index, done, result)
+            chunk = await self._write_chunk(batch.id, index, done, result)
             chunks.append(chunk)
             await self._store.add_chunk(batch.id, self._owner, chunk, _counted(chunks))
             if self._progress is not None:
@@ -333,7 +340,7 @@ class BatchExecutor:
 
         async def run_task(task: NumberedLine) -> None:
             async with limit:
-                results[task.index] = await self._run_line(batch.endpoint, task, lease.tenant)
+                results[task.index] = await self._run_line(batch, task, lease.tenant)
 
         running = [asyncio.create_task(run_task(task)) for task in chunk_tasks]
         base = _totals(chunks)
@@ -389,14 +396,17 @@ class BatchExecutor:
         return None
 
     async def _run_line(
-        self, endpoint: str, task: NumberedLine, tenant: str | None
+        self, batch: BatchObject, task: NumberedLine, tenant: str | None
     ) -> tuple[OutputLine, bool, BatchUsage]:
         request_id = f"req_{uuid.uuid4().hex}"
+        line = BatchLine(batch_id=batch.id, custom_id=task.line.custom_id)
         # From the first answer: the wait for the tenant's budget is not the engine's outage.
         deadline: float | None = None
         for attempt in itertools.count():
             try:
-                outcome = await self._lines.run(endpoint, task.line.body, request_id, tenant)
+                outcome = await self._lines.run(
+                    batch.endpoint, task.line.body, request_id, tenant, line
+                )
             except Exception as error:  # one bad line must not stop the batch
                 logger.exception("batch line %s failed", task.line.custom_id)
                 outcome = LineOutcome(
@@ -428,24 +438,26 @@ class BatchExecutor:
         )
         return output, succeeded, outcome.usage
 
-    def _write_chunk(
+    async def _write_chunk(
         self,
         batch_id: str,
         index: int,
         first_line: int,
         result: ChunkResult,
     ) -> ChunkRecord:
-        """Writes the chunk's output and error lines durably; its checkpoint record."""
+        """Writes the chunk's output and error lines durably; its checkpoint record. The writes
+        and fsyncs run in a thread: the lease renewal shares this event loop and must not wait
+        behind a slow disk."""
         output_lines = [line for _, line, ok in result.outputs if ok]
         error_lines = [line for _, line, ok in result.outputs if not ok]
         error_lines += [_expired_line(task) for task in result.expired]
         output_path = error_path = None
         if output_lines:
             output_path = self._storage.chunk_path(batch_id, index, "output", self._owner)
-            write_durably(output_path, _jsonl(output_lines))
+            await asyncio.to_thread(write_durably, output_path, _jsonl(output_lines))
         if error_lines:
             error_path = self._storage.chunk_path(batch_id, index, "errors", self._owner)
-            write_durably(error_path, _jsonl(error_lines))
+            await asyncio.to_thread(write_durably, error_path, _jsonl(error_lines))
         return ChunkRecord(
             index=index,
             first_line=first_line,
@@ -462,8 +474,8 @@ class BatchExecutor:
 
     async def _finalize(self, batch: BatchObject) -> BatchObject:
         chunks = await self._store.chunks(batch.id)
-        output = await self._assemble(batch, chunks, "output")
-        errors = await self._assemble(batch, chunks, "errors")
+        assembled = [await self._assemble(batch, chunks, kind) for kind in ("output", "errors")]
+        output, errors = (record.file.id if record else None for record in assembled)
         expired = any(chunk.expired for chunk in chunks)
         now = int(self._clock())
 
@@ -487,19 +499,19 @@ class BatchExecutor:
                 }
             )
 
-        batch = await self._update(batch.id, finish)
+        # The output files appear with the terminal status, under the lease, or not at all.
+        files = [record for record in assembled if record is not None]
+        batch = await self._store.finish_batch(batch.id, self._owner, files, finish)
         # Chunk files are kept until the batch is terminal: a crash before this point
-        # reassembles from them.
-        parts = [p for c in chunks for p in (c.output_path, c.error_path) if p is not None]
-        FileStorage.remove(Path(p) for p in parts)
+        # reassembles from them. Those no checkpoint names (a runner died before storing it)
+        # go too; the storage cleanup removes any that a crash here leaves.
+        await asyncio.to_thread(self._storage.remove_chunk_files, batch.id)
         return batch
 
     async def _assemble(
         self, batch: BatchObject, chunks: list[ChunkRecord], kind: str
-    ) -> str | None:
-        file_id = output_file_id(batch.id, kind)
-        if await self._store.get_file(file_id) is not None:
-            return file_id
+    ) -> FileRecord | None:
+        """The batch's `kind` file assembled from its chunks; its record, not yet stored."""
         parts = [
             Path(path)
             for chunk in chunks
@@ -511,20 +523,21 @@ class BatchExecutor:
         size = await asyncio.to_thread(FileStorage.assemble, parts, destination)
         # Output belongs to whoever owns the input.
         source = await self._store.get_file(batch.input_file_id)
-        await self._store.create_file(
-            FileRecord(
-                file=FileObject(
-                    id=file_id,
-                    bytes=size,
-                    created_at=int(self._clock()),
-                    filename=f"{batch.id}_{kind}.jsonl",
-                    purpose="batch_output",
-                ),
-                path=str(destination),
-                tenant=source.tenant if source else None,
-            )
+        created_at = int(self._clock())
+        policy = batch.output_expires_after
+        return FileRecord(
+            file=FileObject(
+                id=output_file_id(batch.id, kind),
+                bytes=size,
+                created_at=created_at,
+                filename=f"{batch.id}_{kind}.jsonl",
+                purpose="batch_output",
+                # OpenAI's anchor `created_at` is the output file's, not the batch's.
+                expires_at=created_at + policy.seconds if policy else None,
+            ),
+            path=str(destination),
+            tenant=source.tenant if source else None,
         )
-        return file_id
 
     async def _result_of(self, batch: BatchObject) -> BatchResult:
         paths: dict[str, str | None] = {}

@@ -52,7 +52,7 @@ class BatchScheduler:
     async def take_work(self) -> None:
         """Starts the waiting batches this runner has room for, fairest first, one per tenant
         a pass: the store's order is fair only as of the pass's start."""
-        waiting = await self._store.claimable_batches(self._clock(), self._tenant_lines)
+        waiting = await self._store.claimable_batches(self._tenant_lines)
         tenants: set[str | None] = set()
         for batch in waiting:
             if len(self._active) >= self._slots:
@@ -63,10 +63,18 @@ class BatchScheduler:
             self._active[batch.id] = asyncio.create_task(self._run(batch.id))
             self._on_change()
 
+    async def stop(self) -> None:
+        """Stops the batches running here; each releases its lease, so another runner resumes
+        it from its last checkpoint at once."""
+        running = list(self._active.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     async def _should_yield(self, lease: Lease) -> bool:
         if len(self._active) < self._slots:
             return False
-        waiting = await self._store.claimable_batches(self._clock(), self._tenant_lines)
+        waiting = await self._store.claimable_batches(self._tenant_lines)
         return any(
             batch.runs_lines and batch.tenant_lines == 0 and batch.tenant != lease.tenant
             for batch in waiting

@@ -121,6 +121,17 @@ class BatchUsage(BaseModel):
         )
 
 
+# OpenAI's bounds on a file's expires_after: an hour to 30 days.
+MIN_EXPIRES_AFTER_S, MAX_EXPIRES_AFTER_S = 3600, 30 * 24 * 3600
+
+
+class ExpiresAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRES_AFTER_S, le=MAX_EXPIRES_AFTER_S)
+
+
 class BatchObject(BaseModel):
     id: str
     object: Literal["batch"] = "batch"
@@ -144,6 +155,10 @@ class BatchObject(BaseModel):
     request_counts: RequestCounts = RequestCounts()
     usage: BatchUsage = BatchUsage()
     metadata: dict[str, str] | None = None
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None,
+        description="When the batch's output and error files expire, as it was created with.",
+    )
 
     @property
     def terminal(self) -> bool:
@@ -170,17 +185,6 @@ def _with_ends(page: Page) -> Page:
     page.first_id = page.data[0].id if page.data else None
     page.last_id = page.data[-1].id if page.data else None
     return page
-
-
-# OpenAI's bounds on a file's expires_after: an hour to 30 days.
-MIN_EXPIRES_AFTER_S, MAX_EXPIRES_AFTER_S = 3600, 30 * 24 * 3600
-
-
-class ExpiresAfter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    anchor: Literal["created_at"]
-    seconds: int = Field(ge=MIN_EXPIRES_AFTER_S, le=MAX_EXPIRES_AFTER_S)
 
 
 class CreateBatchRequest(BaseModel):

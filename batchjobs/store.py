@@ -3,7 +3,8 @@
 Every change of a batch is a read-modify-write inside one transaction (`update_batch`), so the
 ingress (cancel) and a runner (progress) never overwrite each other. A runner owns a batch through
 a lease that it renews; a checkpoint or change made under a lease that was lost is refused, so
-two runners never both write a batch's output.
+two runners never both write a batch's output. Leases run on the store's own clock (the
+database's), so callers give durations, never times.
 
 A lease also reserves lines: a claim of a batch that runs lines (validating or in progress) takes
 up to the runner's concurrency out of its tenant's quota of lines in flight, counted over every
@@ -14,7 +15,7 @@ recently, first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -77,10 +78,16 @@ class JobStore(Protocol):
         after: str | None,
         tenant: str | None = None,
     ) -> tuple[list[FileRecord], bool]:
-        """A page ordered by (created_at, id), and whether more follow it."""
+        """A page of the files not expired, ordered by (created_at, id), and whether more
+        follow it."""
         ...
 
     async def delete_file(self, file_id: str) -> bool: ...
+
+    async def expired_files(self, limit: int) -> list[FileRecord]:
+        """Up to `limit` files past their `expires_at`, soonest expired first, leaving out the
+        input of any batch that has not ended (it is deleted once the batch ends)."""
+        ...
 
     async def create_batch(self, batch: BatchObject, tenant: str | None = None) -> None: ...
 
@@ -109,20 +116,18 @@ class JobStore(Protocol):
         batch_id: str,
         owner: str,
         lease_s: float,
-        now: float,
         lines: int = 1,
         tenant_lines: int | None = None,
     ) -> Lease | None:
-        """Takes the lease when it is free or expired, or renews `owner`'s (keeping its lines).
-        A batch that runs lines gets up to `lines` of them, within what its tenant's other live
-        leases leave of `tenant_lines` (no quota when None); with none left it is not taken."""
+        """Takes the lease for `lease_s` when it is free or expired, or renews `owner`'s
+        (keeping its lines). A batch that runs lines gets up to `lines` of them, within what its
+        tenant's other live leases leave of `tenant_lines` (no quota when None); with none left
+        it is not taken."""
         ...
 
     async def release_batch(self, batch_id: str, owner: str) -> None: ...
 
-    async def claimable_batches(
-        self, now: float, tenant_lines: int | None = None
-    ) -> list[WaitingBatch]:
+    async def claimable_batches(self, tenant_lines: int | None = None) -> list[WaitingBatch]:
         """Batches with work left whose lease is free or expired: those not terminal, and
         terminal ones whose result handlers have not all run (`mark_handled`). Batches that
         only wait for handlers come first; then those of tenants with the fewest lines in
@@ -139,6 +144,14 @@ class JobStore(Protocol):
     ) -> None:
         """Stores the checkpoint and applies `change` in one transaction, under `owner`'s lease
         (LeaseLostError otherwise). A chunk index stored once is never replaced."""
+        ...
+
+    async def finish_batch(
+        self, batch_id: str, owner: str, files: Sequence[FileRecord], change: BatchChange
+    ) -> BatchObject:
+        """Applies `change` and records the batch's output files with it (a file stored already
+        is kept) in one transaction, under `owner`'s lease (LeaseLostError otherwise); when
+        `change` leaves the batch as it is, records nothing. The batch as stored afterwards."""
         ...
 
     async def chunks(self, batch_id: str) -> list[ChunkRecord]:

@@ -467,6 +467,12 @@ class BatchConfig(ExecutionSettings):
     poll_interval_s: float = Field(
         default=2.0, gt=0, description="How often a runner looks for batches to take or resume."
     )
+    cleanup_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a runner deletes expired files and the chunk files of batches "
+        "that ended.",
+    )
     result_handlers: list[ResultHandlerConfig] = Field(
         default_factory=list,
         description="Called when a batch ends: `webhook`, `copy`, `postgres`, an import path or "

@@ -49,7 +49,7 @@ from batchjobs.store import JobStore
 from capabilities.errors import validation_problems
 from deployments.batch.runner import build_batch_lines
 from deployments.config import AppConfig, ConfigError, parse_app_config
-from deployments.dag.capability_clients import configure_inline
+from deployments.dag.capability_clients import close_inline, configure_inline
 from deployments.dag.runner import runner_name
 from deployments.deploy import deploy, wait_running
 from deployments.engine.placement import engine_deployment_options
@@ -361,10 +361,15 @@ async def _run_on_app(args: JobArgs, config: AppConfig, app_name: str) -> JobRes
         for capability in config.deployed_capabilities
     }
     stats = serve.get_deployment_handle(STATS_NAME, app_name=app_name)
-    lines, inline = build_batch_lines(config, engines, runners, stats, batching=None)
+    lines, inline = build_batch_lines(
+        config, engines, runners, stats, batching=None, rate_limiter=None
+    )
     # Inline capabilities run in this driver, on the settings of the config file.
     await configure_inline(inline, {}, "the batch job")
-    return await run_job(args, lines, config.batch)
+    try:
+        return await run_job(args, lines, config.batch)
+    finally:
+        await close_inline(inline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

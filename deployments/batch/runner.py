@@ -5,7 +5,8 @@ ended but not yet handed to the result handlers), takes them under a lease, fair
 (`batchjobs.scheduler`), and drives them to the end through the same capabilities and engines as
 online traffic, each line counted against its key's rate limits. The ingress wakes it when a
 batch is created or cancelled; it also looks on its own every `poll_interval_s`, which is what
-resumes batches after a crash of a runner or of the whole app. It starts without the store and
+resumes batches after a crash of a runner or of the whole app. Every `cleanup_interval_s` it
+deletes expired files and the chunk files of batches that ended. It starts without the store and
 opens it when it can.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from batchjobs.cleanup import clean_storage
 from batchjobs.executor import BatchExecutor
 from batchjobs.files import FileStorage
 from batchjobs.handlers import BatchResult, LoadedHandler, run_handlers
@@ -31,6 +33,7 @@ from deployments.batch.lines import BatchLines
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
     InlineCapability,
+    close_inline,
     configure_inline,
 )
 from deployments.dag.classify_service import ClassifyWiring
@@ -86,6 +89,7 @@ class BatchRunner:
     ) -> None:
         self._config = config
         self._stores = StoreOpener(config.batch_store_url, config.batch.store_retry_s)
+        self._storage = FileStorage(config.batch_dir)
         self._lines, self._inline = build_batch_lines(
             config,
             engines,
@@ -100,13 +104,27 @@ class BatchRunner:
         self._scheduler: BatchScheduler | None = None
         self._woken = asyncio.Event()
         self._polling: asyncio.Task[None] | None = None
+        self._cleaning: asyncio.Task[None] | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Settings of the inline capabilities, as the ingress gets them. Batches are taken only
         once they are loaded."""
         await configure_inline(self._inline, user_config, BATCH_RUNNER_NAME)
         if self._polling is None:
-            self._polling = asyncio.get_running_loop().create_task(self._poll())
+            loop = asyncio.get_running_loop()
+            self._polling = loop.create_task(self._poll())
+            self._cleaning = loop.create_task(self._clean())
+
+    async def __del__(self) -> None:
+        """Serve calls this as the replica shuts down: batches in flight stop and release their
+        leases (another replica resumes them at once), then pending alert deliveries finish."""
+        loops = [task for task in (self._polling, self._cleaning) if task is not None]
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        await close_inline(self._inline)
 
     def wake(self) -> None:
         """Look for work now rather than at the next poll."""
@@ -142,7 +160,7 @@ class BatchRunner:
             store = await self._stores.get()
             executor = BatchExecutor(
                 store,
-                FileStorage(self._config.batch_dir),
+                self._storage,
                 self._lines,
                 self._config.batch,
                 self._hand_over,
@@ -157,6 +175,16 @@ class BatchRunner:
                 self._started_or_stopped,
             )
         return self._scheduler
+
+    async def _clean(self) -> None:
+        while True:
+            try:
+                await clean_storage(await self._stores.get(), self._storage)
+            except StoreUnavailableError as error:
+                logger.debug("batch runner: no storage cleanup: %s", error)
+            except Exception:  # the store may be briefly unreachable; the next round retries
+                logger.exception("batch runner: storage cleanup failed")
+            await asyncio.sleep(self._config.batch.cleanup_interval_s)
 
     def _started_or_stopped(self) -> None:
         assert self._scheduler is not None

@@ -8,9 +8,11 @@ Retry-After, and the rest of the API is not affected.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -289,7 +291,8 @@ class BatchApi:
                 "file_id",
             )
         await store.delete_file(record.file.id)
-        FileStorage.remove([self._storage.upload_path(record.file.id)])
+        # The record's path: an upload's is under uploads/, a batch output's under batches/.
+        await asyncio.to_thread(self._storage.delete, Path(record.path))
         return JSONResponse(FileDeleted(id=record.file.id).model_dump())
 
     async def create_batch(self, request: Request, store: JobStore) -> JSONResponse:
@@ -319,6 +322,7 @@ class BatchApi:
             created_at=now,
             expires_at=expiry_of(now, body.completion_window),
             metadata=body.metadata,
+            output_expires_after=body.output_expires_after,
         )
         await store.create_batch(batch, tenant)
         self._wake_runner()

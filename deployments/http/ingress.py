@@ -31,7 +31,7 @@ from batchjobs.store import StoreUnavailableError
 from batchjobs.store_opener import StoreOpener
 from capabilities.errors import CapabilityError
 from deployments.config import AppConfig
-from deployments.dag.capability_clients import configure_inline
+from deployments.dag.capability_clients import close_inline, configure_inline
 from deployments.dag.classify_service import ClassifyWiring
 from deployments.http.api_docs import docs_routes
 from deployments.http.auth import Authenticator, principal_of
@@ -201,13 +201,15 @@ class Ingress:
     @asynccontextmanager
     async def _reporting(self, app: Starlette) -> AsyncIterator[None]:
         """Serve runs the app's lifespan in the replica once it is built: the replica reports
-        itself and flushes request latencies to /v1/stats for as long as it serves."""
+        itself and flushes request latencies to /v1/stats for as long as it serves. Its end,
+        as the replica shuts down, waits for pending alert deliveries."""
         tasks = self._telemetry.start()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            await close_inline(self._inline)
 
     def api_routes(self) -> list[ApiRoute]:
         return [

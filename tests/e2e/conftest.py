@@ -28,7 +28,7 @@ WEBHOOK_SECRET = "e2e-webhook-secret"
 # The replicas find the signing secrets in these variables of the app's runtime_env, as they
 # would in a mounted secret's.
 WEBHOOK_SECRET_ENV = "CAPSERVE_E2E_WEBHOOK_SECRET"
-ALERTS_SECRET_ENV = "CAPSERVE_E2E_ALERTS_SECRET"
+ALERTS_SECRET_ENV, ALERTS_WEBHOOK_SECRET = "CAPSERVE_E2E_ALERTS_SECRET", "e2e-alerts-secret"
 ALERTS_WEBHOOK_TOKEN = "e2e-alerts-t0ken"
 # Small chunks and a short lease, so a test sees several checkpoints and a crashed runner's
 # batch is taken over within seconds.
@@ -76,7 +76,7 @@ def e2e_deploy_config(
     app = default_app(cache_dir)
     app["runtime_env"]["env_vars"] |= {
         WEBHOOK_SECRET_ENV: WEBHOOK_SECRET,
-        ALERTS_SECRET_ENV: "e2e-alerts-secret",
+        ALERTS_SECRET_ENV: ALERTS_WEBHOOK_SECRET,
     }
     # Inline capabilities coalesce in the ingress; runners (the generative app's) on their own.
     batching = {"max_batch_size": 64, "batch_wait_timeout_s": TEST_BATCH_WAIT_S}

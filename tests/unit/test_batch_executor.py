@@ -10,12 +10,21 @@ from typing import Any
 
 import pytest
 
+from batchjobs import executor as executor_module
 from batchjobs.executor import BatchExecutor, ExecutionSettings, LineOutcome
-from batchjobs.files import FileStorage, new_file_id
+from batchjobs.files import FileStorage, new_file_id, write_durably
 from batchjobs.handlers import BatchResult
-from batchjobs.schemas import BatchObject, FileObject, FileRecord, expiry_of
+from batchjobs.schemas import (
+    BatchObject,
+    ChunkRecord,
+    ExpiresAfter,
+    FileObject,
+    FileRecord,
+    expiry_of,
+)
 from batchjobs.sql_store import open_store
-from batchjobs.store import Lease
+from batchjobs.store import JobStore, Lease
+from capabilities.base import BatchLine
 
 ENDPOINT = "/v1/classify"
 
@@ -29,17 +38,24 @@ class FakeLines:
         self.delay_s = delay_s
         self.calls: list[str] = []
         self.tenants: list[str | None] = []
+        self.batch_lines: list[BatchLine] = []
         self.in_flight: collections.Counter[str | None] = collections.Counter()
         self.most_in_flight: collections.Counter[str | None] = collections.Counter()
         self.flaky_failures = flaky_failures
         self.hang_after = hang_after
 
     async def run(
-        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        tenant: str | None,
+        line: BatchLine,
     ) -> LineOutcome:
         text = body["texts"][0]
         self.calls.append(text)
         self.tenants.append(tenant)
+        self.batch_lines.append(line)
         self.in_flight[tenant] += 1
         self.most_in_flight[tenant] = max(self.most_in_flight[tenant], self.in_flight[tenant])
         try:
@@ -86,7 +102,11 @@ class Setup:
         )
 
     async def batch(
-        self, texts: list[str], raw_lines: list[str] | None = None, tenant: str | None = None
+        self,
+        texts: list[str],
+        raw_lines: list[str] | None = None,
+        tenant: str | None = None,
+        output_expires_after: ExpiresAfter | None = None,
     ) -> BatchObject:
         file_id = new_file_id()
         path = self.storage.upload_path(file_id)
@@ -118,6 +138,7 @@ class Setup:
             status="validating",
             created_at=now,
             expires_at=expiry_of(now, "24h"),
+            output_expires_after=output_expires_after,
         )
         await self.store.create_batch(batch, tenant)
         return batch
@@ -160,7 +181,7 @@ async def test_a_batch_runs_in_chunks_to_completion(setup: Setup) -> None:
     # Handlers ran once, with the final files; the batch is no longer anyone's work.
     assert [r.batch.status for r in setup.handled.results] == ["completed"]
     assert setup.handled.results[0].output_path == output_file.path
-    assert await setup.store.claimable_batches(time.time()) == []
+    assert await setup.store.claimable_batches() == []
 
 
 async def test_a_crash_mid_batch_resumes_with_every_custom_id_once(setup: Setup) -> None:
@@ -190,6 +211,10 @@ async def test_a_crash_mid_batch_resumes_with_every_custom_id_once(setup: Setup)
     # Only lines without a checkpoint ran again.
     assert len(resumed.calls) == 30 - 5 * chunks_before
     assert done.request_counts.completed == 30
+    # Once the batch has ended no chunk file is left: not the checkpointed ones, nor the one
+    # the crashed runner wrote without a checkpoint.
+    assert setup.storage.chunk_files(batch.id) == []
+    assert not stray.exists()
 
 
 async def test_cancel_stops_the_batch_with_partial_output(setup: Setup) -> None:
@@ -234,9 +259,14 @@ async def test_lines_left_when_the_window_closes_are_written_as_expired(setup: S
 
     class ClosingLines(FakeLines):
         async def run(
-            self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+            self,
+            endpoint: str,
+            body: dict[str, Any],
+            request_id: str,
+            tenant: str | None,
+            line: BatchLine,
         ) -> LineOutcome:
-            outcome = await lines.run(endpoint, body, request_id, tenant)
+            outcome = await lines.run(endpoint, body, request_id, tenant, line)
             if len(lines.calls) == 5:
                 clock["now"] += 25 * 3600
             return outcome
@@ -315,7 +345,7 @@ async def test_retryable_failures_are_retried_then_reported(setup: Setup) -> Non
 
 async def test_a_batch_held_by_another_runner_is_left_alone(setup: Setup) -> None:
     batch = await setup.batch(["a"])
-    assert await setup.store.claim_batch(batch.id, "runner-x", 60, time.time())
+    assert await setup.store.claim_batch(batch.id, "runner-x", 60)
     lines = FakeLines()
     assert not await setup.executor(lines).run(batch.id)
     assert lines.calls == []
@@ -363,6 +393,10 @@ async def test_lines_run_as_their_tenants_within_the_lines_the_lease_grants(setu
     assert await executor.run(batch.id)
     assert set(lines.tenants) == {"team-a"}
     assert lines.most_in_flight["team-a"] == 3
+    # Each line also names itself, as effects such as alerts derive their ids from it.
+    assert sorted(lines.batch_lines, key=lambda line: int(line.custom_id.removeprefix("id-"))) == [
+        BatchLine(batch_id=batch.id, custom_id=f"id-{i}") for i in range(20)
+    ]
 
 
 async def test_a_batch_that_yields_between_chunks_resumes_where_it_stopped(setup: Setup) -> None:
@@ -378,7 +412,7 @@ async def test_a_batch_that_yields_between_chunks_resumes_where_it_stopped(setup
     assert paused is not None and paused.status == "in_progress"
     assert paused.request_counts.completed == 5 and len(await setup.store.chunks(batch.id)) == 1
     # The lease is given back, so the batch waits for whoever takes it next.
-    assert [b.id for b in await setup.store.claimable_batches(time.time())] == [batch.id]
+    assert [b.id for b in await setup.store.claimable_batches()] == [batch.id]
     assert asked[0].tenant == "team-a" and asked[0].lines == 64
 
     resumed = FakeLines()
@@ -390,3 +424,83 @@ async def test_a_batch_that_yields_between_chunks_resumes_where_it_stopped(setup
     assert [line["custom_id"] for line in output] == [f"id-{i}" for i in range(12)]
     # Asked after each chunk with lines left, never after the last.
     assert len(asked) == 2
+
+
+async def test_output_files_expire_as_the_batch_asked(setup: Setup) -> None:
+    policy = ExpiresAfter(anchor="created_at", seconds=7200)
+    batch = await setup.batch(["t0", "bad"], output_expires_after=policy)
+    await setup.executor(FakeLines()).run(batch.id)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.output_expires_after == policy
+    for file_id in (done.output_file_id, done.error_file_id):
+        record = await setup.store.get_file(file_id or "")
+        assert record is not None
+        # OpenAI's anchor: the output file's own creation.
+        assert record.file.expires_at == record.file.created_at + 7200
+
+    forever = await setup.batch(["t0"])
+    await setup.executor(FakeLines()).run(forever.id)
+    done = await setup.store.get_batch(forever.id)
+    record = await setup.store.get_file(done.output_file_id or "")
+    assert record is not None and record.file.expires_at is None
+
+
+class LeaseTakenAtFinalize:
+    """The store, except that another runner takes the batch over just as it is finalized."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._chunk_reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def chunks(self, batch_id: str) -> list[ChunkRecord]:
+        self._chunk_reads += 1
+        if self._chunk_reads == 2:  # the first read resumes the run, the second finalizes it
+            await self._store.release_batch(batch_id, "runner-a")
+            assert await self._store.claim_batch(batch_id, "runner-b", 60)
+        return await self._store.chunks(batch_id)
+
+
+async def test_a_runner_that_lost_its_lease_does_not_finalize(setup: Setup) -> None:
+    batch = await setup.batch([f"t{i}" for i in range(7)])
+    executor = BatchExecutor(
+        LeaseTakenAtFinalize(setup.store),  # type: ignore[arg-type]
+        setup.storage,
+        FakeLines(),
+        settings(),
+        setup.handled,
+        "runner-a",
+    )
+    assert await executor.run(batch.id)
+
+    stuck = await setup.store.get_batch(batch.id)
+    assert stuck is not None and stuck.status == "finalizing"
+    assert stuck.output_file_id is None
+    outputs, _ = await setup.store.list_files("batch_output", 10, "asc", None)
+    assert outputs == [], "no output file recorded by a runner without the lease"
+    assert setup.handled.results == []
+    # The checkpoints stay for the runner that holds the lease now.
+    assert len(setup.storage.chunk_files(batch.id)) == 2
+
+
+async def test_chunk_files_are_written_off_the_event_loop(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease renewal runs on the same event loop: a slow fsync there would stall it.
+    on_the_loop: list[bool] = []
+
+    def recording_write(path: Path, data: bytes) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            on_the_loop.append(False)
+        else:
+            on_the_loop.append(True)
+        write_durably(path, data)
+
+    monkeypatch.setattr(executor_module, "write_durably", recording_write)
+    batch = await setup.batch([f"t{i}" for i in range(7)])
+    await setup.executor(FakeLines()).run(batch.id)
+    assert on_the_loop == [False, False]

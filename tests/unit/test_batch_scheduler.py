@@ -94,3 +94,19 @@ async def test_a_store_outage_does_not_count_against_the_batch(setup: Setup) -> 
             await asyncio.sleep(0.01)
     stored = await setup.store.get_batch(batch.id)
     assert down.runs == 5 and stored is not None and stored.status == "validating"
+
+
+async def test_stopping_releases_the_leases_of_running_batches(setup: Setup) -> None:
+    # A replica shutting down: its batches stop, and another runner resumes them at once.
+    batch = await setup.batch([f"t{i}" for i in range(10)])
+    lines = FakeLines(hang_after=2)
+    runner = scheduler(setup, lines, slots=1)
+    await runner.take_work()
+    while len(lines.calls) < 3:
+        await asyncio.sleep(0.01)
+    assert runner.active == [batch.id]
+    assert await setup.store.claimable_batches() == []
+
+    await runner.stop()
+    assert runner.active == []
+    assert [waiting.id for waiting in await setup.store.claimable_batches()] == [batch.id]
