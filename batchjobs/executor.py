@@ -43,6 +43,7 @@ from batchjobs.schemas import (
     RequestCounts,
 )
 from batchjobs.store import JobStore, LeaseLostError
+from capserve.tracing import TraceParent
 
 logger = logging.getLogger("capserve.batch")
 
@@ -64,7 +65,9 @@ class LineOutcome(BaseModel):
 class LineHandler(Protocol):
     """Answers batch lines as the online endpoint would."""
 
-    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome: ...
+    async def run(
+        self, endpoint: str, body: dict[str, Any], request_id: str, traceparent: str
+    ) -> LineOutcome: ...
 
     def default_model(self, endpoint: str) -> str | None:
         """The model that answers `endpoint` when lines do not name one."""
@@ -290,7 +293,7 @@ class BatchExecutor:
 
         async def run_task(task: NumberedLine) -> None:
             async with limit:
-                results[task.index] = await self._run_line(batch.endpoint, task)
+                results[task.index] = await self._run_line(batch, task)
 
         running = [asyncio.create_task(run_task(task)) for task in chunk_tasks]
         base = _totals(chunks)
@@ -346,15 +349,21 @@ class BatchExecutor:
         return None
 
     async def _run_line(
-        self, endpoint: str, task: NumberedLine
+        self, batch: BatchObject, task: NumberedLine
     ) -> tuple[OutputLine, bool, BatchUsage]:
         request_id = f"req_{uuid.uuid4().hex}"
+        # Batches stored before they had a trace get one per line.
+        traceparent = str((TraceParent.parse(batch.traceparent) or TraceParent.new()).child())
         deadline = self._clock() + self._settings.retry_window_s
         for attempt in itertools.count():
             try:
-                outcome = await self._lines.run(endpoint, task.line.body, request_id)
+                outcome = await self._lines.run(
+                    batch.endpoint, task.line.body, request_id, traceparent
+                )
             except Exception as error:  # one bad line must not stop the batch
-                logger.exception("batch line %s failed", task.line.custom_id)
+                logger.exception(
+                    "batch line %s failed (traceparent %s)", task.line.custom_id, traceparent
+                )
                 outcome = LineOutcome(
                     status_code=500,
                     body={
@@ -376,7 +385,10 @@ class BatchExecutor:
             id=f"batch_req_{uuid.uuid4().hex}",
             custom_id=task.line.custom_id,
             response=LineResponse(
-                status_code=outcome.status_code, request_id=request_id, body=outcome.body
+                status_code=outcome.status_code,
+                request_id=request_id,
+                traceparent=traceparent,
+                body=outcome.body,
             ),
             error=None,
         )

@@ -40,18 +40,22 @@ class BatchLines:
         self._classify = classify
         self._openai = openai_endpoints
 
-    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome:
+    async def run(
+        self, endpoint: str, body: dict[str, Any], request_id: str, traceparent: str
+    ) -> LineOutcome:
         try:
-            answer = await self._answer(endpoint, body, request_id)
+            answer = await self._answer(endpoint, body, request_id, traceparent)
         except Exception as error:  # noqa: BLE001 - every failure becomes the line's error
-            api_error = api_error_for(error, f"batch line {request_id}")
+            api_error = api_error_for(error, f"batch line {request_id} ({traceparent})")
             return LineOutcome(status_code=api_error.status_code, body=error_json(api_error))
         return LineOutcome(status_code=200, body=answer, usage=usage_of(answer))
 
-    async def _answer(self, endpoint: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+    async def _answer(
+        self, endpoint: str, body: dict[str, Any], request_id: str, traceparent: str
+    ) -> dict[str, Any]:
         if endpoint == "/v1/classify":
             request = ClassifyRequest.model_validate(body, context={"limits": self._config.limits})
-            response = await self._classify.classify(request, request_id)
+            response = await self._classify.classify(request, request_id, traceparent)
             return response.model_dump(mode="json")
         if endpoint == "/v1/chat/completions":
             chat = ChatCompletionRequest.model_validate(body)

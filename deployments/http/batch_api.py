@@ -30,6 +30,8 @@ from batchjobs.schemas import (
     expiry_of,
 )
 from batchjobs.store import JobStore
+from capserve.tracing import HEADER as TRACE_HEADER
+from capserve.tracing import TraceParent
 from deployments.config import AppConfig
 from deployments.http.auth import principal_of
 from deployments.http.errors import (
@@ -297,6 +299,9 @@ class BatchApi:
             created_at=now,
             expires_at=expiry_of(now, body.completion_window),
             metadata=body.metadata,
+            traceparent=str(
+                TraceParent.parse(request.headers.get(TRACE_HEADER)) or TraceParent.new()
+            ),
         )
         await self._store.create_batch(batch, tenant)
         self._wake_runner()
