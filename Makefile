@@ -24,7 +24,7 @@ $(INSTALLED): pyproject.toml
 venv: $(INSTALLED)
 
 run: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m cluster.serve_flags $(VENV)/bin/serve run serve_config.yaml
+	$(VENV)/bin/capserve serve serve_config.yaml
 
 services:
 	@command -v redis-server >/dev/null || { \
