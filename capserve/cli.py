@@ -321,14 +321,16 @@ async def _classify(connection: Connection, options: ClassifyOptions) -> int:
         asked = options.capabilities or [card.id for card in listing.data if card.default]
         out = Output(options.output_format or output_format(options.output), asked)
         done = out.resume_point(options.output) if options.output else 0
-        if done:
-            _echo(f"{options.output} holds rows 1-{done}: continuing after them")
         trace = TraceParent.new()
         _echo(f"trace id {trace.trace_id} (in every request's traceparent)")
         request = Request(options.capabilities or None, options.strategy)
         feeder = Feeder(client, request, options.concurrency, trace, f"cli-{trace.trace_id[:8]}")
         with _opened(options.input) as stream, _sink(options.output, out) as sink:
             rows, total = _rows(stream, options, done)
+            if done and done == total:
+                _echo(f"{options.output} already answers all {total} rows")
+            elif done:
+                _echo(f"{options.output} holds rows 1-{done}: continuing after them")
             chunks = chunked(rows, listing.limits, options.items_per_request)
             with tqdm(
                 total=total,

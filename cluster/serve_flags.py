@@ -55,4 +55,3 @@ def ray_env(flags: frozenset[str], free_port: Callable[[], int] | None = None) -
     if free_port is not None and "haproxy" in flags:
         env |= {variable: str(free_port()) for variable in HAPROXY_PORT_VARIABLES}
     return env
-

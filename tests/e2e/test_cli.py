@@ -154,6 +154,33 @@ def test_batch_mode_classifies_through_the_batch_api(
     assert not (tmp_path / "labels.csv.batch.json").exists()
 
 
+def test_batch_commands_submit_follow_and_download_a_batch(
+    project_root: Path, base_url: str, tmp_path: Path
+) -> None:
+    lines = [
+        {"custom_id": f"q{n}", "method": "POST", "url": "/v1/classify", "body": {"texts": [t]}}
+        for n, t in enumerate(["My card has not arrived", "Why was I charged a fee?"])
+    ]
+    source = tmp_path / "batch.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    submit = capserve(project_root, base_url, ADMIN_KEY, "batch", "submit", str(source), "--wait")
+    assert submit.returncode == 0, submit.stderr
+    batch_id = submit.stdout.strip()
+    status = capserve(project_root, base_url, ADMIN_KEY, "batch", "status", batch_id)
+    assert json.loads(status.stdout)["status"] == "completed"
+    output = tmp_path / "output.jsonl"
+    download = capserve(
+        project_root, base_url, ADMIN_KEY, "batch", "download", batch_id, "-o", str(output)
+    )
+    assert download.returncode == 0, download.stderr
+    assert sorted(json.loads(line)["custom_id"] for line in output.read_text().splitlines()) == [
+        "q0",
+        "q1",
+    ]
+    missing = capserve(project_root, base_url, ADMIN_KEY, "batch", "status", "batch_nope")
+    assert missing.returncode == 5 and "no batch with id 'batch_nope'" in missing.stderr
+
+
 def test_the_client_classifies_and_runs_a_batch_in_the_callers_trace(base_url: str) -> None:
     with Client(base_url, ADMIN_KEY) as client:
         assert client.ready().status == "ready"

@@ -59,7 +59,14 @@ class Service:
             return httpx.Response(200, json=file)
         if path == "/v1/batches":
             return httpx.Response(200, json=self.run_batch(request))
+        if path.endswith("/cancel"):
+            batch = self.batches[path.split("/")[3]]
+            batch.update(status="cancelling", output_file_id=None)
+            return httpx.Response(200, json=batch)
         if path.startswith("/v1/batches/"):
+            if path.rsplit("/", 1)[1] not in self.batches:
+                error = {"message": "no batch with id 'batch_x'", "code": "not_found"}
+                return httpx.Response(404, json={"error": error})
             return httpx.Response(200, json=self.batches[path.rsplit("/", 1)[1]])
         if path == "/v1/files/file-out/content":
             return httpx.Response(200, content=self.output)
@@ -107,11 +114,16 @@ class Service:
 def service(monkeypatch: pytest.MonkeyPatch) -> Service:
     service = Service()
 
-    class MockedClient(client_module.AsyncClient):
+    class MockedAsyncClient(client_module.AsyncClient):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs, transport=httpx.MockTransport(service))
 
-    monkeypatch.setattr(cli, "AsyncClient", MockedClient)
+    class MockedClient(client_module.Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs, transport=httpx.MockTransport(service))
+
+    monkeypatch.setattr(cli, "AsyncClient", MockedAsyncClient)
+    monkeypatch.setattr(cli, "Client", MockedClient)
 
     async def no_wait(seconds: float) -> None:
         pass
@@ -162,6 +174,9 @@ def test_a_run_again_with_the_same_output_continues_where_it_stopped(service, tm
     assert "holds rows 1-4: continuing after them" in result.output
     assert output.read_text() == complete
     assert service.texts == [["text 5", "text 6", "text 7"]]
+    done = run("classify", str(source), "-o", str(output), "--no-progress")
+    assert done.exit_code == 0 and "already answers all 7 rows" in done.output
+    assert output.read_text() == complete and len(service.texts) == 1
 
 
 def test_refused_rows_get_their_error_and_exit_1(service, tmp_path):
@@ -221,6 +236,29 @@ def test_batch_mode_picks_up_the_batch_a_stopped_run_submitted(service, tmp_path
     )
     assert run("classify", str(source), "-o", str(output), "--batch").exit_code == 0
     assert len(service.uploads) == 1 and [r["label"] for r in records(output)] == ["A", "B"]
+
+
+def test_batch_commands_submit_follow_download_and_cancel(service, tmp_path):
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/classify", "body": {"texts": ["x"]}}
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(line) + "\n")
+    submitted = run("batch", "submit", str(source), "--metadata", "team=a", "--wait")
+    assert submitted.exit_code == 0, submitted.output
+    assert submitted.stdout == "batch_1\n"
+    status = run("batch", "status", "batch_1")
+    assert json.loads(status.stdout)["status"] == "completed"
+    output = tmp_path / "out.jsonl"
+    assert run("batch", "download", "batch_1", "-o", str(output)).exit_code == 0
+    assert json.loads(output.read_text())["response"]["body"]["results"][0]["label"] == "X"
+    cancelled = run("batch", "cancel", "batch_1")
+    assert json.loads(cancelled.stdout)["status"] == "cancelling"
+    not_yet = run("batch", "download", "batch_1")
+    assert not_yet.exit_code == cli.ExitCode.BATCH_NOT_DONE and "no output yet" in not_yet.output
+    missing = run("batch", "status", "batch_x")
+    assert missing.exit_code == cli.ExitCode.REJECTED and "no batch" in missing.output
+    assert (
+        run("batch", "submit", str(source), "--metadata", "nokey").exit_code == cli.ExitCode.USAGE
+    )
 
 
 def test_serve_runs_serve_run_with_the_flags_and_offline_models(monkeypatch, tmp_path):

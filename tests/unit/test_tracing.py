@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from batchjobs.files import FileStorage
 from batchjobs.sql_store import open_store
@@ -24,9 +25,9 @@ from deployments.config import AppConfig, parse_app_config
 from deployments.dag.classify_service import ClassifyService
 from deployments.http.auth import Authenticator
 from deployments.http.batch_api import BatchApi
-from deployments.http.ingress import build_http_app
+from deployments.http.ingress import Ingress, build_http_app
 from deployments.http.rate_limit import RateLimiter
-from deployments.http.schemas import ClassifyRequest
+from deployments.http.schemas import ClassifyRequest, ClassifyResponse
 from tests.fakes import classified
 from tests.unit.test_failure_isolation import Picky
 
@@ -90,6 +91,45 @@ async def test_every_capability_call_of_a_request_carries_its_traceparent(config
     answer = await service.classify(ClassifyRequest(texts=["a", "b"]), "req-1", TRACE)
     assert [result.label for result in answer.results] == ["card_arrival", "card_arrival"]
     assert [call.trace for call in recording.calls] == [TRACE]
+
+
+class RecordingService:
+    """The ingress's classify service, keeping the request id and trace of each request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+
+    async def classify(
+        self, body: ClassifyRequest, request_id: str, trace: str | None = None
+    ) -> ClassifyResponse:
+        self.requests.append((request_id, trace))
+        return ClassifyResponse(id=request_id, capability_versions={}, results=[])
+
+
+def test_the_ingress_logs_a_requests_traceparent_and_hands_it_to_the_dag(
+    config: AppConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The class serve.ingress wrapped: built without Ray, as the OpenAPI test builds it.
+    ingress = Ingress.func_or_class.__bases__[0](config, {}, {}, None, None)
+    service = RecordingService()
+    monkeypatch.setattr(ingress, "_classify", service)
+    lines: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = lines.append  # type: ignore[method-assign]
+    serve_logger = logging.getLogger("ray.serve")
+    monkeypatch.setattr(serve_logger, "level", logging.INFO)
+    serve_logger.addHandler(handler)
+    try:
+        with TestClient(ingress.__serve_build_asgi_app__()) as http:
+            body = {"texts": ["a", "b"]}
+            headers = {"traceparent": TRACE, "X-Request-ID": "req-9"}
+            assert http.post("/v1/classify", json=body, headers=headers).status_code == 200
+            ignored = {"traceparent": "00-junk", "X-Request-ID": "req-10"}
+            assert http.post("/v1/classify", json=body, headers=ignored).status_code == 200
+    finally:
+        serve_logger.removeHandler(handler)
+    assert service.requests == [("req-9", TRACE), ("req-10", None)]
+    assert [line.getMessage() for line in lines] == [f"classify: 2 texts, traceparent {TRACE}"]
 
 
 async def test_a_failed_run_is_logged_with_the_traceparents_of_its_callers(caplog):
