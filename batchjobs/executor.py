@@ -45,6 +45,7 @@ from batchjobs.schemas import (
     RequestCounts,
 )
 from batchjobs.store import JobStore, Lease, LeaseLostError, StoreUnavailableError
+from capserve.tracing import TraceParent
 
 logger = logging.getLogger("capserve.batch")
 
@@ -67,7 +68,12 @@ class LineHandler(Protocol):
     """Answers batch lines as the online endpoint would."""
 
     async def run(
-        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        tenant: str | None,
+        traceparent: str,
     ) -> LineOutcome:
         """Answers one line of `tenant`'s batch, counted against that tenant's budget."""
         ...
@@ -333,7 +339,7 @@ class BatchExecutor:
 
         async def run_task(task: NumberedLine) -> None:
             async with limit:
-                results[task.index] = await self._run_line(batch.endpoint, task, lease.tenant)
+                results[task.index] = await self._run_line(batch, task, lease.tenant)
 
         running = [asyncio.create_task(run_task(task)) for task in chunk_tasks]
         base = _totals(chunks)
@@ -389,16 +395,22 @@ class BatchExecutor:
         return None
 
     async def _run_line(
-        self, endpoint: str, task: NumberedLine, tenant: str | None
+        self, batch: BatchObject, task: NumberedLine, tenant: str | None
     ) -> tuple[OutputLine, bool, BatchUsage]:
         request_id = f"req_{uuid.uuid4().hex}"
+        # Batches stored before they had a trace get one per line.
+        traceparent = str((TraceParent.parse(batch.traceparent) or TraceParent.new()).child())
         # From the first answer: the wait for the tenant's budget is not the engine's outage.
         deadline: float | None = None
         for attempt in itertools.count():
             try:
-                outcome = await self._lines.run(endpoint, task.line.body, request_id, tenant)
+                outcome = await self._lines.run(
+                    batch.endpoint, task.line.body, request_id, tenant, traceparent
+                )
             except Exception as error:  # one bad line must not stop the batch
-                logger.exception("batch line %s failed", task.line.custom_id)
+                logger.exception(
+                    "batch line %s failed (traceparent %s)", task.line.custom_id, traceparent
+                )
                 outcome = LineOutcome(
                     status_code=500,
                     body={
@@ -422,7 +434,10 @@ class BatchExecutor:
             id=f"batch_req_{uuid.uuid4().hex}",
             custom_id=task.line.custom_id,
             response=LineResponse(
-                status_code=outcome.status_code, request_id=request_id, body=outcome.body
+                status_code=outcome.status_code,
+                request_id=request_id,
+                traceparent=traceparent,
+                body=outcome.body,
             ),
             error=None,
         )

@@ -51,22 +51,32 @@ class BatchLines:
         self._authenticator = Authenticator(config.auth.all_keys())
 
     async def run(
-        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        tenant: str | None,
+        traceparent: str,
     ) -> LineOutcome:
         try:
-            answer = await self._answer(endpoint, body, request_id, tenant)
+            answer = await self._answer(endpoint, body, request_id, tenant, traceparent)
         except Exception as error:  # noqa: BLE001 - every failure becomes the line's error
-            api_error = api_error_for(error, f"batch line {request_id}")
+            api_error = api_error_for(error, f"batch line {request_id} ({traceparent})")
             return LineOutcome(status_code=api_error.status_code, body=error_json(api_error))
         return LineOutcome(status_code=200, body=answer, usage=usage_of(answer))
 
     async def _answer(
-        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        tenant: str | None,
+        traceparent: str,
     ) -> dict[str, Any]:
         if endpoint == "/v1/classify":
             request = ClassifyRequest.model_validate(body, context={"limits": self._config.limits})
             await self._take(tenant, request.usage())
-            response = await self._classify.classify(request, request_id)
+            response = await self._classify.classify(request, request_id, traceparent)
             return response.model_dump(mode="json")
         if endpoint == "/v1/chat/completions":
             chat = ChatCompletionRequest.model_validate(body)

@@ -68,7 +68,11 @@ class ClassifyService:
             self._send_coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
             self._send = self._send_coalesced
 
-    async def classify(self, body: ClassifyRequest, request_id: str) -> ClassifyResponse:
+    async def classify(
+        self, body: ClassifyRequest, request_id: str, trace: str | None = None
+    ) -> ClassifyResponse:
+        """The answer to `body`; `trace` (the caller's traceparent) goes with every capability
+        call, so whatever fails on the way is logged with it."""
         plan = Plan.of(
             self._registry, body.requested_capabilities(self._config.default_capabilities)
         )
@@ -78,7 +82,7 @@ class ClassifyService:
         async def run(
             name: str, texts: list[str], parents: dict[str, list[BaseModel]]
         ) -> list[BaseModel]:
-            call = RunCall(texts=texts, parents=parents, options=options.get(name, {}))
+            call = RunCall(texts=texts, parents=parents, options=options.get(name, {}), trace=trace)
             reply = answer_of(name, await self._send(name, call))
             versions[name] = reply.version
             return reply.outputs or []

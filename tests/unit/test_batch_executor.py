@@ -16,6 +16,7 @@ from batchjobs.handlers import BatchResult
 from batchjobs.schemas import BatchObject, FileObject, FileRecord, expiry_of
 from batchjobs.sql_store import open_store
 from batchjobs.store import Lease
+from capserve.tracing import TraceParent
 
 ENDPOINT = "/v1/classify"
 
@@ -31,15 +32,22 @@ class FakeLines:
         self.tenants: list[str | None] = []
         self.in_flight: collections.Counter[str | None] = collections.Counter()
         self.most_in_flight: collections.Counter[str | None] = collections.Counter()
+        self.traces: list[str] = []
         self.flaky_failures = flaky_failures
         self.hang_after = hang_after
 
     async def run(
-        self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        tenant: str | None,
+        traceparent: str,
     ) -> LineOutcome:
         text = body["texts"][0]
         self.calls.append(text)
         self.tenants.append(tenant)
+        self.traces.append(traceparent)
         self.in_flight[tenant] += 1
         self.most_in_flight[tenant] = max(self.most_in_flight[tenant], self.in_flight[tenant])
         try:
@@ -86,7 +94,11 @@ class Setup:
         )
 
     async def batch(
-        self, texts: list[str], raw_lines: list[str] | None = None, tenant: str | None = None
+        self,
+        texts: list[str],
+        raw_lines: list[str] | None = None,
+        tenant: str | None = None,
+        traceparent: str | None = None,
     ) -> BatchObject:
         file_id = new_file_id()
         path = self.storage.upload_path(file_id)
@@ -118,6 +130,7 @@ class Setup:
             status="validating",
             created_at=now,
             expires_at=expiry_of(now, "24h"),
+            traceparent=traceparent,
         )
         await self.store.create_batch(batch, tenant)
         return batch
@@ -161,6 +174,22 @@ async def test_a_batch_runs_in_chunks_to_completion(setup: Setup) -> None:
     assert [r.batch.status for r in setup.handled.results] == ["completed"]
     assert setup.handled.results[0].output_path == output_file.path
     assert await setup.store.claimable_batches(time.time()) == []
+
+
+async def test_every_line_runs_and_is_written_as_a_span_of_the_batchs_trace(setup: Setup) -> None:
+    trace = TraceParent.new()
+    batch = await setup.batch(["t0", "bad", "t2"], traceparent=str(trace))
+    lines = FakeLines()
+    assert await setup.executor(lines).run(batch.id)
+
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None
+    written = await setup.lines_of(done.output_file_id) + await setup.lines_of(done.error_file_id)
+    spans = [TraceParent.parse(line["response"]["traceparent"]) for line in written]
+    assert {span.trace_id for span in spans if span} == {trace.trace_id}
+    assert len({span.span_id for span in spans if span} - {trace.span_id}) == 3
+    # The line handler (the DAG, for /v1/classify) ran each line under the span it wrote.
+    assert sorted(lines.traces) == sorted(line["response"]["traceparent"] for line in written)
 
 
 async def test_a_crash_mid_batch_resumes_with_every_custom_id_once(setup: Setup) -> None:
@@ -234,9 +263,14 @@ async def test_lines_left_when_the_window_closes_are_written_as_expired(setup: S
 
     class ClosingLines(FakeLines):
         async def run(
-            self, endpoint: str, body: dict[str, Any], request_id: str, tenant: str | None
+            self,
+            endpoint: str,
+            body: dict[str, Any],
+            request_id: str,
+            tenant: str | None,
+            traceparent: str,
         ) -> LineOutcome:
-            outcome = await lines.run(endpoint, body, request_id, tenant)
+            outcome = await lines.run(endpoint, body, request_id, tenant, traceparent)
             if len(lines.calls) == 5:
                 clock["now"] += 25 * 3600
             return outcome
