@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tenacity import wait_none
 
-from batchjobs.executor import BatchExecutor, ExecutionSettings, LineOutcome
+from batchjobs import executor as executor_module
+from batchjobs.executor import (
+    SERVER_ERROR_ATTEMPTS,
+    BatchExecutor,
+    ExecutionSettings,
+    LineOutcome,
+)
 from batchjobs.files import FileStorage, new_file_id
 from batchjobs.handlers import BatchResult
 from batchjobs.schemas import BatchObject, FileObject, FileRecord, expiry_of
@@ -294,6 +301,45 @@ async def test_retryable_failures_are_retried_then_reported(setup: Setup) -> Non
     assert done is not None and done.request_counts.failed == 1
     (error,) = await setup.lines_of(done.error_file_id)
     assert error["response"]["status_code"] == 503
+
+
+class BrokenLines(FakeLines):
+    """ "crash" texts raise, "broken" texts answer 500, every time."""
+
+    async def run(self, endpoint: str, body: dict[str, Any], *args: Any) -> LineOutcome:
+        text = body["texts"][0]
+        if text == "crash":
+            self.calls.append(text)
+            raise RuntimeError("a bug this line trips")
+        if text == "broken":
+            self.calls.append(text)
+            return LineOutcome(status_code=500, body={"error": {"message": "broken"}})
+        return await super().run(endpoint, body, *args)
+
+
+async def test_server_errors_are_tried_a_few_times_and_client_errors_once(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executor_module, "LINE_BACKOFF", wait_none())
+    batch = await setup.batch(["crash", "broken", "bad", "ok"])
+    lines = BrokenLines()
+    await setup.executor(lines).run(batch.id)
+    assert sorted(lines.calls) == sorted(
+        ["crash"] * SERVER_ERROR_ATTEMPTS + ["broken"] * SERVER_ERROR_ATTEMPTS + ["bad", "ok"]
+    )
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.request_counts.model_dump() == {
+        "total": 4,
+        "completed": 1,
+        "failed": 3,
+    }
+    errors = {
+        line["custom_id"]: line["response"] for line in await setup.lines_of(done.error_file_id)
+    }
+    assert errors["id-0"]["status_code"] == 500
+    assert errors["id-0"]["body"]["error"]["code"] == "internal_error"
+    assert errors["id-1"]["status_code"] == 500
+    assert errors["id-2"]["status_code"] == 400
 
 
 async def test_a_batch_held_by_another_runner_is_left_alone(setup: Setup) -> None:
