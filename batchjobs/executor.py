@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from batchjobs.files import FileStorage, write_durably
 from batchjobs.handlers import BatchResult
@@ -46,6 +47,7 @@ from batchjobs.schemas import (
 )
 from batchjobs.store import JobStore, Lease, LeaseLostError, StoreUnavailableError
 from capabilities.base import BatchLine
+from capserve.tracing import TraceParent
 
 logger = logging.getLogger("capserve.batch")
 
@@ -54,6 +56,8 @@ RETRIED_STATUSES = frozenset({429, 503, 504})
 # Other server errors are retried a little too: a replica that died mid-call answers 500 once,
 # while a line that trips a bug fails every time and must not hold the batch up for long.
 SERVER_ERROR_ATTEMPTS = 3
+# Between a line's attempts: 0.5 s, doubling, at most 10 s.
+LINE_BACKOFF = wait_exponential(multiplier=0.5, max=10.0)
 
 
 class LineOutcome(BaseModel):
@@ -74,6 +78,7 @@ class LineHandler(Protocol):
         request_id: str,
         tenant: str | None,
         line: BatchLine,
+        traceparent: str,
     ) -> LineOutcome:
         """Answers one line of `tenant`'s batch, counted against that tenant's budget. `line`
         names the batch line, which stays the same when the line runs again after a crash (the
@@ -400,43 +405,70 @@ class BatchExecutor:
     ) -> tuple[OutputLine, bool, BatchUsage]:
         request_id = f"req_{uuid.uuid4().hex}"
         line = BatchLine(batch_id=batch.id, custom_id=task.line.custom_id)
+        # Batches stored before they had a trace get one per line.
+        traceparent = str((TraceParent.parse(batch.traceparent) or TraceParent.new()).child())
         # From the first answer: the wait for the tenant's budget is not the engine's outage.
         deadline: float | None = None
-        for attempt in itertools.count():
-            try:
-                outcome = await self._lines.run(
-                    batch.endpoint, task.line.body, request_id, tenant, line
-                )
-            except Exception as error:  # one bad line must not stop the batch
-                logger.exception("batch line %s failed", task.line.custom_id)
-                outcome = LineOutcome(
-                    status_code=500,
-                    body={
-                        "error": {
-                            "message": f"internal error: {type(error).__name__}",
-                            "type": "server_error",
-                            "param": None,
-                            "code": "internal_error",
-                        }
-                    },
-                )
+
+        def retried(state: RetryCallState) -> bool:
+            nonlocal deadline
+            # _answer turns errors into answers: only a cancelled line has no answer.
+            if state.outcome is None or state.outcome.failed:
+                return False
             if deadline is None:
                 deadline = self._clock() + self._settings.retry_window_s
-            transient = outcome.status_code in RETRIED_STATUSES and self._clock() < deadline
-            server_error = outcome.status_code >= 500 and attempt + 1 < SERVER_ERROR_ATTEMPTS
-            if not (transient or server_error):
-                break
-            await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+            status = state.outcome.result().status_code
+            transient = status in RETRIED_STATUSES and self._clock() < deadline
+            server_error = status >= 500 and state.attempt_number < SERVER_ERROR_ATTEMPTS
+            return transient or server_error
+
+        retrying = AsyncRetrying(retry=retried, wait=LINE_BACKOFF)
+        outcome = await retrying(
+            self._answer, batch.endpoint, task, request_id, tenant, line, traceparent
+        )
         succeeded = 200 <= outcome.status_code < 300
         output = OutputLine(
             id=f"batch_req_{uuid.uuid4().hex}",
             custom_id=task.line.custom_id,
             response=LineResponse(
-                status_code=outcome.status_code, request_id=request_id, body=outcome.body
+                status_code=outcome.status_code,
+                request_id=request_id,
+                traceparent=traceparent,
+                body=outcome.body,
             ),
             error=None,
         )
         return output, succeeded, outcome.usage
+
+    async def _answer(
+        self,
+        endpoint: str,
+        task: NumberedLine,
+        request_id: str,
+        tenant: str | None,
+        line: BatchLine,
+        traceparent: str,
+    ) -> LineOutcome:
+        """The line's answer; an error raised for it is a 500 answer, never the batch's end."""
+        try:
+            return await self._lines.run(
+                endpoint, task.line.body, request_id, tenant, line, traceparent
+            )
+        except Exception as error:  # one bad line must not stop the batch
+            logger.exception(
+                "batch line %s failed (traceparent %s)", task.line.custom_id, traceparent
+            )
+            return LineOutcome(
+                status_code=500,
+                body={
+                    "error": {
+                        "message": f"internal error: {type(error).__name__}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "internal_error",
+                    }
+                },
+            )
 
     async def _write_chunk(
         self,

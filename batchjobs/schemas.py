@@ -159,6 +159,11 @@ class BatchObject(BaseModel):
         default=None,
         description="When the batch's output and error files expire, as it was created with.",
     )
+    traceparent: str | None = Field(
+        default=None,
+        description="W3C trace context the batch runs under: the traceparent of the request "
+        "that created it, or a new trace. Each output line carries a span of it.",
+    )
 
     @property
     def terminal(self) -> bool:
@@ -227,6 +232,9 @@ class InputLine(BaseModel):
 class LineResponse(BaseModel):
     status_code: int
     request_id: str
+    traceparent: str | None = Field(
+        default=None, description="The line's span in the batch's trace (W3C traceparent)."
+    )
     body: dict[str, Any]
 
 

@@ -37,6 +37,9 @@ class RunCall(BaseModel):
     parents: dict[str, list[Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     sources: list[list[TextSource]] = Field(default_factory=list)
+    trace: str | None = Field(
+        default=None, description="The caller's W3C traceparent: a failure is logged with it."
+    )
 
 
 class RunFailure(BaseModel):
@@ -117,16 +120,18 @@ async def _run(
     return await capability.run([text for text, _ in inputs], context)
 
 
-def failure_of(error: Exception) -> RunFailure:
+def failure_of(error: Exception, traces: Sequence[str] = ()) -> RunFailure:
+    """What the callers whose `traces` (traceparents) a run served are told of its error."""
     if isinstance(error, InvalidRequestError):
         return RunFailure(kind="invalid_request", message=str(error), param=error.param)
     if isinstance(error, ValidationError):
         return RunFailure(kind="invalid_request", message=validation_problems(error))
+    callers = f" (traceparent {', '.join(traces)})" if traces else ""
     if isinstance(error, EngineUnavailableError):
         # Expected while an engine is down or overloaded: the caller answers 503, no traceback.
-        logger.warning("capability run failed: %s", error)
+        logger.warning("capability run failed%s: %s", callers, error)
         return RunFailure(kind="unavailable", message=str(error), retry_after_s=error.retry_after_s)
-    logger.error("capability run failed", exc_info=error)
+    logger.error("capability run failed%s", callers, exc_info=error)
     return RunFailure(kind="internal", message=f"{type(error).__name__}: {error}")
 
 
@@ -188,7 +193,8 @@ async def run_batch(
                         }
                     )
         except Exception as error:  # noqa: BLE001 - reported to this group's callers only
-            return failure_of(error)
+            traces = [trace for i in group.call_indexes if (trace := calls[i].trace)]
+            return failure_of(error, traces)
         return outputs
 
     replies: list[RunReply] = [RunReply(version=version) for _ in calls]

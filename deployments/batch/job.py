@@ -47,6 +47,7 @@ from batchjobs.schemas import (
 from batchjobs.sql_store import open_store
 from batchjobs.store import JobStore
 from capabilities.errors import validation_problems
+from capserve.tracing import TraceParent
 from deployments.batch.runner import build_batch_lines
 from deployments.config import AppConfig, ConfigError, parse_app_config
 from deployments.dag.capability_clients import close_inline, configure_inline
@@ -234,6 +235,7 @@ async def _job_batch(store: JobStore, args: JobArgs) -> BatchObject:
         completion_window="24h",
         status="validating",
         created_at=now,
+        traceparent=str(TraceParent.new()),
     )
     await store.create_batch(batch)
     return batch

@@ -58,11 +58,12 @@ class BatchLines:
         request_id: str,
         tenant: str | None,
         line: BatchLine,
+        traceparent: str,
     ) -> LineOutcome:
         try:
-            answer = await self._answer(endpoint, body, request_id, tenant, line)
+            answer = await self._answer(endpoint, body, request_id, tenant, line, traceparent)
         except Exception as error:  # noqa: BLE001 - every failure becomes the line's error
-            api_error = api_error_for(error, f"batch line {request_id}")
+            api_error = api_error_for(error, f"batch line {request_id} ({traceparent})")
             return LineOutcome(status_code=api_error.status_code, body=error_json(api_error))
         return LineOutcome(status_code=200, body=answer, usage=usage_of(answer))
 
@@ -73,11 +74,12 @@ class BatchLines:
         request_id: str,
         tenant: str | None,
         line: BatchLine,
+        traceparent: str,
     ) -> dict[str, Any]:
         if endpoint == "/v1/classify":
             request = ClassifyRequest.model_validate(body, context={"limits": self._config.limits})
             await self._take(tenant, request.usage())
-            response = await self._classify.classify(request, request_id, line)
+            response = await self._classify.classify(request, request_id, traceparent, line)
             return response.model_dump(mode="json")
         if endpoint == "/v1/chat/completions":
             chat = ChatCompletionRequest.model_validate(body)

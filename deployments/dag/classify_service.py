@@ -69,9 +69,15 @@ class ClassifyService:
             self._send = self._send_coalesced
 
     async def classify(
-        self, body: ClassifyRequest, request_id: str, batch_line: BatchLine | None = None
+        self,
+        body: ClassifyRequest,
+        request_id: str,
+        trace: str | None = None,
+        batch_line: BatchLine | None = None,
     ) -> ClassifyResponse:
-        """`batch_line` names the batch line the request answers, if it is one."""
+        """The answer to `body`; `trace` (the caller's traceparent) goes with every capability
+        call, so whatever fails on the way is logged with it; `batch_line` names the batch line
+        the request answers, if it is one."""
         plan = Plan.of(
             self._registry, body.requested_capabilities(self._config.default_capabilities)
         )
@@ -95,7 +101,11 @@ class ClassifyService:
                 for indexes in items
             ]
             call = RunCall(
-                texts=texts, parents=parents, options=options.get(name, {}), sources=sources
+                texts=texts,
+                parents=parents,
+                options=options.get(name, {}),
+                sources=sources,
+                trace=trace,
             )
             reply = answer_of(name, await self._send(name, call))
             versions[name] = reply.version

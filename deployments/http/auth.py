@@ -5,18 +5,12 @@ Keys are configured as SHA-256 hashes only, so a leaked config or log reveals no
 so two keys with one name (an old and a new one, while rotating) share both. With no keys
 configured every route is open and every caller is one anonymous principal that sees everything:
 the app serves so only on a loopback host, or where `auth.allow_anonymous` says so.
-
-    python -m deployments.http.auth new --name team-a --scopes classify batch
-
-prints a fresh key and the config entry that admits it.
+`capserve keys new` makes a key and its entry (capserve/keys.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import ipaddress
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,29 +19,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
+from capserve.keys import SCOPES, KeyEntry, Scope, key_hash
 from deployments.http.errors import AuthenticationError, PermissionDeniedError
 from deployments.http.rate_limit import RateLimits
-from deployments.http.routes import SCOPES, Access, Scope
-
-KEY_PREFIX = "sk-capserve-"
+from deployments.http.routes import Access
 
 
-class ApiKey(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(
-        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
-        description="Who holds the key: owns the files and batches made with it, and its rate "
-        "limits count per name.",
-    )
-    sha256: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key; the key is never stored."
-    )
-    scopes: list[Scope] = Field(
-        min_length=1,
-        description="`classify`: classify, chat and embeddings; `batch`: files and batches; "
-        "`admin`: stats.",
-    )
+class ApiKey(KeyEntry):
     rate_limits: RateLimits | None = Field(
         default=None, description="This key's limits in place of `rate_limits.default`."
     )
@@ -112,7 +90,7 @@ class AuthConfig(BaseModel):
             f"auth: no API keys, and Serve's http_options.host {http_host!r} is reachable from "
             "the network: every caller would be one anonymous principal that sees every "
             "tenant's files and batches. Add keys (auth.api_keys or auth.api_keys_file; "
-            "`python -m deployments.http.auth new` makes one), bind 127.0.0.1, or set "
+            "`capserve keys new` makes one), bind 127.0.0.1, or set "
             "auth.allow_anonymous: true to serve without keys on purpose"
         )
 
@@ -144,10 +122,6 @@ ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES), rate_limits=No
 def principal_of(request: Request) -> Principal:
     """The caller the key check found for this request."""
     return request.state.principal  # type: ignore[no-any-return]
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Authenticator:
@@ -197,33 +171,3 @@ def _principal(key: ApiKey) -> Principal:
     return Principal(
         name=key.name, scopes=frozenset(key.scopes), rate_limits=key.rate_limits, tenant=key.name
     )
-
-
-def new_key_entry(name: str, scopes: Sequence[Scope]) -> tuple[str, ApiKey]:
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    return key, ApiKey(name=name, sha256=key_hash(key), scopes=list(scopes))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deployments.http.auth", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    new = commands.add_parser("new", help="make a key and print it with its config entry")
-    new.add_argument("--name", required=True)
-    new.add_argument("--scopes", nargs="+", choices=SCOPES, default=["classify"])
-    hashed = commands.add_parser("hash", help="print the sha256 entry of an existing key")
-    hashed.add_argument("key")
-    arguments = parser.parse_args(argv)
-    if arguments.command == "hash":
-        print(key_hash(arguments.key))
-        return
-    try:
-        key, entry = new_key_entry(arguments.name, arguments.scopes)
-    except ValidationError as error:
-        parser.error(str(error))
-    print(f"key (give it to {arguments.name}; it is not stored anywhere): {key}")
-    print("config entry, under args.auth.api_keys:")
-    print(yaml.safe_dump([entry.model_dump(exclude_none=True)], sort_keys=False), end="")
-
-
-if __name__ == "__main__":
-    main()

@@ -37,6 +37,8 @@ from batchjobs.schemas import (
 )
 from batchjobs.store import JobStore
 from batchjobs.store_opener import StoreOpener
+from capserve.tracing import HEADER as TRACE_HEADER
+from capserve.tracing import TraceParent
 from deployments.config import AppConfig
 from deployments.http.auth import principal_of
 from deployments.http.errors import (
@@ -323,6 +325,9 @@ class BatchApi:
             expires_at=expiry_of(now, body.completion_window),
             metadata=body.metadata,
             output_expires_after=body.output_expires_after,
+            traceparent=str(
+                TraceParent.parse(request.headers.get(TRACE_HEADER)) or TraceParent.new()
+            ),
         )
         await store.create_batch(batch, tenant)
         self._wake_runner()

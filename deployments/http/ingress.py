@@ -8,6 +8,7 @@ in input order. Every error becomes a JSON body in `errors.py`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +31,8 @@ from batchjobs.files import FileStorage
 from batchjobs.store import StoreUnavailableError
 from batchjobs.store_opener import StoreOpener
 from capabilities.errors import CapabilityError
+from capserve.tracing import HEADER as TRACE_HEADER
+from capserve.tracing import TraceParent
 from deployments.config import AppConfig
 from deployments.dag.capability_clients import close_inline, configure_inline
 from deployments.dag.classify_service import ClassifyWiring
@@ -70,6 +73,8 @@ from deployments.telemetry.replica_telemetry import IngressTelemetry
 from deployments.telemetry.stats import StatsSnapshot, stats_reader
 
 REQUEST_ID_HEADER = "x-request-id"
+# Serve's logger: its lines go to the replica's log with the request id and route.
+serve_logger = logging.getLogger("ray.serve")
 
 
 def request_id_of(request: Request) -> str:
@@ -287,7 +292,12 @@ class Ingress:
         payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
         await self._admit(request, body.usage())
-        response = await self._classify.classify(body, request_id_of(request))
+        request_id = request_id_of(request)
+        trace = TraceParent.parse(request.headers.get(TRACE_HEADER))
+        if trace is not None:
+            # Serve stamps the line with the request id, so the caller's trace id finds it.
+            serve_logger.info("classify: %d texts, traceparent %s", len(body.all_texts()), trace)
+        response = await self._classify.classify(body, request_id, str(trace) if trace else None)
         return JSONResponse(response.model_dump(mode="json"))
 
     async def chat_completions(self, request: Request) -> JSONResponse:
@@ -318,7 +328,9 @@ class Ingress:
             )
             for info in infos
         ]
-        listing = CapabilityList(data=cards, levels=self._registry.levels)
+        listing = CapabilityList(
+            data=cards, levels=self._registry.levels, limits=self._config.limits
+        )
         return JSONResponse(listing.model_dump(mode="json"))
 
     async def stats(self, request: Request) -> JSONResponse:

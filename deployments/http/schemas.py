@@ -176,6 +176,9 @@ class CapabilityList(BaseModel):
         description="Capabilities in dependency order; each level's "
         "members are independent of each other and run concurrently."
     )
+    limits: LimitsConfig = Field(
+        description="What one request may hold: a client splits its input by these."
+    )
 
 
 class HealthStatus(BaseModel):

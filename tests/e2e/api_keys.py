@@ -1,6 +1,6 @@
 """The API keys of the e2e default app."""
 
-from deployments.http.auth import key_hash
+from capserve.keys import key_hash
 
 # The default app admits these keys (the generative app runs with keys off). ADMIN_KEY has every
 # scope and is what the shared fixtures send; the others prove scopes, isolation and limits.

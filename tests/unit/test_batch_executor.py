@@ -5,13 +5,20 @@ import asyncio
 import collections
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tenacity import wait_none
 
 from batchjobs import executor as executor_module
-from batchjobs.executor import BatchExecutor, ExecutionSettings, LineOutcome
+from batchjobs.executor import (
+    SERVER_ERROR_ATTEMPTS,
+    BatchExecutor,
+    ExecutionSettings,
+    LineOutcome,
+)
 from batchjobs.files import FileStorage, new_file_id, write_durably
 from batchjobs.handlers import BatchResult
 from batchjobs.schemas import (
@@ -25,6 +32,7 @@ from batchjobs.schemas import (
 from batchjobs.sql_store import open_store
 from batchjobs.store import JobStore, Lease
 from capabilities.base import BatchLine
+from capserve.tracing import TraceParent
 
 ENDPOINT = "/v1/classify"
 
@@ -41,6 +49,7 @@ class FakeLines:
         self.batch_lines: list[BatchLine] = []
         self.in_flight: collections.Counter[str | None] = collections.Counter()
         self.most_in_flight: collections.Counter[str | None] = collections.Counter()
+        self.traces: list[str] = []
         self.flaky_failures = flaky_failures
         self.hang_after = hang_after
 
@@ -51,11 +60,13 @@ class FakeLines:
         request_id: str,
         tenant: str | None,
         line: BatchLine,
+        traceparent: str,
     ) -> LineOutcome:
         text = body["texts"][0]
         self.calls.append(text)
         self.tenants.append(tenant)
         self.batch_lines.append(line)
+        self.traces.append(traceparent)
         self.in_flight[tenant] += 1
         self.most_in_flight[tenant] = max(self.most_in_flight[tenant], self.in_flight[tenant])
         try:
@@ -96,9 +107,15 @@ class Setup:
         self.storage = FileStorage(tmp_path / "files")
         self.handled = Handled()
 
-    def executor(self, lines: FakeLines, owner: str = "runner-a", **changes: Any) -> BatchExecutor:
+    def executor(
+        self,
+        lines: FakeLines,
+        owner: str = "runner-a",
+        clock: Callable[[], float] = time.time,
+        **changes: Any,
+    ) -> BatchExecutor:
         return BatchExecutor(
-            self.store, self.storage, lines, settings(**changes), self.handled, owner
+            self.store, self.storage, lines, settings(**changes), self.handled, owner, clock=clock
         )
 
     async def batch(
@@ -107,6 +124,7 @@ class Setup:
         raw_lines: list[str] | None = None,
         tenant: str | None = None,
         output_expires_after: ExpiresAfter | None = None,
+        traceparent: str | None = None,
     ) -> BatchObject:
         file_id = new_file_id()
         path = self.storage.upload_path(file_id)
@@ -139,6 +157,7 @@ class Setup:
             created_at=now,
             expires_at=expiry_of(now, "24h"),
             output_expires_after=output_expires_after,
+            traceparent=traceparent,
         )
         await self.store.create_batch(batch, tenant)
         return batch
@@ -182,6 +201,22 @@ async def test_a_batch_runs_in_chunks_to_completion(setup: Setup) -> None:
     assert [r.batch.status for r in setup.handled.results] == ["completed"]
     assert setup.handled.results[0].output_path == output_file.path
     assert await setup.store.claimable_batches() == []
+
+
+async def test_every_line_runs_and_is_written_as_a_span_of_the_batchs_trace(setup: Setup) -> None:
+    trace = TraceParent.new()
+    batch = await setup.batch(["t0", "bad", "t2"], traceparent=str(trace))
+    lines = FakeLines()
+    assert await setup.executor(lines).run(batch.id)
+
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None
+    written = await setup.lines_of(done.output_file_id) + await setup.lines_of(done.error_file_id)
+    spans = [TraceParent.parse(line["response"]["traceparent"]) for line in written]
+    assert {span.trace_id for span in spans if span} == {trace.trace_id}
+    assert len({span.span_id for span in spans if span} - {trace.span_id}) == 3
+    # The line handler (the DAG, for /v1/classify) ran each line under the span it wrote.
+    assert sorted(lines.traces) == sorted(line["response"]["traceparent"] for line in written)
 
 
 async def test_a_crash_mid_batch_resumes_with_every_custom_id_once(setup: Setup) -> None:
@@ -265,22 +300,14 @@ async def test_lines_left_when_the_window_closes_are_written_as_expired(setup: S
             request_id: str,
             tenant: str | None,
             line: BatchLine,
+            traceparent: str,
         ) -> LineOutcome:
-            outcome = await lines.run(endpoint, body, request_id, tenant, line)
+            outcome = await lines.run(endpoint, body, request_id, tenant, line, traceparent)
             if len(lines.calls) == 5:
                 clock["now"] += 25 * 3600
             return outcome
 
-    executor = BatchExecutor(
-        setup.store,
-        setup.storage,
-        ClosingLines(),
-        settings(),
-        setup.handled,
-        "runner-a",
-        clock=lambda: clock["now"],
-    )
-    await executor.run(batch.id)
+    await setup.executor(ClosingLines(), clock=lambda: clock["now"]).run(batch.id)
     done = await setup.store.get_batch(batch.id)
     assert done is not None and done.status == "expired" and done.expired_at
     output = await setup.lines_of(done.output_file_id)
@@ -341,6 +368,68 @@ async def test_retryable_failures_are_retried_then_reported(setup: Setup) -> Non
     assert done is not None and done.request_counts.failed == 1
     (error,) = await setup.lines_of(done.error_file_id)
     assert error["response"]["status_code"] == 503
+
+
+async def test_the_retry_window_starts_at_the_first_answer_not_the_budget_wait(
+    setup: Setup,
+) -> None:
+    batch = await setup.batch(["flaky"])
+    clock = {"now": time.time()}
+
+    class WaitingLines(FakeLines):
+        """The line's first answer comes after a wait for its key's budget longer than the
+        retry window; the engine is restarting then (past the server-error attempts), and
+        answers a retry within the window."""
+
+        async def run(self, *args: Any) -> LineOutcome:
+            if not self.calls:
+                clock["now"] += 2 * settings().retry_window_s
+            return await super().run(*args)
+
+    lines = WaitingLines(flaky_failures=SERVER_ERROR_ATTEMPTS)
+    await setup.executor(lines, clock=lambda: clock["now"]).run(batch.id)
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.request_counts.completed == 1
+    assert lines.calls == ["flaky"] * (SERVER_ERROR_ATTEMPTS + 1)
+
+
+class BrokenLines(FakeLines):
+    """ "crash" texts raise, "broken" texts answer 500, every time."""
+
+    async def run(self, endpoint: str, body: dict[str, Any], *args: Any) -> LineOutcome:
+        text = body["texts"][0]
+        if text == "crash":
+            self.calls.append(text)
+            raise RuntimeError("a bug this line trips")
+        if text == "broken":
+            self.calls.append(text)
+            return LineOutcome(status_code=500, body={"error": {"message": "broken"}})
+        return await super().run(endpoint, body, *args)
+
+
+async def test_server_errors_are_tried_a_few_times_and_client_errors_once(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executor_module, "LINE_BACKOFF", wait_none())
+    batch = await setup.batch(["crash", "broken", "bad", "ok"])
+    lines = BrokenLines()
+    await setup.executor(lines).run(batch.id)
+    assert sorted(lines.calls) == sorted(
+        ["crash"] * SERVER_ERROR_ATTEMPTS + ["broken"] * SERVER_ERROR_ATTEMPTS + ["bad", "ok"]
+    )
+    done = await setup.store.get_batch(batch.id)
+    assert done is not None and done.request_counts.model_dump() == {
+        "total": 4,
+        "completed": 1,
+        "failed": 3,
+    }
+    errors = {
+        line["custom_id"]: line["response"] for line in await setup.lines_of(done.error_file_id)
+    }
+    assert errors["id-0"]["status_code"] == 500
+    assert errors["id-0"]["body"]["error"]["code"] == "internal_error"
+    assert errors["id-1"]["status_code"] == 500
+    assert errors["id-2"]["status_code"] == 400
 
 
 async def test_a_batch_held_by_another_runner_is_left_alone(setup: Setup) -> None:

@@ -19,6 +19,7 @@ from tests.unit.test_openai_api import FakeOpenAIEngine
 
 CLASSIFY = "/v1/classify"
 LINE = BatchLine(batch_id="batch_1", custom_id="row-1")
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 LIMITED = {"requests": {"per_s": 1, "burst": 2}, "texts": {"per_s": 100, "burst": 4}}
 
 
@@ -27,7 +28,11 @@ class FakeClassify:
         self.requests: list[ClassifyRequest] = []
 
     async def classify(
-        self, request: ClassifyRequest, request_id: str, batch_line: BatchLine
+        self,
+        request: ClassifyRequest,
+        request_id: str,
+        trace: str | None = None,
+        batch_line: BatchLine | None = None,
     ) -> ClassifyResponse:
         self.requests.append(request)
         return ClassifyResponse(id=request_id, capability_versions={}, results=[])
@@ -78,25 +83,29 @@ class Budgeted:
 async def test_a_keys_batch_lines_wait_for_its_requests_bucket(config: AppConfig) -> None:
     budgeted = Budgeted(config)
     for index in range(5):
-        outcome = await budgeted.lines.run(CLASSIFY, {"texts": ["hi"]}, f"r{index}", "team", LINE)
+        outcome = await budgeted.lines.run(
+            CLASSIFY, {"texts": ["hi"]}, f"r{index}", "team", LINE, TRACEPARENT
+        )
         assert outcome.status_code == 200
     # A burst of 2, then one a second: the line waits its turn, it does not fail.
     assert budgeted.waited_s == pytest.approx(3.0)
     for index in range(5):
-        await budgeted.lines.run(CLASSIFY, {"texts": ["hi"]}, f"f{index}", "free", LINE)
+        await budgeted.lines.run(
+            CLASSIFY, {"texts": ["hi"]}, f"f{index}", "free", LINE, TRACEPARENT
+        )
     assert budgeted.waited_s == pytest.approx(3.0), "a key without limits never waits"
 
 
 async def test_ad_hoc_labels_count_as_texts_of_a_batch_line(config: AppConfig) -> None:
     budgeted = Budgeted(config)
     body = {"texts": ["a", "b"], "labels": ["card", "fee", "refund"]}
-    outcome = await budgeted.lines.run(CLASSIFY, body, "r", "team", LINE)
+    outcome = await budgeted.lines.run(CLASSIFY, body, "r", "team", LINE, TRACEPARENT)
     assert outcome.status_code == 413
     message = outcome.body["error"]["message"]
     assert "5 texts in one request exceed this key's texts burst of 4" in message
     assert budgeted.classify.requests == []
     outcome = await budgeted.lines.run(
-        CLASSIFY, {**body, "labels": ["card", "fee"]}, "r", "team", LINE
+        CLASSIFY, {**body, "labels": ["card", "fee"]}, "r", "team", LINE, TRACEPARENT
     )
     assert outcome.status_code == 200
 
@@ -104,7 +113,7 @@ async def test_ad_hoc_labels_count_as_texts_of_a_batch_line(config: AppConfig) -
 async def test_chat_lines_keep_to_the_token_cap(config: AppConfig) -> None:
     budgeted = Budgeted(config)
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 65}
-    outcome = await budgeted.lines.run("/v1/chat/completions", body, "r", "team", LINE)
+    outcome = await budgeted.lines.run("/v1/chat/completions", body, "r", "team", LINE, TRACEPARENT)
     assert outcome.status_code == 400 and "cap of 64" in outcome.body["error"]["message"]
     assert budgeted.engine.calls == []
 
@@ -113,5 +122,7 @@ async def test_the_operators_own_job_is_not_limited(config: AppConfig) -> None:
     """`ray job submit` jobs run without a limiter: no key made them."""
     budgeted = Budgeted(config, limited=False)
     for index in range(5):
-        await budgeted.lines.run(CLASSIFY, {"texts": ["hi"]}, f"r{index}", "team", LINE)
+        await budgeted.lines.run(
+            CLASSIFY, {"texts": ["hi"]}, f"r{index}", "team", LINE, TRACEPARENT
+        )
     assert budgeted.waited_s == 0

@@ -14,6 +14,7 @@ from deployments.config import parse_app_config
 from deployments.dag.classify_service import ClassifyService
 from deployments.http.openai_api import OpenAIEndpoints
 from tests.fakes import classified
+from tests.unit.test_batch_lines import TRACEPARENT
 from tests.unit.test_config import default_args  # noqa: F401 - fixture
 
 
@@ -52,7 +53,7 @@ async def test_a_batch_lines_texts_carry_its_batch_id_custom_id_and_items(
         "capabilities": ["alerts"],
     }
     line = BatchLine(batch_id="batch_9", custom_id="row-4")
-    outcome = await lines.run("/v1/classify", body, "req_abc", None, line)
+    outcome = await lines.run("/v1/classify", body, "req_abc", None, line, TRACEPARENT)
     assert outcome.status_code == 200
 
     [call] = clients["alerts"].calls
