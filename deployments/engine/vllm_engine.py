@@ -136,6 +136,7 @@ class VLLMEngine:
 
     def __init__(self, config: ModelConfig, count_tokens: TokenCounter | None = None) -> None:
         self.name = config.name
+        self.identity = config.identity
         self.config = config
         self._count_tokens = count_tokens
         self._llm = AsyncLLM.from_engine_args(engine_args_for(config))
