@@ -381,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         deploy_config, app = _load_app(args.config, args.app)
+        # Inline capabilities run in this driver: it gets the variables the app's replicas get
+        # from its runtime_env (e.g. a webhook sink's secret_env), where the shell set none.
+        for name, value in app.get("runtime_env", {}).get("env_vars", {}).items():
+            os.environ.setdefault(name, str(value))
         config = parse_app_config(app["args"])
         # RAY_ADDRESS (set by `ray job submit`) or the cluster of the last `ray start`, else a
         # new local Ray. (`address="auto"` would also join any other Ray found on this host.)

@@ -91,20 +91,23 @@ def test_an_unknown_engine_arg_is_named_with_vllms_close_matches(default_args):
     assert "'kv_cache_dtype'" in message
 
 
-def test_any_vllm_engine_arg_reaches_the_engine():
+def test_any_vllm_engine_arg_reaches_the_engine(tmp_path):
+    (tmp_path / "tokenizer").mkdir()
     passed = {
         "quantization": "awq",
         "revision": "v2",
-        "tokenizer": "org/tokenizer",
+        "tokenizer": str(tmp_path / "tokenizer"),
         "kv_cache_dtype": "fp8",
         "compilation_config": {"mode": 0},
     }
-    config = ModelConfig(name="m", model="org/m", runner="generate", engine_args=passed)
+    # Local folders: vLLM resolves hub names (and their revision) against the hub or, offline as
+    # under `make test`, its cache.
+    config = ModelConfig(name="m", model=str(tmp_path), runner="generate", engine_args=passed)
     args = engine_args_for(config)
     assert (args.quantization, args.revision, args.tokenizer, args.kv_cache_dtype) == (
         "awq",
         "v2",
-        "org/tokenizer",
+        str(tmp_path / "tokenizer"),
         "fp8",
     )
     assert args.compilation_config.mode == 0
