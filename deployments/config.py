@@ -82,6 +82,12 @@ class EngineArgs(BaseModel):
         "larger label sets are decoded token by token.",
     )
     enforce_eager: bool = False
+    convert: Literal["auto", "embed", "classify"] = Field(
+        default="auto",
+        description="runner pooling: what vLLM adapts the model to. `auto` follows the "
+        "architecture (`*ForSequenceClassification` classifies, an encoder embeds); `classify` "
+        "reads a causal LM as a classifier with a `score` head, as the `classifier` strategy needs.",
+    )
     seed: int = 0
     trust_remote_code: bool = False
 
@@ -577,7 +583,11 @@ class AppConfig(StrictModel):
 
     def _check_model_references(self, capability: str, settings: BaseModel) -> None:
         by_name = {model.name: model for model in self.models}
-        for field, runner in (("embedding_model", "pooling"), ("generative_model", "generate")):
+        for field, runner in (
+            ("embedding_model", "pooling"),
+            ("generative_model", "generate"),
+            ("classifier_model", "pooling"),
+        ):
             wanted = getattr(settings, field, None)
             if wanted is None:
                 continue

@@ -189,6 +189,29 @@ def test_a_pooling_model_cannot_serve_generative(default_args):
         check_config(default_args)
 
 
+def test_a_classifier_model_must_be_a_configured_pooling_model(default_args):
+    default_args["models"].append(
+        {"name": "llm", "model": "org/llm", "runner": "generate", "engine_args": {}}
+    )
+    settings_of(default_args, "classification")["classifier_model"] = "llm"
+    with pytest.raises(
+        ConfigError,
+        match="settings.classifier_model: model 'llm' has runner 'generate', needs 'pooling'",
+    ):
+        check_config(default_args)
+    settings_of(default_args, "classification")["classifier_model"] = "minilm"
+    check_config(default_args)
+
+
+def test_convert_reaches_vllm_as_an_engine_argument():
+    config = ModelConfig(
+        name="m", model="org/m", runner="pooling", engine_args={"convert": "classify"}
+    )
+    assert config.engine_kwargs()["convert"] == "classify"
+    with pytest.raises(ValueError, match="convert"):
+        ModelConfig(name="m", model="org/m", runner="pooling", engine_args={"convert": "score"})
+
+
 def test_sharding_on_cpu_is_refused():
     with pytest.raises(ValueError, match="needs deployment.accelerator: gpu"):
         ModelConfig(
