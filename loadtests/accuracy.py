@@ -84,33 +84,36 @@ def quality(truth: list[str], predicted: list[str], confidence: list[float]) -> 
 
 async def classify_all(
     url: str, texts: list[str], batch_size: int, concurrency: int, strategy: str | None
-) -> list[dict]:
+) -> tuple[str, list[dict]]:
+    """The strategy that answered, and one result per text."""
     limit = asyncio.Semaphore(concurrency)
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
 
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
 
-        async def one(batch: list[str]) -> list[dict]:
+        async def one(batch: list[str]) -> dict:
             async with limit:
                 body: dict = {"texts": batch} | ({"strategy": strategy} if strategy else {})
                 response = await http.post("/v1/classify", json=body)
                 response.raise_for_status()
-                return response.json()["results"]
+                return response.json()
 
-        parts = await asyncio.gather(*(one(batch) for batch in batches))
-    return [result for part in parts for result in part]
+        answers = await asyncio.gather(*(one(batch) for batch in batches))
+    return answers[0]["strategy"], [result for answer in answers for result in answer["results"]]
 
 
 def measure(
     url: str, texts: list[str], truth: list[str], strategy: str | None, args: argparse.Namespace
 ) -> dict[str, object]:
     started = time.perf_counter()
-    results = asyncio.run(classify_all(url, texts, args.batch_size, args.concurrency, strategy))
+    answered_by, results = asyncio.run(
+        classify_all(url, texts, args.batch_size, args.concurrency, strategy)
+    )
     elapsed = time.perf_counter() - started
     predicted = [result["label"] for result in results]
     confidence = [result["confidence"] for result in results]
     return {
-        "strategy": results[0]["strategy"],
+        "strategy": answered_by,
         "texts": len(texts),
         **{key: round(value, 4) for key, value in quality(truth, predicted, confidence).items()},
         "seconds": round(elapsed, 2),
