@@ -82,12 +82,6 @@ class EngineArgs(BaseModel):
         "larger label sets are decoded token by token.",
     )
     enforce_eager: bool = False
-    convert: Literal["auto", "embed", "classify"] = Field(
-        default="auto",
-        description="runner pooling: what vLLM adapts the model to. `auto` follows the "
-        "architecture (`*ForSequenceClassification` classifies, an encoder embeds); `classify` "
-        "reads a causal LM as a classifier with a `score` head, as the `classifier` strategy needs.",
-    )
     seed: int = 0
     trust_remote_code: bool = False
 
