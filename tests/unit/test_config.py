@@ -49,7 +49,7 @@ def settings_of(args: dict, capability: str) -> dict:
 def test_the_default_config_is_valid(default_args):
     config = check_config(default_args)
     settings = config.capability("classification").parsed_settings()
-    assert settings.strategy == "knn"
+    assert settings.strategy == "trained_head"
     assert Path(config.model("minilm").model, "config.json").is_file()
     assert settings.examples.path.is_absolute()
     assert config.registry().levels == [["classification", "gates"], ["alerts", "recommendations"]]
