@@ -94,7 +94,7 @@ def test_a_live_reload_refits_the_head_on_the_new_examples(client, serve_cluster
             assert time.monotonic() < deadline, "the new examples never took effect"
             time.sleep(0.5)
         [result] = after["results"]
-        assert result["label"] == "crypto" and result["strategy"] == "trained_head"
+        assert result["label"] == "crypto" and after["strategy"] == "trained_head"
         assert {alt["label"] for alt in result["top_k"]} <= {
             "card_arrival",
             "exchange_rate",
