@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, SerializationInfo
 
-from capabilities.engine import EmbeddingEngine, GenerativeEngine
+from capabilities.engine import ClassifierEngine, EmbeddingEngine, GenerativeEngine
 from capabilities.errors import InvalidRequestError
 
 PUBLIC_VIEW = {"public": True}
@@ -71,6 +71,9 @@ class Resources:
         return self._engine(name, field_name)
 
     def generator(self, name: str | None, field_name: str) -> GenerativeEngine:
+        return self._engine(name, field_name)
+
+    def classifier(self, name: str | None, field_name: str) -> ClassifierEngine:
         return self._engine(name, field_name)
 
     def _engine(self, name: str | None, field_name: str) -> Any:

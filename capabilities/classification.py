@@ -1,22 +1,38 @@
-"""Classification: a label with a confidence per text, by knn, zero-shot or generative strategy."""
+"""Classification: a label with a confidence per text, by one of five strategies.
+
+Every strategy first computes a `LabelDistribution` (a probability per label, per text), and one
+ranking turns it into answers: the confidence is always the top label's probability.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
 
 import numpy as np
 from async_lru import alru_cache
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capabilities.base import Capability, RunContext
-from capabilities.engine import ChoiceDecoding, EmbeddingEngine, GenerativeEngine
+from capabilities.engine import ChoiceDecoding, ClassifierEngine, EmbeddingEngine, GenerativeEngine
 from capabilities.errors import InvalidRequestError
 from capabilities.examples import EmbeddingCache, ExamplesSource, LabelledExamples, load_examples
+from capabilities.linear_head import HeadSettings, LinearHead, fit_linear_head, softmax
 
-Strategy = Literal["knn", "zero_shot", "generative"]
-STRATEGIES: tuple[Strategy, ...] = ("knn", "zero_shot", "generative")
+Strategy = Literal["knn", "zero_shot", "generative", "trained_head", "classifier"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+FIXED_LABEL_STRATEGIES: frozenset[Strategy] = frozenset({"knn", "trained_head", "classifier"})
+"""Strategies whose label set is fixed by the examples or the checkpoint: no ad-hoc labels."""
+MODEL_FIELDS: dict[Strategy, str] = {
+    "knn": "embedding_model",
+    "zero_shot": "embedding_model",
+    "trained_head": "embedding_model",
+    "generative": "generative_model",
+    "classifier": "classifier_model",
+}
+"""The settings field naming the model each strategy runs on."""
 AD_HOC_LABEL_SETS_KEPT = 64
 MAX_AD_HOC_LABELS = 1000
 LABEL_CUE = "Label:"
@@ -49,14 +65,23 @@ class ClassificationSettings(BaseModel):
 
     strategy: Strategy = "knn"
     embedding_model: str | None = Field(
-        default=None, description="Pooling model for knn/zero_shot."
+        default=None, description="Pooling model for knn, zero_shot and trained_head."
     )
     generative_model: str | None = Field(default=None, description="Generate model for generative.")
+    classifier_model: str | None = Field(
+        default=None,
+        description="Sequence-classification model (pooling runner) for classifier; its labels "
+        "are the checkpoint's id2label.",
+    )
     examples: ExamplesSource | None = None
     labels: list[LabelSpec] | None = Field(
         default=None, description="Label set; defaults to the distinct labels of `examples`."
     )
     k: int = Field(default=10, gt=0, description="Neighbours that vote in knn.")
+    head: HeadSettings = Field(
+        default=HeadSettings(),
+        description="How trained_head fits its linear head on the embedded examples.",
+    )
     top_k: int = Field(default=5, gt=0, description="Alternatives returned per text.")
     zero_shot_temperature: float = Field(default=0.05, gt=0)
     instruction: str = "Classify the customer message into exactly one of the labels."
@@ -79,14 +104,15 @@ class ClassificationSettings(BaseModel):
 
     @model_validator(mode="after")
     def _strategy_is_servable(self) -> ClassificationSettings:
-        if self.strategy in ("knn", "zero_shot") and self.embedding_model is None:
-            raise ValueError(f"strategy {self.strategy!r} needs embedding_model")
-        if self.strategy == "generative" and self.generative_model is None:
-            raise ValueError("strategy 'generative' needs generative_model")
-        if self.strategy == "knn" and self.examples is None:
-            raise ValueError("strategy 'knn' needs examples")
-        if self.examples is None and self.labels is None:
-            raise ValueError("give labels or examples: the label set comes from one of them")
+        model_field = MODEL_FIELDS[self.strategy]
+        if getattr(self, model_field) is None:
+            raise ValueError(f"strategy {self.strategy!r} needs {model_field}")
+        if self.strategy in ("knn", "trained_head") and self.examples is None:
+            raise ValueError(f"strategy {self.strategy!r} needs examples")
+        if self.examples is None and self.labels is None and self.classifier_model is None:
+            raise ValueError(
+                "give labels, examples or a classifier_model: the label set comes from one of them"
+            )
         return self
 
 
@@ -104,6 +130,16 @@ class LabelScore(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
+@dataclass(frozen=True)
+class LabelDistribution:
+    """What every strategy computes: one row per text, a probability per label of `names`, each
+    row summing to 1. Anything built over a label set (a level of a label tree sums its
+    children's columns) reads this one shape."""
+
+    names: list[str]
+    probabilities: np.ndarray
+
+
 class Classification(BaseModel):
     """The result for one text."""
 
@@ -118,10 +154,9 @@ class Classification(BaseModel):
     )
 
 
-def _rank(
-    scores: np.ndarray, names: Sequence[str], top_k: int, strategy: Strategy
-) -> list[Classification]:
-    """Turns rows of per-label scores (each summing to 1) into ranked classifications."""
+def _rank(distribution: LabelDistribution, top_k: int, strategy: Strategy) -> list[Classification]:
+    """Turns a distribution's rows into ranked classifications."""
+    names, scores = distribution.names, distribution.probabilities
     order = np.argsort(-scores, axis=1)[:, :top_k]
     results = []
     for row, ranked in zip(scores, order, strict=True):
@@ -134,6 +169,14 @@ def _rank(
             )
         )
     return results
+
+
+class VectorScorer(Protocol):
+    """Turns query embeddings into a probability per label of `names` (rows sum to 1)."""
+
+    names: list[str]
+
+    def scores(self, queries: np.ndarray) -> np.ndarray: ...
 
 
 class KnnIndex:
@@ -202,12 +245,16 @@ class Classifier:
         embedder: EmbeddingEngine | None,
         generator: GenerativeEngine | None,
         cache: EmbeddingCache | None = None,
+        sequence_classifier: ClassifierEngine | None = None,
     ) -> None:
         self.settings = settings
         self._embedder = embedder
         self._generator = generator
+        self._sequence_classifier = sequence_classifier
         self._cache = cache
         self._knn: KnnIndex | None = None
+        self._head: LinearHead | None = None
+        self._class_labels: list[str] = []
         self._labels: list[LabelSpec] = list(settings.labels or [])
         self._label_index: LabelIndex | None = None
         # For the label sets asked for last: their index, and the keys the generator asks for
@@ -224,6 +271,10 @@ class Classifier:
             available.append("zero_shot")
         if self._generator is not None:
             available.append("generative")
+        if self._head is not None:
+            available.append("trained_head")
+        if self._sequence_classifier is not None:
+            available.append("classifier")
         return available
 
     @property
@@ -231,7 +282,8 @@ class Classifier:
         return [label.name for label in self._labels]
 
     async def load(self) -> None:
-        """Embeds examples (or reads them from the cache) and the label set; call once."""
+        """Embeds examples (or reads them from the cache), fits the head on them, reads the
+        classifier's labels and embeds the label set; call once."""
         if self.settings.examples is not None:
             examples = load_examples(self.settings.examples)
             if not self._labels:
@@ -245,8 +297,40 @@ class Classifier:
                             self._embedder.identity, examples, self.settings.examples, vectors
                         )
                 self._knn = KnnIndex(vectors, examples.labels, self.settings.k)
+                if len(set(examples.labels)) >= 2:
+                    self._head = await asyncio.to_thread(self._fitted_head, examples, vectors)
+        if self._sequence_classifier is not None:
+            self._class_labels = await self._checkpoint_labels(self._sequence_classifier)
+            if not self._labels:
+                self._labels = [LabelSpec(name=name) for name in self._class_labels]
         if self._embedder is not None:
             self._label_index = await self._build_label_index(self._labels)
+
+    def _fitted_head(self, examples: LabelledExamples, vectors: np.ndarray) -> LinearHead:
+        """Blocks for the fit (seconds), unless the cache holds this head already."""
+        assert self._embedder is not None and self.settings.examples is not None
+        settings = self.settings.head
+
+        def fit() -> LinearHead:
+            return fit_linear_head(vectors, examples.texts, examples.labels, settings)
+
+        if self._cache is None:
+            return fit()
+        return self._cache.head(
+            self._embedder.identity, examples, self.settings.examples, settings, fit
+        )
+
+    @staticmethod
+    async def _checkpoint_labels(engine: ClassifierEngine) -> list[str]:
+        labels = await engine.class_labels()
+        problem = _label_set_problem([LabelSpec(name=label) for label in labels])
+        if problem:
+            raise InvalidRequestError(
+                f"classifier_model: model {engine.name!r} has labels {labels} in its id2label; "
+                f"{problem}",
+                "classifier_model",
+            )
+        return labels
 
     def _cached(self, examples: LabelledExamples) -> np.ndarray | None:
         if self._cache is None or self._embedder is None or self.settings.examples is None:
@@ -274,19 +358,22 @@ class Classifier:
     def resolve_strategy(
         self, strategy: Strategy | None, labels: Sequence[LabelSpec] | None
     ) -> Strategy:
-        """The strategy a request runs: ad-hoc labels imply zero_shot unless generative is asked."""
-        chosen = strategy or ("zero_shot" if labels and self.settings.strategy == "knn" else None)
-        chosen = chosen or self.settings.strategy
+        """The strategy a request runs: ad-hoc labels imply zero_shot unless generative is asked
+        (or configured)."""
+        configured = self.settings.strategy
+        chosen = strategy or (
+            "zero_shot" if labels and configured in FIXED_LABEL_STRATEGIES else configured
+        )
         if chosen not in self.strategies:
             raise InvalidRequestError(
                 f"strategy {chosen!r} is not served by this deployment; "
                 f"available: {', '.join(self.strategies)}",
                 "strategy",
             )
-        if labels and chosen == "knn":
+        if labels and chosen in FIXED_LABEL_STRATEGIES:
             raise InvalidRequestError(
-                "ad-hoc labels work with strategy 'zero_shot' or 'generative', not 'knn' "
-                "(knn votes over the configured examples)",
+                f"ad-hoc labels work with strategy 'zero_shot' or 'generative', not {chosen!r} "
+                "(its labels are fixed by the configured examples or checkpoint)",
                 "labels",
             )
         return chosen
@@ -310,16 +397,29 @@ class Classifier:
     async def _run(
         self, strategy: Strategy, texts: list[str], labels: Sequence[LabelSpec] | None
     ) -> list[Classification]:
-        top_k = self.settings.top_k
         if strategy == "generative":
             return await self._generative(texts, list(labels or self._labels))
-        queries = await self._embed(texts)
+        if strategy == "classifier":
+            assert self._sequence_classifier is not None
+            logits = await self._sequence_classifier.classify(texts)
+            distribution = LabelDistribution(self._class_labels, softmax(logits))
+        else:
+            scorer = await self._vector_scorer(strategy, labels)
+            distribution = LabelDistribution(scorer.names, scorer.scores(await self._embed(texts)))
+        return _rank(distribution, self.settings.top_k, strategy)
+
+    async def _vector_scorer(
+        self, strategy: Strategy, labels: Sequence[LabelSpec] | None
+    ) -> VectorScorer:
+        scorer: VectorScorer | None
         if strategy == "knn":
-            assert self._knn is not None
-            return _rank(self._knn.scores(queries), self._knn.names, top_k, strategy)
-        index = await self._ad_hoc_index(labels) if labels else self._label_index
-        assert index is not None
-        return _rank(index.scores(queries), index.names, top_k, strategy)
+            scorer = self._knn
+        elif strategy == "trained_head":
+            scorer = self._head
+        else:
+            scorer = await self._ad_hoc_index(labels) if labels else self._label_index
+        assert scorer is not None
+        return scorer
 
     async def _generative(self, texts: list[str], labels: list[LabelSpec]) -> list[Classification]:
         generator = self._generator
@@ -332,7 +432,7 @@ class Classifier:
         scores = np.array(
             [[choice.probabilities.get(name, 0.0) for name in names] for choice in choices]
         )
-        ranked = _rank(scores, names, self.settings.top_k, "generative")
+        ranked = _rank(LabelDistribution(names, scores), self.settings.top_k, "generative")
         return [
             result.model_copy(update={"decoding": choice.decoding})
             for result, choice in zip(ranked, choices, strict=True)
@@ -376,6 +476,11 @@ class ClassificationCapability(Capability[ClassificationSettings, Classification
             if settings.generative_model
             else None,
             cache=EmbeddingCache(cache_dir / "embeddings") if cache_dir is not None else None,
+            sequence_classifier=resources.classifier(
+                settings.classifier_model, "classification.classifier_model"
+            )
+            if settings.classifier_model
+            else None,
         )
         await classifier.load()
         if settings.examples is not None:

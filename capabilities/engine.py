@@ -36,6 +36,22 @@ class EmbeddingEngine(Protocol):
         ...
 
 
+class ClassifierEngine(Protocol):
+    """A sequence-classification checkpoint (e.g. `BertForSequenceClassification`)."""
+
+    name: str
+    identity: str
+    """As `EmbeddingEngine.identity`."""
+
+    async def class_labels(self) -> list[str]:
+        """The checkpoint's label names (its `id2label`), in the order of `classify`'s columns."""
+        ...
+
+    async def classify(self, texts: Sequence[str]) -> np.ndarray:
+        """Returns the classification head's logits, one row per text (len(texts) x labels)."""
+        ...
+
+
 class GenerativeEngine(Protocol):
     """`choose` prompts end with a cue line such as `Label:`; the model answers after one space,
     with a choice or, where keys are given, with the choice's key."""

@@ -1,11 +1,14 @@
-"""Labelled examples (CSV or JSONL) for the knn strategy, with an on-disk embedding cache."""
+"""Labelled examples (CSV or JSONL) for the knn and trained_head strategies, with an on-disk
+cache of their embeddings and of the heads fitted on them."""
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from capabilities.errors import ExamplesError
 from capabilities.json_lines import json_lines
+from capabilities.linear_head import HeadSettings, LinearHead
 
 
 class ExamplesSource(BaseModel):
@@ -103,20 +107,27 @@ def _read_rows(source: ExamplesSource, content: str) -> list[dict[str, object]]:
 
 
 class EmbeddingCache:
-    """Stores example embeddings on disk, keyed by the embedding engine's identity (not its name:
-    see `EmbeddingEngine.identity`) and the file's digest, so restarts skip work."""
+    """Stores what is computed from an examples file on disk, so restarts skip the work: its
+    embeddings, keyed by the embedding engine's identity (not its name: see
+    `EmbeddingEngine.identity`) and the file's digest, and heads fitted on them, keyed also by
+    the label column and the fit's settings."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
 
-    def _path(self, identity: str, examples: LabelledExamples, source: ExamplesSource) -> Path:
-        key = f"{identity}\0{examples.digest}\0{source.text_column}"
-        return self._folder / f"{hashlib.sha256(key.encode()).hexdigest()}.npy"
+    def _path(self, suffix: str, *parts: str) -> Path:
+        key = "\0".join(parts)
+        return self._folder / f"{hashlib.sha256(key.encode()).hexdigest()}{suffix}"
+
+    def _vectors_path(
+        self, identity: str, examples: LabelledExamples, source: ExamplesSource
+    ) -> Path:
+        return self._path(".npy", identity, examples.digest, source.text_column)
 
     def get(
         self, identity: str, examples: LabelledExamples, source: ExamplesSource
     ) -> np.ndarray | None:
-        path = self._path(identity, examples, source)
+        path = self._vectors_path(identity, examples, source)
         if not path.is_file():
             return None
         vectors = np.load(path)
@@ -125,8 +136,41 @@ class EmbeddingCache:
     def put(
         self, identity: str, examples: LabelledExamples, source: ExamplesSource, vectors: np.ndarray
     ) -> None:
-        path = self._path(identity, examples, source)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        self._write(self._vectors_path(identity, examples, source), buffer.getvalue())
+
+    def head(
+        self,
+        identity: str,
+        examples: LabelledExamples,
+        source: ExamplesSource,
+        settings: HeadSettings,
+        fit: Callable[[], LinearHead],
+    ) -> LinearHead:
+        """The head fitted on these examples' vectors with these settings: read from disk, or
+        fitted by `fit` and stored. Processes loading the same head at once (the ingress and the
+        batch runner at start-up) take turns under a file lock, so only the first one fits.
+        Blocks: call it off the event loop."""
+        path = self._path(
+            ".head.npz",
+            identity,
+            examples.digest,
+            source.text_column,
+            source.label_column,
+            settings.model_dump_json(),
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npy")
-        np.save(partial, vectors)
+        with path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file():
+                return LinearHead.from_bytes(path.read_bytes())
+            head = fit()
+            self._write(path, head.to_bytes())
+            return head
+
+    def _write(self, path: Path, content: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.partial")
+        partial.write_bytes(content)
         partial.replace(path)

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-Strategy = Literal["knn", "zero_shot", "generative"]
+Strategy = Literal["knn", "zero_shot", "generative", "trained_head", "classifier"]
 T = TypeVar("T")
 
 

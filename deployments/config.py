@@ -577,7 +577,11 @@ class AppConfig(StrictModel):
 
     def _check_model_references(self, capability: str, settings: BaseModel) -> None:
         by_name = {model.name: model for model in self.models}
-        for field, runner in (("embedding_model", "pooling"), ("generative_model", "generate")):
+        for field, runner in (
+            ("embedding_model", "pooling"),
+            ("generative_model", "generate"),
+            ("classifier_model", "pooling"),
+        ):
             wanted = getattr(settings, field, None)
             if wanted is None:
                 continue

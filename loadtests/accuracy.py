@@ -1,9 +1,16 @@
-"""Classifies a labelled CSV through a running capserve and prints accuracy, macro-F1 and ECE.
+"""Classifies a labelled CSV through capserve and prints accuracy, macro-F1, calibration error and
+selective accuracy, per strategy.
 
     python loadtests/accuracy.py data/banking77/heldout.csv --url http://127.0.0.1:8000
+    python loadtests/accuracy.py data/banking77/heldout.csv --start \\
+        --strategy knn zero_shot trained_head --write
+
+`--start` deploys the default app in a Ray of its own (result cache off) instead of calling a
+running one; `--write` saves the figures to `loadtests/results/accuracy.{json,md}`.
 
 ECE (expected calibration error, 10 equal-width bins) says how far the reported confidence is from
-the observed accuracy: 0 is perfectly calibrated.
+the observed accuracy: 0 is perfectly calibrated. Selective accuracy is the accuracy of the most
+confident 80% of answers: what a team gets that routes the least confident 20% to a person.
 """
 
 from __future__ import annotations
@@ -12,11 +19,22 @@ import argparse
 import asyncio
 import csv
 import json
+import sys
 import time
 from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import httpx
+
+# Run as a script: the project's packages sit beside this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from capabilities.classification import STRATEGIES
+from loadtests.apps import PROJECT_ROOT, uncached_default_app
+
+RESULTS = PROJECT_ROOT / "loadtests" / "results"
+COVERAGE = 0.8
 
 
 def macro_f1(truth: list[str], predicted: list[str]) -> float:
@@ -45,33 +63,85 @@ def expected_calibration_error(
     return error
 
 
+def selective_accuracy(correct: list[bool], confidence: list[float], coverage: float) -> float:
+    """Accuracy of the `coverage` share of answers with the highest confidence (at least one);
+    among equal confidences the earlier answers count first."""
+    kept = max(1, round(coverage * len(correct)))
+    order = sorted(range(len(correct)), key=lambda i: -confidence[i])[:kept]
+    return sum(correct[i] for i in order) / kept
+
+
 def quality(truth: list[str], predicted: list[str], confidence: list[float]) -> dict[str, float]:
-    """Accuracy, macro-F1 and ECE of predictions against the true labels."""
+    """Accuracy, macro-F1, ECE and selective accuracy of predictions against the true labels."""
     correct = [p == t for p, t in zip(predicted, truth, strict=True)]
     return {
         "accuracy": sum(correct) / len(correct),
         "macro_f1": macro_f1(truth, predicted),
         "ece": expected_calibration_error(correct, confidence),
+        "selective_accuracy": selective_accuracy(correct, confidence, COVERAGE),
     }
 
 
 async def classify_all(
     url: str, texts: list[str], batch_size: int, concurrency: int, strategy: str | None
-) -> list[dict]:
+) -> tuple[str, list[dict]]:
+    """The strategy that answered, and one result per text."""
     limit = asyncio.Semaphore(concurrency)
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
 
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
 
-        async def one(batch: list[str]) -> list[dict]:
+        async def one(batch: list[str]) -> dict:
             async with limit:
                 body: dict = {"texts": batch} | ({"strategy": strategy} if strategy else {})
                 response = await http.post("/v1/classify", json=body)
                 response.raise_for_status()
-                return response.json()["results"]
+                return response.json()
 
-        parts = await asyncio.gather(*(one(batch) for batch in batches))
-    return [result for part in parts for result in part]
+        answers = await asyncio.gather(*(one(batch) for batch in batches))
+    return answers[0]["strategy"], [result for answer in answers for result in answer["results"]]
+
+
+def measure(
+    url: str, texts: list[str], truth: list[str], strategy: str | None, args: argparse.Namespace
+) -> dict[str, object]:
+    started = time.perf_counter()
+    answered_by, results = asyncio.run(
+        classify_all(url, texts, args.batch_size, args.concurrency, strategy)
+    )
+    elapsed = time.perf_counter() - started
+    predicted = [result["label"] for result in results]
+    confidence = [result["confidence"] for result in results]
+    return {
+        "strategy": answered_by,
+        "texts": len(texts),
+        **{key: round(value, 4) for key, value in quality(truth, predicted, confidence).items()},
+        "seconds": round(elapsed, 2),
+        "texts_per_second": round(len(texts) / elapsed, 1),
+    }
+
+
+def markdown(file: Path, rows: list[dict[str, object]], command: str) -> str:
+    lines = [
+        f"# Accuracy on `{file.name}`",
+        "",
+        f"`{command}`",
+        "",
+        f"| strategy | accuracy | macro-F1 | ECE | selective accuracy ({COVERAGE:.0%}) | texts/s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['strategy']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['ece']:.3f} | "
+        f"{r['selective_accuracy']:.3f} | {r['texts_per_second']} |"
+        for r in rows
+    ]
+    if len(rows) > 1:
+        note = (
+            "texts/s: the strategies after the first reuse the texts' embeddings the ingress "
+            "remembers, so only the first row measures embedding."
+        )
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -80,37 +150,50 @@ def main() -> None:
     )
     parser.add_argument("csv", type=Path, help="labelled CSV file")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--start", action="store_true", help="deploy the default app instead of calling --url"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=str(Path("~/.cache/capserve").expanduser()),
+        help="with --start: the app's cache_dir (example vectors and heads are reused from it)",
+    )
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="category")
-    parser.add_argument("--strategy", choices=["knn", "zero_shot", "generative"])
+    parser.add_argument(
+        "--strategy", nargs="+", choices=STRATEGIES, help="one run each; default: the app's"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--write", action="store_true", help=f"write {RESULTS}/accuracy.*")
     args = parser.parse_args()
 
     with args.csv.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     texts = [row[args.text_column] for row in rows]
     truth = [row[args.label_column] for row in rows]
-    started = time.perf_counter()
-    results = asyncio.run(
-        classify_all(args.url, texts, args.batch_size, args.concurrency, args.strategy)
+    app: AbstractContextManager[str] = (
+        uncached_default_app("capserve-accuracy", args.cache_dir)
+        if args.start
+        else nullcontext(args.url)
     )
-    elapsed = time.perf_counter() - started
-    predicted = [result["label"] for result in results]
-    confidence = [result["confidence"] for result in results]
-    figures = {
-        "file": str(args.csv),
-        "texts": len(texts),
-        **quality(truth, predicted, confidence),
-        "seconds": round(elapsed, 2),
-        "texts_per_second": round(len(texts) / elapsed, 1),
-    }
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
+    with app as url:
+        figures = [
+            {"file": str(args.csv), **measure(url, texts, truth, strategy, args)}
+            for strategy in args.strategy or [None]
+        ]
+    if args.write:
+        command = "python " + " ".join(["loadtests/accuracy.py", *sys.argv[1:]])
+        (RESULTS / "accuracy.json").write_text(json.dumps(figures, indent=2) + "\n")
+        (RESULTS / "accuracy.md").write_text(markdown(args.csv, figures, command))
+    for entry in figures:
+        if args.json:
+            print(json.dumps(entry))
+            continue
+        for key, value in entry.items():
+            print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+        print()
 
 
 if __name__ == "__main__":

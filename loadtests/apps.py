@@ -34,6 +34,16 @@ def tiny_llama_model(path: Path) -> ModelConfig:
     )
 
 
+def tiny_bert_model(path: Path) -> ModelConfig:
+    """The sequence classifier tests/tiny_bert.py builds, for the `classifier` strategy."""
+    return ModelConfig(
+        name="tiny-bert",
+        model=str(path),
+        runner="pooling",
+        engine_args={"dtype": "float32", "max_model_len": 128, "gpu_memory_utilization": 0.05},
+    )
+
+
 def gemma_model(path: Path) -> ModelConfig:
     """Gemma 3 270M (tests/gemma.py) within ~2.5 GiB: its 262k-token vocabulary makes vLLM's
     share-of-memory sizing ask for ~11 GiB on a CPU, so the KV cache is sized directly."""

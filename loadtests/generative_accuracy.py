@@ -48,6 +48,7 @@ class Report(BaseModel):
     accuracy: float
     macro_f1: float
     ece: float
+    selective_accuracy: float = Field(description="Accuracy of the most confident 80%.")
     decoding: dict[str, int]
     build_s: float
     load_s: float

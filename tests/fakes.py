@@ -80,6 +80,31 @@ class FakeEngine:
         return [{} for _ in prompts]
 
 
+class FakeClassifierEngine:
+    """A sequence classifier whose logit for a label counts the label's words in the text."""
+
+    def __init__(self, labels: Sequence[str], name: str = "fake-classifier") -> None:
+        self.name = name
+        self.identity = f"{name}@fake-weights"
+        self.labels = list(labels)
+        self.classified: list[str] = []
+
+    async def class_labels(self) -> list[str]:
+        return list(self.labels)
+
+    async def classify(self, texts: Sequence[str]) -> np.ndarray:
+        self.classified.extend(texts)
+        return np.array(
+            [
+                [
+                    float(sum(word in text.lower() for word in label.split("_")))
+                    for label in self.labels
+                ]
+                for text in texts
+            ]
+        )
+
+
 def classified(label: str, confidence: float = 0.9) -> Classification:
     """A knn classification of one text, as the classification capability hands it to dependents."""
     return Classification(

@@ -98,8 +98,8 @@ class BatchLines:
 
     def default_model(self, endpoint: str) -> str | None:
         if endpoint == "/v1/classify":
-            settings = self._config.capability("classification").settings
-            return settings.get("generative_model") or settings.get("embedding_model")
+            settings = self._config.capability("classification").parsed_settings()
+            return self._classify.classification_model(getattr(settings, "strategy", None))
         runner = "pooling" if endpoint == "/v1/embeddings" else "generate"
         models = [model.name for model in self._config.models if model.runner == runner]
         return models[0] if len(models) == 1 else None

@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle
 
 from capabilities.base import BatchLine, Capability, TextSource
 from capabilities.batching import RunCall
-from capabilities.classification import Classification
+from capabilities.classification import MODEL_FIELDS, Classification
 from capabilities.plan import Plan, execute
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
@@ -128,11 +128,11 @@ class ClassifyService:
         )
 
     def classification_model(self, strategy: str | None = None) -> str | None:
-        """The model behind classification answers: the embedding model unless generative."""
-        if strategy is None:
+        """The model behind classification answers: the one the strategy runs on."""
+        if strategy not in MODEL_FIELDS:
             return None
         settings = self._config.capability("classification").settings
-        return settings.get("generative_model" if strategy == "generative" else "embedding_model")
+        return settings.get(MODEL_FIELDS[strategy])
 
     async def _send_alone(self, name: str, call: RunCall) -> CallOutcome:
         [outcome] = await run_per_capability(self._capabilities, [name], [call])

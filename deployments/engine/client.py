@@ -38,6 +38,12 @@ class EngineClient:
     async def _embed(self, texts: list[str]) -> np.ndarray:
         return await self._engine.call("embed", texts)
 
+    async def class_labels(self) -> list[str]:
+        return await self._engine.call("class_labels")
+
+    async def classify(self, texts: Sequence[str]) -> np.ndarray:
+        return await self._engine.call("classify", list(texts))
+
     async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
         return await self._engine.call("choice_keys", list(choices), cue)
 

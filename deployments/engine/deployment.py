@@ -57,7 +57,14 @@ class EngineDeployment(GuardedCallee):
         self._config = config
         self._model_tags = {"model": config.name}
         self._engine = VLLMEngine(config, self._count_tokens)
-        batches = (self._embed, self._choose, self._generate_json, self._chat, self._embeddings)
+        batches = (
+            self._embed,
+            self._classify,
+            self._choose,
+            self._generate_json,
+            self._chat,
+            self._embeddings,
+        )
         for entry in batches:
             entry.set_max_batch_size(config.batching.max_batch_size)
             entry.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
@@ -69,6 +76,12 @@ class EngineDeployment(GuardedCallee):
 
     async def embeddings(self, texts: list[str]) -> Embeddings:
         return await self._served("embeddings", self._embeddings(texts))
+
+    async def classify(self, texts: list[str]) -> np.ndarray:
+        return await self._served("classify", self._classify(texts))
+
+    async def class_labels(self) -> list[str]:
+        return await self._served("class_labels", self._engine.class_labels())
 
     async def choice_keys(self, choices: list[str], cue: str) -> list[str] | None:
         return await self._served("choice_keys", self._engine.choice_keys(choices, cue))
@@ -112,6 +125,11 @@ class EngineDeployment(GuardedCallee):
         return await per_call(self._engine.embed, calls)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
+    async def _classify(self, calls: list[list[str]]) -> list[np.ndarray | Exception]:
+        self._batch_formed("classify", len(calls))
+        return await per_call(self._engine.classify, calls)
+
+    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _embeddings(self, calls: list[list[str]]) -> list[Embeddings | Exception]:
         self._batch_formed("embeddings", len(calls))
         return await per_call(self._engine.embeddings, calls)
@@ -141,11 +159,7 @@ class EngineDeployment(GuardedCallee):
 
     async def ready(self) -> None:
         """A real request through the engine: readiness means answering, not just loaded."""
-        await self._engine.check_health()
-        if self._config.runner == "pooling":
-            await self._engine.embed(["ready"])
-        else:
-            await self._engine.choose(["ready?"], ["yes", "no"])
+        await self._engine.ready()
 
     async def check_health(self) -> None:
         # Serve calls this periodically; raising marks the replica unhealthy and replaces it.

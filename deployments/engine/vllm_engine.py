@@ -1,5 +1,5 @@
-"""One vLLM `AsyncLLM` behind the engine protocol (embed, choose, generate_json) and the OpenAI
-endpoints (chat, embeddings).
+"""One vLLM `AsyncLLM` behind the engine protocol (embed, classify, choose, generate_json) and the
+OpenAI endpoints (chat, embeddings).
 
 No Ray here: the Serve deployment, the offline benchmark and the integration tests all use it.
 """
@@ -172,27 +172,49 @@ class VLLMEngine:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return (await self.embeddings(texts)).vectors
 
-    async def embeddings(self, texts: Sequence[str]) -> Embeddings:
+    async def _pool(self, texts: Sequence[str], params: PoolingParams) -> list[Any]:
+        """One pooling request per text (truncated to the model's length), run concurrently."""
         truncation = {"truncation": True, "max_length": self._max_len}
-        outputs = await asyncio.gather(
+        return await asyncio.gather(
             *(
                 self._final(
                     self._llm.encode(
                         text,
-                        PoolingParams(task="embed"),
-                        request_id=f"embed-{uuid.uuid4().hex}",
+                        params,
+                        request_id=f"{params.task}-{uuid.uuid4().hex}",
                         tokenization_kwargs=truncation,
                     )
                 )
                 for text in texts
             )
         )
+
+    async def embeddings(self, texts: Sequence[str]) -> Embeddings:
+        outputs = await self._pool(texts, PoolingParams(task="embed"))
         vectors = np.stack([output.outputs.data.float().numpy() for output in outputs])
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return Embeddings(
             vectors=(vectors / np.clip(norms, 1e-12, None)).astype(np.float32),
             prompt_tokens=[len(output.prompt_token_ids) for output in outputs],
         )
+
+    async def class_labels(self) -> list[str]:
+        """The checkpoint's `id2label` names by id; refused for a model that cannot classify."""
+        if "classify" not in await self._llm.get_supported_tasks():
+            raise InvalidRequestError(
+                f"model {self.name!r} cannot classify: serve a *ForSequenceClassification "
+                "checkpoint with runner: pooling (or set engine_args.convert: classify to add a "
+                "classification head to a causal LM that was fine-tuned with one)",
+                "classifier_model",
+            )
+        id2label = self._llm.model_config.hf_config.id2label
+        return [str(id2label[i]) for i in sorted(id2label)]
+
+    async def classify(self, texts: Sequence[str]) -> np.ndarray:
+        # Logits, not vLLM's activation: the caller's softmax is the same for every checkpoint,
+        # whatever its problem_type says (a multi-label sigmoid would not sum to 1).
+        outputs = await self._pool(texts, PoolingParams(task="classify", use_activation=False))
+        return np.stack([output.outputs.data.float().numpy() for output in outputs])
 
     async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
         keys = self._choice_keys(cue, tuple(choices))
@@ -271,6 +293,17 @@ class VLLMEngine:
     async def check_health(self) -> None:
         """Raises when the engine core process is dead."""
         await self._llm.check_health()
+
+    async def ready(self) -> None:
+        """One real request of the kind the model serves: readiness means answering."""
+        await self.check_health()
+        tasks = await self._llm.get_supported_tasks()
+        if "embed" in tasks:
+            await self.embed(["ready"])
+        elif "classify" in tasks:
+            await self.classify(["ready"])
+        else:
+            await self.choose(["ready?"], ["yes", "no"])
 
     def shutdown(self) -> None:
         self._llm.shutdown()

@@ -1,4 +1,5 @@
-"""HTTP against the real app: the default MiniLM knn app and a generative app on a tiny Llama."""
+"""HTTP against the real app: the default MiniLM app (trained_head) and a generative app on a tiny
+Llama."""
 
 import asyncio
 import csv
@@ -23,7 +24,7 @@ def test_the_seed_query_is_card_arrival(client):
     assert result["label"] == "card_arrival"
     assert 0.5 < result["confidence"] <= 1
     assert result["top_k"][0] == {"label": "card_arrival", "score": result["confidence"]}
-    assert body["strategy"] == "knn" and body["model"] == "minilm"
+    assert body["strategy"] == "trained_head" and body["model"] == "minilm"
 
 
 def test_items_come_back_in_input_order_with_their_ids(client):

@@ -57,7 +57,7 @@ def test_inline_capabilities_are_the_default_and_carry_their_settings(default_ar
     assert {c.placement for c in config.capabilities} == {"inline"}
     settings = inline_settings(config)
     assert sorted(settings) == ["alerts", "classification", "gates", "recommendations"]
-    assert settings["classification"]["strategy"] == "knn"
+    assert settings["classification"]["strategy"] == "trained_head"
 
 
 def test_only_deployment_placed_capabilities_get_runners(default_args):  # noqa: F811

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from capabilities.batching import RunCall
 from capabilities.classification import (
     ClassificationSettings,
     Classifier,
@@ -15,7 +16,7 @@ from capabilities.classification import (
 )
 from capabilities.errors import InvalidRequestError
 from capabilities.examples import EmbeddingCache, ExamplesSource
-from tests.fakes import FakeEngine
+from tests.fakes import FakeClassifierEngine, FakeEngine
 
 ROWS = [
     ("my card has not arrived yet", "card_arrival"),
@@ -264,7 +265,10 @@ def test_zero_shot_scores_are_a_softmax_over_similarities():
         ({"strategy": "knn", "examples": None, "labels": ["a", "b"]}, "needs examples"),
         ({"strategy": "generative", "generative_model": None}, "needs generative_model"),
         ({"strategy": "zero_shot", "embedding_model": None}, "needs embedding_model"),
-        ({"examples": None, "labels": None, "strategy": "zero_shot"}, "give labels or examples"),
+        ({"examples": None, "labels": None, "strategy": "zero_shot"}, "give labels, examples or"),
+        ({"strategy": "trained_head", "examples": None, "labels": ["a", "b"]}, "needs examples"),
+        ({"strategy": "trained_head", "embedding_model": None}, "needs embedding_model"),
+        ({"strategy": "classifier"}, "needs classifier_model"),
         ({"labels": ["a", "a"]}, "unique"),
     ],
 )
@@ -276,3 +280,93 @@ def test_settings_refuse_unservable_combinations(examples_csv, overrides, messag
 def test_examples_source_detects_jsonl(tmp_path):
     assert ExamplesSource(path=tmp_path / "x.jsonl").resolved_format == "jsonl"
     assert ExamplesSource(path=tmp_path / "x.csv").resolved_format == "csv"
+
+
+async def test_trained_head_classifies_with_a_distribution_over_the_example_labels(examples_csv):
+    classifier = await loaded(settings(examples_csv, strategy="trained_head"))
+    assert classifier.strategies == ["knn", "zero_shot", "trained_head"]
+    results = await classifier.classify(["my card has not arrived", "top up by bank transfer"])
+    assert [r.label for r in results] == ["card_arrival", "top_up"]
+    for result in results:
+        assert result.strategy == "trained_head"
+        assert result.top_k[0].score == pytest.approx(result.confidence)
+        assert sum(alt.score for alt in result.top_k) == pytest.approx(1.0)
+
+
+async def test_fixed_label_strategies_refuse_ad_hoc_labels_and_default_to_zero_shot(examples_csv):
+    classifier = await loaded(settings(examples_csv, strategy="trained_head"))
+    ad_hoc = [LabelSpec(name="cards"), LabelSpec(name="money")]
+    with pytest.raises(InvalidRequestError, match="not 'trained_head'"):
+        await classifier.classify(["x"], strategy="trained_head", labels=ad_hoc)
+    [result] = await classifier.classify(["my card"], labels=ad_hoc)
+    assert result.strategy == "zero_shot"
+
+
+async def test_the_head_is_cached_with_the_example_vectors_and_refitted_when_they_change(
+    examples_csv, tmp_path, monkeypatch
+):
+    from capabilities import classification
+
+    fits: list[int] = []
+    real_fit = classification.fit_linear_head
+
+    def counted_fit(vectors, *args):
+        fits.append(len(vectors))
+        return real_fit(vectors, *args)
+
+    monkeypatch.setattr(classification, "fit_linear_head", counted_fit)
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = await loaded(settings(examples_csv), cache=cache)
+    again = await loaded(settings(examples_csv), cache=cache)
+    assert fits == [len(ROWS)], "the second load must read the fitted head from the cache"
+    assert len(list((tmp_path / "cache").glob("*.head.npz"))) == 1
+    [a], [b] = [await c.classify(["lost card"], strategy="trained_head") for c in (first, again)]
+    assert a == b
+    await loaded(settings(examples_csv, head={"c": 1.0}), cache=cache)
+    assert fits == [len(ROWS)] * 2, "other head settings are another head"
+    with examples_csv.open("a", newline="") as handle:
+        csv.writer(handle).writerow(["card never came", "card_arrival"])
+    await loaded(settings(examples_csv), cache=cache)
+    assert fits == [len(ROWS)] * 2 + [len(ROWS) + 1]
+
+
+async def test_a_live_reload_refits_the_head_on_the_new_examples(examples_csv):
+    from capabilities.base import Resources
+    from capabilities.classification import ClassificationCapability
+    from capabilities.host import CapabilityHost
+
+    host = CapabilityHost(ClassificationCapability, Resources(engines={"fake": FakeEngine()}), None)
+    config = settings(examples_csv, strategy="trained_head").model_dump(mode="json")
+    await host.configure(config)
+    before = host.describe().version
+    with examples_csv.open("a", newline="") as handle:
+        csv.writer(handle).writerows([("savings interest rate", "savings"), ("savings", "savings")])
+    await host.configure(config)
+    assert host.describe().version != before
+    [reply] = await host.run([RunCall(texts=["savings interest"])])
+    assert reply.outputs[0].label == "savings"
+
+
+async def test_the_classifier_strategy_reads_labels_from_the_checkpoint():
+    engine = FakeClassifierEngine(["card_arrival", "lost_card", "top_up"])
+    config = ClassificationSettings(strategy="classifier", classifier_model="fake-classifier")
+    classifier = Classifier(config, embedder=None, generator=None, sequence_classifier=engine)
+    await classifier.load()
+    assert classifier.strategies == ["classifier"]
+    assert classifier.labels == ["card_arrival", "lost_card", "top_up"]
+    [result] = await classifier.classify(["I lost my card"])
+    assert result.label == "lost_card"
+    assert result.strategy == "classifier"
+    # The confidence is the softmax of the checkpoint's logits: [1, 2, 0] for this text.
+    assert result.confidence == pytest.approx(np.exp(2) / (np.exp(0) + np.exp(1) + np.exp(2)))
+    ad_hoc = [LabelSpec(name="a"), LabelSpec(name="b")]
+    with pytest.raises(InvalidRequestError, match="not 'classifier'"):
+        await classifier.classify(["x"], strategy="classifier", labels=ad_hoc)
+
+
+async def test_a_checkpoint_without_a_usable_label_set_is_refused_at_load():
+    engine = FakeClassifierEngine(["LABEL_0", "LABEL_0"])
+    config = ClassificationSettings(strategy="classifier", classifier_model="fake-classifier")
+    classifier = Classifier(config, embedder=None, generator=None, sequence_classifier=engine)
+    with pytest.raises(InvalidRequestError, match="id2label; label names must be unique"):
+        await classifier.load()

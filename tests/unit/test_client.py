@@ -175,3 +175,11 @@ def test_limits_default_to_the_services_when_it_does_not_say() -> None:
 
     with Client(transport=httpx.MockTransport(listing)) as client:
         assert client.capabilities().limits.max_items_per_request == 256
+
+
+def test_the_client_offers_every_strategy_the_service_serves() -> None:
+    from typing import get_args
+
+    from capabilities.classification import STRATEGIES
+
+    assert get_args(client_module.Strategy) == STRATEGIES

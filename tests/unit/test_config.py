@@ -49,7 +49,7 @@ def settings_of(args: dict, capability: str) -> dict:
 def test_the_default_config_is_valid(default_args):
     config = check_config(default_args)
     settings = config.capability("classification").parsed_settings()
-    assert settings.strategy == "knn"
+    assert settings.strategy == "trained_head"
     assert Path(config.model("minilm").model, "config.json").is_file()
     assert settings.examples.path.is_absolute()
     assert config.registry().levels == [["classification", "gates"], ["alerts", "recommendations"]]
@@ -187,6 +187,27 @@ def test_a_pooling_model_cannot_serve_generative(default_args):
     settings_of(default_args, "classification")["generative_model"] = "minilm"
     with pytest.raises(ConfigError, match="needs 'generate'"):
         check_config(default_args)
+
+
+def test_a_classifier_model_must_be_a_configured_pooling_model(default_args):
+    default_args["models"].append(
+        {"name": "llm", "model": "org/llm", "runner": "generate", "engine_args": {}}
+    )
+    settings_of(default_args, "classification")["classifier_model"] = "llm"
+    with pytest.raises(
+        ConfigError,
+        match="settings.classifier_model: model 'llm' has runner 'generate', needs 'pooling'",
+    ):
+        check_config(default_args)
+    settings_of(default_args, "classification")["classifier_model"] = "minilm"
+    check_config(default_args)
+
+
+def test_convert_reaches_vllm_for_a_causal_lm_served_as_a_classifier():
+    config = ModelConfig(
+        name="m", model="org/m", runner="pooling", engine_args={"convert": "classify"}
+    )
+    assert config.engine_kwargs()["convert"] == "classify"
 
 
 def test_sharding_on_cpu_is_refused():

@@ -18,6 +18,7 @@ RAY_FREE = [
     "capabilities.host",
     "capabilities.batching",
     "capabilities.egress",
+    "capabilities.linear_head",
     "batchjobs.executor",
     "deployments.config",
     "deployments.http.auth",
