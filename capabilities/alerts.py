@@ -111,10 +111,11 @@ class Condition(BaseModel):
             self._pattern = re.compile(self.text_matches)
 
     def matches(self, text: str, classification: Classification) -> bool:
-        label, confidence = classification.label, classification.confidence
-        if self.label_in is not None and label not in self.label_in:
+        # A rule naming a parent of a label tree holds for every text answered at or under it.
+        labels, confidence = classification.path_labels, classification.confidence
+        if self.label_in is not None and not any(label in self.label_in for label in labels):
             return False
-        if self.label_not_in is not None and label in self.label_not_in:
+        if self.label_not_in is not None and any(label in self.label_not_in for label in labels):
             return False
         if self.confidence_above is not None and not confidence > self.confidence_above:
             return False

@@ -1,7 +1,9 @@
 """Classification: a label with a confidence per text, by one of five strategies.
 
 Every strategy first computes a `LabelDistribution` (a probability per label, per text), and one
-ranking turns it into answers: the confidence is always the top label's probability.
+ranking turns it into answers: the confidence is always the top label's probability. With a label
+tree (capabilities/label_tree.py) the answer is a path from the top, each level with its
+probability, and the label is where the path stops.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from pathlib import Path
+from typing import Annotated, Literal, Protocol, get_args
 
 import numpy as np
 from async_lru import alru_cache
@@ -19,6 +22,7 @@ from capabilities.base import Capability, RunContext
 from capabilities.engine import ChoiceDecoding, ClassifierEngine, EmbeddingEngine, GenerativeEngine
 from capabilities.errors import InvalidRequestError
 from capabilities.examples import EmbeddingCache, ExamplesSource, LabelledExamples, load_examples
+from capabilities.label_tree import LabelTree, load_label_tree
 from capabilities.linear_head import HeadSettings, LinearHead, fit_linear_head, softmax
 
 Strategy = Literal["knn", "zero_shot", "generative", "trained_head", "classifier"]
@@ -37,6 +41,28 @@ AD_HOC_LABEL_SETS_KEPT = 64
 MAX_AD_HOC_LABELS = 1000
 LABEL_CUE = "Label:"
 """The last line of a generative prompt; the model answers after it."""
+
+
+TreeDepth = Annotated[
+    int | None,
+    Field(ge=1, description="With a label tree: stop each path at this level (1 = the top)."),
+]
+MinConfidence = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=1,
+        description="With a label tree: answer the deepest node of each path whose probability "
+        "is at least this; the top level always answers.",
+    ),
+]
+LabelPath = Annotated[
+    list["LabelScore"] | None,
+    Field(
+        description="With a label tree: the nodes from the top down to `label`, each with its "
+        "probability (a parent's is the sum of its children's).",
+    ),
+]
 
 
 class LabelSpec(BaseModel):
@@ -75,8 +101,17 @@ class ClassificationSettings(BaseModel):
     )
     examples: ExamplesSource | None = None
     labels: list[LabelSpec] | None = Field(
-        default=None, description="Label set; defaults to the distinct labels of `examples`."
+        default=None,
+        description="Label set; defaults to the distinct labels of `examples`, the checkpoint's "
+        "id2label or the leaves of `label_tree`.",
     )
+    label_tree: Path | None = Field(
+        default=None,
+        description="YAML file arranging the labels in a tree (they are its leaves); answers "
+        "then carry the path from the top with a probability per level.",
+    )
+    depth: TreeDepth = None
+    min_confidence: MinConfidence = None
     k: int = Field(default=10, gt=0, description="Neighbours that vote in knn.")
     head: HeadSettings = Field(
         default=HeadSettings(),
@@ -102,6 +137,11 @@ class ClassificationSettings(BaseModel):
             raise ValueError(problem)
         return labels
 
+    @field_validator("label_tree")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
     @model_validator(mode="after")
     def _strategy_is_servable(self) -> ClassificationSettings:
         model_field = MODEL_FIELDS[self.strategy]
@@ -109,10 +149,18 @@ class ClassificationSettings(BaseModel):
             raise ValueError(f"strategy {self.strategy!r} needs {model_field}")
         if self.strategy in ("knn", "trained_head") and self.examples is None:
             raise ValueError(f"strategy {self.strategy!r} needs examples")
-        if self.examples is None and self.labels is None and self.classifier_model is None:
+        if (
+            self.examples is None
+            and self.labels is None
+            and self.classifier_model is None
+            and self.label_tree is None
+        ):
             raise ValueError(
-                "give labels, examples or a classifier_model: the label set comes from one of them"
+                "give labels, examples, a classifier_model or a label_tree: the label set comes "
+                "from one of them"
             )
+        if self.label_tree is None and (self.depth is not None or self.min_confidence is not None):
+            raise ValueError("depth and min_confidence need a label_tree (the labels are flat)")
         return self
 
 
@@ -147,25 +195,54 @@ class Classification(BaseModel):
     confidence: float = Field(ge=0, le=1)
     top_k: list[LabelScore]
     strategy: Strategy
+    path: LabelPath = None
     decoding: ChoiceDecoding | None = Field(
         default=None,
         description="Generative only: one_step when one decode step scored every label (an exact "
         "distribution), multi_step when the label was decoded token by token.",
     )
 
+    @property
+    def path_labels(self) -> list[str]:
+        """Every node this text was answered at or under: the path, or just the label."""
+        return [step.label for step in self.path] if self.path else [self.label]
 
-def _rank(distribution: LabelDistribution, top_k: int, strategy: Strategy) -> list[Classification]:
-    """Turns a distribution's rows into ranked classifications."""
+
+@dataclass(frozen=True)
+class TreeCut:
+    """Where a text's path through the label tree stops (neither set: at a leaf)."""
+
+    tree: LabelTree
+    depth: int | None = None
+    min_confidence: float | None = None
+
+
+def _rank(
+    distribution: LabelDistribution, top_k: int, strategy: Strategy, cut: TreeCut | None = None
+) -> list[Classification]:
+    """Turns a distribution's rows into ranked classifications; with a tree, the label is where
+    each text's path stops. The alternatives are always leaves."""
     names, scores = distribution.names, distribution.probabilities
     order = np.argsort(-scores, axis=1)[:, :top_k]
+    paths = (
+        cut.tree.decode(names, scores, cut.depth, cut.min_confidence)
+        if cut is not None
+        else [None] * len(scores)
+    )
     results = []
-    for row, ranked in zip(scores, order, strict=True):
+    for row, ranked, steps in zip(scores, order, paths, strict=True):
         # Alternatives with no support at all are noise, not alternatives; the winner always stays.
         kept = [ranked[0]] + [i for i in ranked[1:] if row[i] > 0]
         top = [LabelScore(label=names[i], score=float(min(1.0, max(0.0, row[i])))) for i in kept]
+        path = [LabelScore(label=s.name, score=s.probability) for s in steps] if steps else None
+        answer = path[-1] if path else top[0]
         results.append(
             Classification(
-                label=top[0].label, confidence=top[0].score, top_k=top, strategy=strategy
+                label=answer.label,
+                confidence=answer.score,
+                top_k=top,
+                strategy=strategy,
+                path=path,
             )
         )
     return results
@@ -256,6 +333,7 @@ class Classifier:
         self._head: LinearHead | None = None
         self._class_labels: list[str] = []
         self._labels: list[LabelSpec] = list(settings.labels or [])
+        self.tree: LabelTree | None = None
         self._label_index: LabelIndex | None = None
         # For the label sets asked for last: their index, and the keys the generator asks for
         # (the configured set's included). Requests bringing one new set compute it once.
@@ -303,8 +381,28 @@ class Classifier:
             self._class_labels = await self._checkpoint_labels(self._sequence_classifier)
             if not self._labels:
                 self._labels = [LabelSpec(name=name) for name in self._class_labels]
+        if self.settings.label_tree is not None:
+            self.tree, _ = load_label_tree(self.settings.label_tree)
+            self._labels = self._labels_of_tree(self.tree)
         if self._embedder is not None:
             self._label_index = await self._build_label_index(self._labels)
+
+    def _labels_of_tree(self, tree: LabelTree) -> list[LabelSpec]:
+        """The label set with the tree's leaf descriptions where it has none of its own; the
+        tree's leaves must be exactly the labels every served strategy answers."""
+        if not self._labels:
+            return [
+                LabelSpec(name=leaf, description=tree.description(leaf)) for leaf in tree.leaves
+            ]
+        tree.check_leaves(self.labels, "the label set")
+        if self._class_labels:
+            tree.check_leaves(self._class_labels, "classifier_model's id2label")
+        return [
+            label
+            if label.description
+            else LabelSpec(name=label.name, description=tree.description(label.name))
+            for label in self._labels
+        ]
 
     def _fitted_head(self, examples: LabelledExamples, vectors: np.ndarray) -> LinearHead:
         """Blocks for the fit (seconds), unless the cache holds this head already."""
@@ -378,27 +476,62 @@ class Classifier:
             )
         return chosen
 
+    def tree_cut(
+        self,
+        labels: Sequence[LabelSpec] | None,
+        depth: int | None = None,
+        min_confidence: float | None = None,
+    ) -> TreeCut | None:
+        """Where paths stop for a request: its own depth and min_confidence, else the
+        configured ones; no tree (and no path) for ad-hoc labels."""
+        asked = "depth" if depth is not None else "min_confidence"
+        if (depth is not None or min_confidence is not None) and (self.tree is None or labels):
+            reason = (
+                "this deployment's labels are flat (configure classification.label_tree)"
+                if self.tree is None
+                else "ad-hoc labels are flat; leave out labels to use the configured tree"
+            )
+            raise InvalidRequestError(f"{asked}: {reason}", asked)
+        if self.tree is None or labels:
+            return None
+        if depth is not None and depth > self.tree.depth:
+            raise InvalidRequestError(
+                f"depth: {depth} is deeper than the label tree ({self.tree.depth} levels)", "depth"
+            )
+        return TreeCut(
+            self.tree,
+            depth if depth is not None else self.settings.depth,
+            min_confidence if min_confidence is not None else self.settings.min_confidence,
+        )
+
     async def classify(
         self,
         texts: Sequence[str],
         strategy: Strategy | None = None,
         labels: Sequence[LabelSpec] | None = None,
+        depth: int | None = None,
+        min_confidence: float | None = None,
     ) -> list[Classification]:
         """Classifies texts in order; identical texts are computed once."""
         problem = _label_set_problem(labels) if labels else None
         if problem:
             raise InvalidRequestError(f"labels: {problem}", "labels")
         chosen = self.resolve_strategy(strategy, labels)
+        cut = self.tree_cut(labels, depth, min_confidence)
         unique = list(dict.fromkeys(texts))
-        results = await self._run(chosen, unique, labels)
+        results = await self._run(chosen, unique, labels, cut)
         by_text = dict(zip(unique, results, strict=True))
         return [by_text[text] for text in texts]
 
     async def _run(
-        self, strategy: Strategy, texts: list[str], labels: Sequence[LabelSpec] | None
+        self,
+        strategy: Strategy,
+        texts: list[str],
+        labels: Sequence[LabelSpec] | None,
+        cut: TreeCut | None,
     ) -> list[Classification]:
         if strategy == "generative":
-            return await self._generative(texts, list(labels or self._labels))
+            return await self._generative(texts, list(labels or self._labels), cut)
         if strategy == "classifier":
             assert self._sequence_classifier is not None
             logits = await self._sequence_classifier.classify(texts)
@@ -406,7 +539,7 @@ class Classifier:
         else:
             scorer = await self._vector_scorer(strategy, labels)
             distribution = LabelDistribution(scorer.names, scorer.scores(await self._embed(texts)))
-        return _rank(distribution, self.settings.top_k, strategy)
+        return _rank(distribution, self.settings.top_k, strategy, cut)
 
     async def _vector_scorer(
         self, strategy: Strategy, labels: Sequence[LabelSpec] | None
@@ -421,7 +554,9 @@ class Classifier:
         assert scorer is not None
         return scorer
 
-    async def _generative(self, texts: list[str], labels: list[LabelSpec]) -> list[Classification]:
+    async def _generative(
+        self, texts: list[str], labels: list[LabelSpec], cut: TreeCut | None
+    ) -> list[Classification]:
         generator = self._generator
         assert generator is not None
         names = [label.name for label in labels]
@@ -432,7 +567,7 @@ class Classifier:
         scores = np.array(
             [[choice.probabilities.get(name, 0.0) for name in names] for choice in choices]
         )
-        ranked = _rank(LabelDistribution(names, scores), self.settings.top_k, "generative")
+        ranked = _rank(LabelDistribution(names, scores), self.settings.top_k, "generative", cut)
         return [
             result.model_copy(update={"decoding": choice.decoding})
             for result, choice in zip(ranked, choices, strict=True)
@@ -440,12 +575,15 @@ class Classifier:
 
 
 class ClassificationOptions(BaseModel):
-    """What one request may choose: the strategy, and an ad-hoc label set (zero-shot on the fly)."""
+    """What one request may choose: the strategy, an ad-hoc label set (zero-shot on the fly) and,
+    with a label tree, where paths stop."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: Strategy | None = None
     labels: list[LabelSpec] | None = Field(default=None, max_length=MAX_AD_HOC_LABELS)
+    depth: TreeDepth = None
+    min_confidence: MinConfidence = None
 
 
 class ClassificationCapability(Capability[ClassificationSettings, Classification]):
@@ -458,8 +596,13 @@ class ClassificationCapability(Capability[ClassificationSettings, Classification
 
     @classmethod
     def check_files(cls, settings: ClassificationSettings) -> None:
-        if settings.examples is not None:
-            load_examples(settings.examples)
+        examples = load_examples(settings.examples) if settings.examples is not None else None
+        if settings.label_tree is not None:
+            tree, _ = load_label_tree(settings.label_tree)
+            if settings.labels is not None:
+                tree.check_leaves([label.name for label in settings.labels], "labels")
+            elif examples is not None:
+                tree.check_leaves(sorted(set(examples.labels)), "examples")
 
     async def load(self) -> None:
         settings = self.settings
@@ -485,9 +628,13 @@ class ClassificationCapability(Capability[ClassificationSettings, Classification
         await classifier.load()
         if settings.examples is not None:
             self.track_file(settings.examples.path.read_bytes())
+        if settings.label_tree is not None:
+            self.track_file(settings.label_tree.read_bytes())
         self.classifier = classifier
 
     async def run(self, texts: Sequence[str], context: RunContext) -> list[Classification]:
         options = context.options
         assert isinstance(options, ClassificationOptions)
-        return await self.classifier.classify(texts, options.strategy, options.labels)
+        return await self.classifier.classify(
+            texts, options.strategy, options.labels, options.depth, options.min_confidence
+        )

@@ -64,6 +64,10 @@ class CatalogAction(BaseModel):
         return f"{self.title}: {self.description}"
 
 
+Target = tuple[int, tuple[str, ...]]
+"""A text's position and the labels it was answered at or under (its path, or its label)."""
+
+
 class Catalog:
     """The actions in file order, indexed by the labels they apply to."""
 
@@ -84,9 +88,11 @@ class Catalog:
         """Every label that some action names."""
         return set(self._by_label)
 
-    def applicable(self, label: str) -> tuple[int, ...]:
-        """Positions, in file order, of the actions that apply to `label`."""
-        return self._by_label.get(label, self._generic)
+    def applicable(self, labels: Sequence[str]) -> tuple[int, ...]:
+        """Positions, in file order, of the actions that apply to any of `labels`: a text's
+        label, or every node of its path through a label tree (an action may name a parent)."""
+        positions = {i for label in labels for i in self._by_label.get(label, ())}
+        return tuple(sorted(positions.union(self._generic)))
 
 
 def catalog_format(path: Path) -> CatalogFormat | None:
@@ -325,12 +331,12 @@ class RecommendationsCapability(Capability[RecommendationsSettings, Recommendati
             raise ValueError(
                 f"{len(texts)} texts but {len(classifications)} classifications; they must align"
             )
-        # Each text that gets candidates, with its label; the others answer an empty list.
+        # Each text that gets candidates, with its path; the others answer an empty list.
         targets = [
-            (position, classification.label)
+            (position, tuple(classification.path_labels))
             for position, classification in enumerate(classifications)
             if classification.confidence >= self.settings.min_confidence
-            and self.catalog.applicable(classification.label)
+            and self.catalog.applicable(classification.path_labels)
         ]
         if self._generator is not None:
             picked = await self._by_generation(self._generator, texts, targets)
@@ -340,7 +346,7 @@ class RecommendationsCapability(Capability[RecommendationsSettings, Recommendati
         return [Recommendations(actions=picked.get(position, [])) for position in range(len(texts))]
 
     async def _by_similarity(
-        self, embedder: EmbeddingEngine, texts: Sequence[str], targets: Sequence[tuple[int, str]]
+        self, embedder: EmbeddingEngine, texts: Sequence[str], targets: Sequence[Target]
     ) -> dict[int, list[Recommendation]]:
         unique = list(dict.fromkeys(texts[position] for position, _ in targets))
         if not unique:
@@ -348,8 +354,8 @@ class RecommendationsCapability(Capability[RecommendationsSettings, Recommendati
         queries = await embedder.embed(unique)
         row_of = {text: row for row, text in enumerate(unique)}
         picked: dict[int, list[Recommendation]] = {}
-        for position, label in targets:
-            candidates = self.catalog.applicable(label)
+        for position, path in targets:
+            candidates, label = self.catalog.applicable(path), path[-1]
             similarities = self._action_vectors[list(candidates)] @ queries[row_of[texts[position]]]
             # Stable, so equally similar actions keep the catalog's order.
             order = np.argsort(-similarities, kind="stable")[: self.settings.top_k]
@@ -359,27 +365,27 @@ class RecommendationsCapability(Capability[RecommendationsSettings, Recommendati
         return picked
 
     async def _by_generation(
-        self, generator: GenerativeEngine, texts: Sequence[str], targets: Sequence[tuple[int, str]]
+        self, generator: GenerativeEngine, texts: Sequence[str], targets: Sequence[Target]
     ) -> dict[int, list[Recommendation]]:
-        # Texts that share a label share the candidates, hence the schema: one engine call each.
-        positions_by_label: dict[str, list[int]] = {}
-        for position, label in targets:
-            positions_by_label.setdefault(label, []).append(position)
+        # Texts that share a path share the candidates, hence the schema: one engine call each.
+        positions_by_path: dict[tuple[str, ...], list[int]] = {}
+        for position, path in targets:
+            positions_by_path.setdefault(path, []).append(position)
         answers = await asyncio.gather(
             *(
-                self._generate(generator, label, [texts[position] for position in positions])
-                for label, positions in positions_by_label.items()
+                self._generate(generator, path, [texts[position] for position in positions])
+                for path, positions in positions_by_path.items()
             )
         )
         picked: dict[int, list[Recommendation]] = {}
-        for positions, answer in zip(positions_by_label.values(), answers, strict=True):
+        for positions, answer in zip(positions_by_path.values(), answers, strict=True):
             picked.update(zip(positions, answer, strict=True))
         return picked
 
     async def _generate(
-        self, generator: GenerativeEngine, label: str, texts: Sequence[str]
+        self, generator: GenerativeEngine, path: tuple[str, ...], texts: Sequence[str]
     ) -> list[list[Recommendation]]:
-        positions = self.catalog.applicable(label)
+        positions, label = self.catalog.applicable(path), path[-1]
         candidates = [self.catalog.actions[i] for i in positions]
         unique = list(dict.fromkeys(texts))
         prompts = [

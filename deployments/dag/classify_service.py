@@ -37,7 +37,9 @@ def item_result(
     fields: dict[str, object] = {}
     for name, output in outputs.items():
         if isinstance(output, Classification):
-            fields.update(output.model_dump(include={"label", "confidence", "top_k", "decoding"}))
+            fields.update(
+                output.model_dump(include={"label", "confidence", "top_k", "path", "decoding"})
+            )
         else:
             fields[name] = classes[name].public_view(output)
     return ItemResult(index=index, id=item_id, **fields)

@@ -18,9 +18,12 @@ from pydantic import (
 from capabilities.classification import (
     MAX_AD_HOC_LABELS,
     ClassificationOptions,
+    LabelPath,
     LabelScore,
     LabelSpec,
+    MinConfidence,
     Strategy,
+    TreeDepth,
 )
 from capabilities.engine import ChoiceDecoding
 from deployments.config import LimitsConfig
@@ -54,6 +57,8 @@ class ClassifyRequest(BaseModel):
     )
     labels: list[LabelSpec] | None = Field(default=None, max_length=MAX_AD_HOC_LABELS)
     strategy: Strategy | None = None
+    depth: TreeDepth = None
+    min_confidence: MinConfidence = None
 
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> ClassifyRequest:
@@ -106,7 +111,12 @@ class ClassifyRequest(BaseModel):
 
     def options(self) -> dict[str, dict[str, Any]]:
         """Per-capability options, in the runners' wire form."""
-        classification = ClassificationOptions(strategy=self.strategy, labels=self.labels)
+        classification = ClassificationOptions(
+            strategy=self.strategy,
+            labels=self.labels,
+            depth=self.depth,
+            min_confidence=self.min_confidence,
+        )
         return {"classification": classification.model_dump(mode="json", exclude_none=True)}
 
 
@@ -122,6 +132,7 @@ class ItemResult(BaseModel):
     label: str | None = None
     confidence: float | None = Field(default=None, ge=0, le=1)
     top_k: list[LabelScore] | None = None
+    path: LabelPath = None
     decoding: ChoiceDecoding | None = Field(
         default=None,
         description="Generative classification only: one_step when one decode step scored every "

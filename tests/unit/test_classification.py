@@ -265,7 +265,10 @@ def test_zero_shot_scores_are_a_softmax_over_similarities():
         ({"strategy": "knn", "examples": None, "labels": ["a", "b"]}, "needs examples"),
         ({"strategy": "generative", "generative_model": None}, "needs generative_model"),
         ({"strategy": "zero_shot", "embedding_model": None}, "needs embedding_model"),
-        ({"examples": None, "labels": None, "strategy": "zero_shot"}, "give labels, examples or"),
+        (
+            {"examples": None, "labels": None, "strategy": "zero_shot"},
+            "give labels, examples, a classifier_model or",
+        ),
         ({"strategy": "trained_head", "examples": None, "labels": ["a", "b"]}, "needs examples"),
         ({"strategy": "trained_head", "embedding_model": None}, "needs embedding_model"),
         ({"strategy": "classifier"}, "needs classifier_model"),

@@ -10,6 +10,7 @@ import pytest
 from capabilities.base import Resources, RunContext
 from capabilities.classification import Classification
 from capabilities.errors import InvalidRequestError
+from capabilities.label_tree import load_label_tree
 from capabilities.recommendations import (
     CatalogAction,
     CatalogError,
@@ -206,15 +207,15 @@ def test_jsonl_and_yaml_catalogs_load_the_same_actions(catalog_yaml, tmp_path):
     assert from_yaml.actions[2].labels == ()
     assert from_yaml.labels == {"lost_card", "card_arrival", "top_up"}
     # File order, generic actions included.
-    assert from_yaml.applicable("card_arrival") == (1, 2, 3)
-    assert from_yaml.applicable("unknown") == (2,)
+    assert from_yaml.applicable(["card_arrival"]) == (1, 2, 3)
+    assert from_yaml.applicable(["unknown"]) == (2,)
 
 
 def test_a_null_labels_key_means_every_label(tmp_path):
     path = tmp_path / "catalog.yml"
     path.write_text("actions:\n  - id: a\n    title: A\n    description: d\n    labels:\n")
     catalog, _ = load_catalog(path)
-    assert catalog.applicable("anything") == (0,)
+    assert catalog.applicable(["anything"]) == (0,)
 
 
 @pytest.mark.parametrize(
@@ -390,12 +391,14 @@ def banking77(project_root: Path) -> Path:
 def test_shipped_catalog_covers_every_banking77_label(banking77):
     catalog, _ = load_catalog(banking77 / "catalog.yaml")
     labels = json.loads((banking77 / "categories.json").read_text())
-    assert sorted(catalog.labels - set(labels)) == []
+    tree, _ = load_label_tree(banking77 / "label_tree.yaml")
+    # An action may name a parent of the label tree; it then applies to every intent under it.
+    assert sorted(catalog.labels - set(tree.names)) == []
     # Generic actions apply everywhere; each label still needs two actions of its own.
     specific = {label: [a.id for a in catalog.actions if label in a.labels] for label in labels}
     assert {label: found for label, found in specific.items() if len(found) < 2} == {}
     assert any(not action.labels for action in catalog.actions)
-    assert 60 <= len(catalog.actions) <= 90
+    assert 60 <= len(catalog.actions) <= 91
 
 
 async def test_shipped_catalog_recommends_for_sample_texts(banking77):
