@@ -11,6 +11,10 @@ running one; `--write` saves the figures to `loadtests/results/accuracy.{json,md
 ECE (expected calibration error, 10 equal-width bins) says how far the reported confidence is from
 the observed accuracy: 0 is perfectly calibrated. Selective accuracy is the accuracy of the most
 confident 80% of answers: what a team gets that routes the least confident 20% to a person.
+
+Where the app answers a path through a label tree (the default app's `label_tree`), the same
+figures are given for the top level (`parent_*`): the answer's first node, against the true
+label's parent in `--label-tree`.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from capabilities.classification import STRATEGIES
+from capabilities.label_tree import LabelTree, load_label_tree
 from loadtests.apps import PROJECT_ROOT, uncached_default_app
 
 RESULTS = PROJECT_ROOT / "loadtests" / "results"
+BANKING77_TREE = PROJECT_ROOT / "data" / "banking77" / "label_tree.yaml"
 COVERAGE = 0.8
 
 
@@ -102,6 +108,19 @@ async def classify_all(
     return answers[0]["strategy"], [result for answer in answers for result in answer["results"]]
 
 
+def parent_quality(truth: list[str], results: list[dict], tree: LabelTree) -> dict[str, float]:
+    """`quality` at the top level of the tree: each answer's first node against the true parent;
+    empty where the answers carry no path."""
+    if not all(result.get("path") for result in results):
+        return {}
+    figures = quality(
+        [tree.path(label)[0] for label in truth],
+        [result["path"][0]["label"] for result in results],
+        [result["path"][0]["score"] for result in results],
+    )
+    return {f"parent_{key}": value for key, value in figures.items()}
+
+
 def measure(
     url: str, texts: list[str], truth: list[str], strategy: str | None, args: argparse.Namespace
 ) -> dict[str, object]:
@@ -112,10 +131,12 @@ def measure(
     elapsed = time.perf_counter() - started
     predicted = [result["label"] for result in results]
     confidence = [result["confidence"] for result in results]
+    tree, _ = load_label_tree(args.label_tree)
+    figures = quality(truth, predicted, confidence) | parent_quality(truth, results, tree)
     return {
         "strategy": answered_by,
         "texts": len(texts),
-        **{key: round(value, 4) for key, value in quality(truth, predicted, confidence).items()},
+        **{key: round(value, 4) for key, value in figures.items()},
         "seconds": round(elapsed, 2),
         "texts_per_second": round(len(texts) / elapsed, 1),
     }
@@ -127,14 +148,20 @@ def markdown(file: Path, rows: list[dict[str, object]], command: str) -> str:
         "",
         f"`{command}`",
         "",
-        f"| strategy | accuracy | macro-F1 | ECE | selective accuracy ({COVERAGE:.0%}) | texts/s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        (
+            f"| strategy | level | accuracy | macro-F1 | ECE | selective accuracy "
+            f"({COVERAGE:.0%}) | texts/s |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    lines += [
-        f"| {r['strategy']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['ece']:.3f} | "
-        f"{r['selective_accuracy']:.3f} | {r['texts_per_second']} |"
-        for r in rows
-    ]
+    for r in rows:
+        for level, prefix in (("leaf", ""), ("parent", "parent_")):
+            if f"{prefix}accuracy" in r:
+                lines.append(
+                    f"| {r['strategy']} | {level} | {r[prefix + 'accuracy']:.3f} | "
+                    f"{r[prefix + 'macro_f1']:.3f} | {r[prefix + 'ece']:.3f} | "
+                    f"{r[prefix + 'selective_accuracy']:.3f} | {r['texts_per_second']} |"
+                )
     if len(rows) > 1:
         note = (
             "texts/s: the strategies after the first reuse the texts' embeddings the ingress "
@@ -160,6 +187,12 @@ def main() -> None:
     )
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="category")
+    parser.add_argument(
+        "--label-tree",
+        type=Path,
+        default=BANKING77_TREE,
+        help="the tree whose top level parent_* figures are measured at, where answers have paths",
+    )
     parser.add_argument(
         "--strategy", nargs="+", choices=STRATEGIES, help="one run each; default: the app's"
     )

@@ -1,6 +1,14 @@
 import pytest
 
-from loadtests.accuracy import expected_calibration_error, macro_f1, quality, selective_accuracy
+from capabilities.label_tree import load_label_tree
+from loadtests.accuracy import (
+    expected_calibration_error,
+    macro_f1,
+    parent_quality,
+    quality,
+    selective_accuracy,
+)
+from tests.conftest import BANKING77
 
 
 def test_macro_f1_averages_per_label_scores():
@@ -42,3 +50,22 @@ def test_quality_reports_every_figure():
     assert figures["accuracy"] == pytest.approx(4 / 5)
     assert figures["selective_accuracy"] == pytest.approx(1.0)
     assert set(figures) == {"accuracy", "macro_f1", "ece", "selective_accuracy"}
+
+
+def test_parent_quality_scores_the_first_node_of_each_path_against_the_true_parent():
+    tree, _ = load_label_tree(BANKING77 / "label_tree.yaml")
+    truth = ["card_arrival", "top_up_failed", "exchange_rate"]
+    results = [
+        {"path": [{"label": "cards", "score": 0.9}, {"label": "card_linking", "score": 0.5}]},
+        {"path": [{"label": "top_ups", "score": 0.8}]},
+        {
+            "path": [
+                {"label": "transfers", "score": 0.6},
+                {"label": "cancel_transfer", "score": 0.4},
+            ]
+        },
+    ]
+    figures = parent_quality(truth, results, tree)
+    assert figures["parent_accuracy"] == pytest.approx(2 / 3)
+    assert set(figures) == {f"parent_{key}" for key in quality(["a"], ["a"], [1.0])}
+    assert parent_quality(truth, [{"label": "x"}] * 3, tree) == {}
