@@ -90,7 +90,8 @@ class LabelTree:
     def node_probabilities(self, leaf_names: list[str], probabilities: np.ndarray) -> np.ndarray:
         """Each text's probability of every node of `names`, from its leaves' probabilities
         (columns in `leaf_names` order)."""
-        order = [leaf_names.index(leaf) for leaf in self.leaves]
+        column = {name: i for i, name in enumerate(leaf_names)}
+        order = [column[leaf] for leaf in self.leaves]
         return probabilities[:, order] @ self._membership
 
     def decode(
