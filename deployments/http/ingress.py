@@ -2,7 +2,8 @@
 
 It validates requests (pydantic), plans which capabilities each item needs, runs them in this
 replica (inline) or on their runner deployments, coalescing concurrent requests, and answers JSON
-in input order. Every error becomes a JSON body in `errors.py`.
+in input order, or JSON Lines as items complete when asked to stream. Every error becomes a JSON
+body in `errors.py`.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ from deployments.http.schemas import (
     CapabilityList,
     ClassifyRequest,
     ClassifyResponse,
+    ClassifyStreamLine,
     HealthStatus,
     ModelCard,
     ModelList,
     ReadyStatus,
 )
+from deployments.http.streaming import ndjson_response, wants_stream
 from deployments.telemetry.replica_telemetry import IngressTelemetry
 from deployments.telemetry.stats import StatsSnapshot
 
@@ -211,6 +214,7 @@ class Ingress:
                 "classify",
                 body=ClassifyRequest,
                 answer=ClassifyResponse,
+                lines=ClassifyStreamLine,
                 errors=(400, 413, 422),
             ),
             ApiRoute(
@@ -273,10 +277,12 @@ class Ingress:
             ),
         ]
 
-    async def classify(self, request: Request) -> JSONResponse:
+    async def classify(self, request: Request) -> Response:
         payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
         await self._admit_texts(request, len(body.all_texts()))
+        if wants_stream(body.stream, request.headers.get("accept")):
+            return ndjson_response(self._classify.stream(body, request_id_of(request)))
         response = await self._classify.classify(body, request_id_of(request))
         return JSONResponse(response.model_dump(mode="json"))
 

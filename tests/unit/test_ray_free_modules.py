@@ -17,6 +17,7 @@ from deployments.ray_compat import PINNED_RAY_VERSION
 RAY_FREE = [
     "capabilities.host",
     "capabilities.batching",
+    "capabilities.plan",
     "capabilities.egress",
     "batchjobs.executor",
     "deployments.config",
@@ -26,6 +27,7 @@ RAY_FREE = [
     "deployments.http.schemas",
     "deployments.http.openai_api",
     "deployments.http.request_body",
+    "deployments.http.streaming",
     "deployments.http.openapi",
     "deployments.http.readiness",
     "deployments.calls.circuit_breaker",
