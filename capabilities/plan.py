@@ -9,7 +9,7 @@ its own plan instead (`execute_per_item`), so each item ends, or fails, on its o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -92,7 +92,7 @@ async def execute(
 
 async def execute_per_item(
     plan: Plan, texts: Sequence[str], run: RunCapability
-) -> AsyncIterator[tuple[int, ItemOutcome]]:
+) -> AsyncGenerator[tuple[int, ItemOutcome]]:
     """Runs every item on its own plan, all at once, and yields (index, outcome) as each item
     finishes: an item waits only for its own capabilities, and its failure ends it alone. Closing
     the iterator early (the client went away) cancels the items still running and waits for them
