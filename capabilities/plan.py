@@ -2,13 +2,14 @@
 
 Each item names the capabilities it wants; the plan closes that set under dependencies, runs every
 capability once over the (de-duplicated) texts that need it, hands dependents their parents'
-outputs, and returns to each item exactly what it asked for.
+outputs, and returns to each item exactly what it asked for. A streamed request runs each item on
+its own plan instead (`execute_per_item`), so each item ends, or fails, on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -20,6 +21,9 @@ RunCapability = Callable[
 ]
 """(capability name, texts, parents' outputs aligned with texts, the indexes of the items each
 text is for) -> one output per text."""
+
+ItemOutcome = dict[str, BaseModel] | Exception
+"""What one item asked for, by capability, or the error that ended that item alone."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,13 @@ class Plan:
 
     def items_needing(self, name: str) -> list[int]:
         return [index for index, needed in enumerate(self.needed) if name in needed]
+
+    def for_item(self, index: int) -> Plan:
+        """The plan of item `index` alone: what it asked for and what that needs."""
+        needed = self.needed[index]
+        order = [name for name in self.order if name in needed]
+        depends_on = {name: self.depends_on[name] for name in order}
+        return Plan([self.requested[index]], [needed], order, depends_on)
 
 
 async def execute(
@@ -80,3 +91,34 @@ async def execute(
         {name: output[name] for name in sorted(requested)}
         for output, requested in zip(outputs, plan.requested, strict=True)
     ]
+
+
+async def execute_per_item(
+    plan: Plan, texts: Sequence[str], run: RunCapability
+) -> AsyncGenerator[tuple[int, ItemOutcome]]:
+    """Runs every item on its own plan, all at once, and yields (index, outcome) as each item
+    finishes: an item waits only for its own capabilities, and its failure ends it alone. Closing
+    the iterator early (the client went away) cancels the items still running and waits for them
+    to end."""
+
+    async def run_item(index: int) -> tuple[int, ItemOutcome]:
+        async def run_for_item(
+            name: str, unique: list[str], parents: dict[str, list[BaseModel]], _: list[list[int]]
+        ) -> list[BaseModel]:
+            # The item's plan numbers its one text 0; the caller's sources know it as `index`.
+            return await run(name, unique, parents, [[index]])
+
+        try:
+            [outputs] = await execute(plan.for_item(index), [texts[index]], run_for_item)
+        except Exception as error:  # noqa: BLE001 - this item's outcome, no other's
+            return index, error
+        return index, outputs
+
+    items = [asyncio.ensure_future(run_item(index)) for index in range(len(texts))]
+    try:
+        for finished in asyncio.as_completed(items):
+            yield await finished
+    finally:
+        for item in items:
+            item.cancel()
+        await asyncio.gather(*items, return_exceptions=True)

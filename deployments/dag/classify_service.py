@@ -4,7 +4,8 @@ runner answers for each `/v1/classify` line, through the same DAG and batching."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -13,8 +14,8 @@ from ray.serve.handle import DeploymentHandle
 
 from capabilities.base import BatchLine, Capability, TextSource
 from capabilities.batching import RunCall
-from capabilities.classification import MODEL_FIELDS, Classification
-from capabilities.plan import Plan, execute
+from capabilities.classification import MODEL_FIELDS, Classification, Strategy
+from capabilities.plan import Plan, RunCapability, execute, execute_per_item
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
     CallOutcome,
@@ -25,7 +26,20 @@ from deployments.dag.capability_clients import (
     inline_capabilities,
 )
 from deployments.engine.client import EngineClient, engine_clients
-from deployments.http.schemas import ClassifyRequest, ClassifyResponse, ItemResult
+from deployments.http.errors import api_error_for, error_detail
+from deployments.http.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassifyStreamLine,
+    ClassifySummary,
+    ItemError,
+    ItemResult,
+)
+
+
+def strategy_of(outputs: Sequence[Mapping[str, BaseModel]]) -> Strategy | None:
+    """The strategy classification ran with: the same for every item of one request."""
+    return next((o["classification"].strategy for o in outputs if "classification" in o), None)
 
 
 def item_result(
@@ -80,12 +94,86 @@ class ClassifyService:
         """The answer to `body`; `trace` (the caller's traceparent) goes with every capability
         call, so whatever fails on the way is logged with it; `batch_line` names the batch line
         the request answers, if it is one."""
-        plan = Plan.of(
+        plan = self._plan(body)
+        versions: dict[str, str] = {}
+        run = self._runner(body, request_id, versions, trace, batch_line)
+        outputs = await execute(plan, body.all_texts(), run)
+        results = [
+            item_result(index, item_id, item_outputs, self._classes)
+            for index, (item_id, item_outputs) in enumerate(
+                zip(body.all_ids(), outputs, strict=True)
+            )
+        ]
+        strategy = strategy_of(outputs)
+        return ClassifyResponse(
+            id=request_id,
+            model=self.classification_model(strategy),
+            strategy=strategy,
+            capability_versions=dict(sorted(versions.items())),
+            results=results,
+        )
+
+    def stream(
+        self, body: ClassifyRequest, request_id: str, trace: str | None = None
+    ) -> AsyncGenerator[ClassifyStreamLine]:
+        """The request's lines: each item's result or error as that item completes, then the
+        summary. What fails the whole request (a capability no item may ask for) raises here,
+        before the first line; what fails an item while it runs becomes that item's line."""
+        return self._stream(self._plan(body), body, request_id, trace)
+
+    async def _stream(
+        self, plan: Plan, body: ClassifyRequest, request_id: str, trace: str | None
+    ) -> AsyncGenerator[ClassifyStreamLine]:
+        versions: dict[str, str] = {}
+        ids = body.all_ids()
+        completed: list[dict[str, BaseModel]] = []
+        failed = 0
+        run = self._runner(body, request_id, versions, trace, None)
+        async with aclosing(execute_per_item(plan, body.all_texts(), run)) as items:
+            async for index, outcome in items:
+                if isinstance(outcome, Exception):
+                    failed += 1
+                    error = api_error_for(outcome, f"streamed item {index} of {request_id}")
+                    line: ItemResult | ItemError = ItemError(
+                        index=index,
+                        id=ids[index],
+                        status=error.status_code,
+                        error=error_detail(error),
+                    )
+                else:
+                    completed.append(outcome)
+                    line = item_result(index, ids[index], outcome, self._classes)
+                yield ClassifyStreamLine(line)
+        strategy = strategy_of(completed)
+        yield ClassifyStreamLine(
+            ClassifySummary(
+                id=request_id,
+                model=self.classification_model(strategy),
+                strategy=strategy,
+                capability_versions=dict(sorted(versions.items())),
+                succeeded=len(completed),
+                failed=failed,
+            )
+        )
+
+    def _plan(self, body: ClassifyRequest) -> Plan:
+        return Plan.of(
             self._registry, body.requested_capabilities(self._config.default_capabilities)
         )
+
+    def _runner(
+        self,
+        body: ClassifyRequest,
+        request_id: str,
+        versions: dict[str, str],
+        trace: str | None,
+        batch_line: BatchLine | None,
+    ) -> RunCapability:
+        """Runs one capability over texts through this process's coalescing, with the request's
+        options and sources, noting the settings version each capability answered with in
+        `versions`."""
         options = body.options()
         item_ids = body.all_ids()
-        versions: dict[str, str] = {}
 
         async def run(
             name: str, texts: list[str], parents: dict[str, list[BaseModel]], items: list[list[int]]
@@ -113,21 +201,7 @@ class ClassifyService:
             versions[name] = reply.version
             return reply.outputs or []
 
-        outputs = await execute(plan, body.all_texts(), run)
-        results = [
-            item_result(index, item_id, item_outputs, self._classes)
-            for index, (item_id, item_outputs) in enumerate(zip(item_ids, outputs, strict=True))
-        ]
-        strategy = next(
-            (o["classification"].strategy for o in outputs if "classification" in o), None
-        )
-        return ClassifyResponse(
-            id=request_id,
-            model=self.classification_model(strategy),
-            strategy=strategy,
-            capability_versions=dict(sorted(versions.items())),
-            results=results,
-        )
+        return run
 
     def classification_model(self, strategy: str | None = None) -> str | None:
         """The model behind classification answers: the one the strategy runs on."""

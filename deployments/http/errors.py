@@ -165,9 +165,12 @@ def api_error_for(error: Exception, where: str) -> ApiError:
     return InternalError()
 
 
+def error_detail(error: ApiError) -> ErrorDetail:
+    return ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
+
+
 def error_json(error: ApiError) -> dict[str, object]:
-    detail = ErrorDetail(message=error.message, type=error.type, param=error.param, code=error.code)
-    return ErrorBody(error=detail).model_dump()
+    return ErrorBody(error=error_detail(error)).model_dump()
 
 
 async def handle_error(request: Request, error: Exception) -> JSONResponse:

@@ -2,7 +2,8 @@
 
 It validates requests (pydantic), plans which capabilities each item needs, runs them in this
 replica (inline) or on their runner deployments, coalescing concurrent requests, and answers JSON
-in input order. Every error becomes a JSON body in `errors.py`.
+in input order, or JSON Lines as items complete when asked to stream. Every error becomes a JSON
+body in `errors.py`.
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ from deployments.http.schemas import (
     CapabilityList,
     ClassifyRequest,
     ClassifyResponse,
+    ClassifyStreamLine,
     HealthStatus,
     ModelCard,
     ModelList,
     ReadyStatus,
 )
+from deployments.http.streaming import ndjson_response, wants_stream
 from deployments.telemetry.replica_telemetry import IngressTelemetry
 from deployments.telemetry.stats import StatsSnapshot, stats_reader
 
@@ -226,6 +229,7 @@ class Ingress:
                 "classify",
                 body=ClassifyRequest,
                 answer=ClassifyResponse,
+                lines=ClassifyStreamLine,
                 errors=(400, 413, 422),
             ),
             ApiRoute(
@@ -288,7 +292,7 @@ class Ingress:
             ),
         ]
 
-    async def classify(self, request: Request) -> JSONResponse:
+    async def classify(self, request: Request) -> Response:
         payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
         await self._admit(request, body.usage())
@@ -297,7 +301,10 @@ class Ingress:
         if trace is not None:
             # Serve stamps the line with the request id, so the caller's trace id finds it.
             serve_logger.info("classify: %d texts, traceparent %s", len(body.all_texts()), trace)
-        response = await self._classify.classify(body, request_id, str(trace) if trace else None)
+        trace_header = str(trace) if trace else None
+        if wants_stream(body.stream, request.headers.get("accept")):
+            return ndjson_response(self._classify.stream(body, request_id, trace_header))
+        response = await self._classify.classify(body, request_id, trace_header)
         return JSONResponse(response.model_dump(mode="json"))
 
     async def chat_completions(self, request: Request) -> JSONResponse:

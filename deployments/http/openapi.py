@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from deployments.http.errors import ErrorBody
 from deployments.http.routes import ApiRoute, Endpoint
+from deployments.http.streaming import NDJSON
 
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_PATH = "/openapi.json"
@@ -104,8 +105,7 @@ def _model_keys(routes: Sequence[ApiRoute]) -> list[ModelKey]:
     keys: list[ModelKey] = [(ErrorBody, "serialization")]
     for route in routes:
         keys += [(model, "validation") for model in (route.body, route.form, route.query) if model]
-        if route.answer:
-            keys.append((route.answer, "serialization"))
+        keys += [(model, "serialization") for model in (route.answer, route.lines) if model]
     return list(dict.fromkeys(keys))
 
 
@@ -151,6 +151,9 @@ def _responses(route: ApiRoute, refs: dict[ModelKey, Any]) -> dict[str, Any]:
         ok = _content("application/json", refs[route.answer, "serialization"])
     else:
         raise ValueError(f"{route.method} {route.path} declares neither an answer nor binary")
+    if route.lines:
+        # OpenAPI 3.1 has no schema for a sequence of documents: this one is of each line.
+        ok["content"][NDJSON] = {"schema": refs[route.lines, "serialization"]}
     statuses = {*route.errors, *COMMON_ERRORS}
     if route.access != "public":
         statuses.update(GUARDED_ERRORS)

@@ -34,6 +34,8 @@ class ApiRoute:
     query: type[BaseModel] | None = None
     answer: type[BaseModel] | None = None
     """The JSON body of a 200 answer; None with `binary` for raw bytes."""
+    lines: type[BaseModel] | None = None
+    """Each line of the 200 answer streamed as JSON Lines, for routes that stream on request."""
     binary: bool = False
     errors: tuple[int, ...] = ()
     """Statuses the route answers with an error body besides the ones every route may send."""

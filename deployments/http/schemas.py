@@ -8,6 +8,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     SerializerFunctionWrapHandler,
     StrictStr,
     ValidationInfo,
@@ -27,6 +28,7 @@ from capabilities.classification import (
 )
 from capabilities.engine import ChoiceDecoding
 from deployments.config import LimitsConfig
+from deployments.http.errors import ErrorDetail
 from deployments.http.rate_limit import Usage
 
 CapabilityNames = list[StrictStr]
@@ -59,6 +61,11 @@ class ClassifyRequest(BaseModel):
     strategy: Strategy | None = None
     depth: TreeDepth = None
     min_confidence: MinConfidence = None
+    stream: bool | None = Field(
+        default=None,
+        description="true: answer application/x-ndjson, one line per item as it completes, "
+        "then a summary line. Left out, `Accept: application/x-ndjson` asks for the same.",
+    )
 
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> ClassifyRequest:
@@ -146,15 +153,45 @@ class ItemResult(BaseModel):
         return {key: value for key, value in dumped.items() if key == "id" or value is not None}
 
 
-class ClassifyResponse(BaseModel):
+class ClassifyRequestInfo(BaseModel):
+    """What a /v1/classify answer says of the whole request, streamed or not."""
+
     id: str = Field(description="The request id, also in the X-Request-ID header.")
-    object: Literal["classification.list"] = "classification.list"
+    object: str
     model: str | None = Field(default=None, description="The model classification ran on.")
     strategy: Strategy | None = None
     capability_versions: dict[str, str] = Field(
         description="Settings version of each capability that ran; changes on every reload."
     )
+
+
+class ClassifyResponse(ClassifyRequestInfo):
+    object: Literal["classification.list"] = "classification.list"
     results: list[ItemResult]
+
+
+class ItemError(BaseModel):
+    """A streamed item that failed: the error body a request failing the same way would get,
+    with the item's index and id and the status that request would have had."""
+
+    index: int
+    id: str | None = None
+    status: int = Field(description="The HTTP status this error has on an unstreamed request.")
+    error: ErrorDetail
+
+
+class ClassifySummary(ClassifyRequestInfo):
+    """The last line of a streamed classification: what the unstreamed answer says besides its
+    results, and how many items succeeded and failed."""
+
+    object: Literal["classification.summary"] = "classification.summary"
+    succeeded: int
+    failed: int
+
+
+class ClassifyStreamLine(RootModel[ItemResult | ItemError | ClassifySummary]):
+    """One line of a streamed classification: an item's result or error, in the order items
+    complete, each with its `index`; the summary comes last."""
 
 
 class ModelCard(BaseModel):

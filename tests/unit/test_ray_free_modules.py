@@ -17,6 +17,7 @@ from deployments.ray_compat import PINNED_RAY_VERSION
 RAY_FREE = [
     "capabilities.host",
     "capabilities.batching",
+    "capabilities.plan",
     "capabilities.egress",
     "capabilities.linear_head",
     "batchjobs.executor",
@@ -27,6 +28,7 @@ RAY_FREE = [
     "deployments.http.schemas",
     "deployments.http.openai_api",
     "deployments.http.request_body",
+    "deployments.http.streaming",
     "deployments.http.openapi",
     "deployments.http.readiness",
     "deployments.http.api_docs",
