@@ -1,10 +1,11 @@
 """Capability-aware batching: many callers' texts for one capability, run once.
 
 A runner's `@serve.batch` entry hands this module the calls of several concurrent requests. Calls
-with the same options share one `Capability.run` over their texts; identical inputs (the same text
-with the same parents' outputs) are computed once, and inputs the result cache already holds not
-at all; each caller gets back its own slice, or its own error, so one caller's bad options never
-fail the others.
+with the same options and priority share one `Capability.run` over their texts, at that priority,
+so urgent calls never wait on a run that also carries less urgent ones' texts; identical inputs
+(the same text with the same parents' outputs) are computed once, and inputs the result cache
+already holds not at all; each caller gets back its own slice, or its own error, so one caller's
+bad options never fail the others.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
@@ -25,16 +26,19 @@ from capabilities.errors import (
     InvalidRequestError,
     validation_problems,
 )
+from capabilities.priority import DEFAULT_PRIORITY, Priority, serving_at
 
 logger = logging.getLogger("capserve.batching")
 
 
 class RunCall(BaseModel):
-    """One caller's share of a batch: texts, their parents' outputs, and options."""
+    """One caller's share of a batch: texts, their parents' outputs, options, and the priority
+    its engine work runs at."""
 
     texts: list[str]
     parents: dict[str, list[Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = DEFAULT_PRIORITY
 
 
 class RunFailure(BaseModel):
@@ -82,9 +86,11 @@ def _input_key(text: str, parents: dict[str, list[Any]], position: int) -> str:
 
 @dataclass
 class _Group:
-    """Calls that share options: one run over their distinct inputs."""
+    """Calls that share options and priority: one run over their distinct inputs."""
 
     options: dict[str, Any]
+    options_key: str
+    priority: Priority
     call_indexes: list[int]
     inputs: dict[str, tuple[str, dict[str, Any]]]
 
@@ -116,13 +122,16 @@ def failure_of(error: Exception) -> RunFailure:
 async def run_batch(
     capability: Capability, calls: Sequence[RunCall], cache: ResultCache | None = None
 ) -> tuple[list[RunReply], BatchReport]:
-    """Runs `capability` once per distinct options over the distinct inputs of all calls that
-    `cache` does not already answer (keys carry the settings version, so never a stale one)."""
-    groups: dict[str, _Group] = {}
+    """Runs `capability` once per distinct options and priority over the distinct inputs of all
+    calls that `cache` does not already answer (keys carry the settings version, so never a stale
+    one; they leave out the priority, which changes when an answer comes, not what it is)."""
+    groups: dict[tuple[Priority, str], _Group] = {}
     keys_per_call: list[list[str]] = []
     for index, call in enumerate(calls):
+        options_key = _options_key(call.options)
         group = groups.setdefault(
-            _options_key(call.options), _Group(options=call.options, call_indexes=[], inputs={})
+            (call.priority, options_key),
+            _Group(call.options, options_key, call.priority, call_indexes=[], inputs={}),
         )
         group.call_indexes.append(index)
         keys = []
@@ -138,12 +147,13 @@ async def run_batch(
     runs = 0
     cache_hits = 0
 
-    async def run_group(options_key: str, group: _Group) -> dict[str, Any] | RunFailure:
+    async def run_group(group: _Group) -> dict[str, Any] | RunFailure:
         nonlocal runs, cache_hits
         try:
             options = capability.options_model.model_validate(group.options)
             cache_keys = {
-                key: cache_key(capability.name, version, options_key, key) for key in group.inputs
+                key: cache_key(capability.name, version, group.options_key, key)
+                for key in group.inputs
             }
             found = await use_cache.get_many(list(cache_keys.values())) if use_cache else {}
             outputs = {
@@ -154,7 +164,10 @@ async def run_batch(
             cache_hits += len(outputs)
             missing = [key for key in group.inputs if key not in outputs]
             if missing:
-                computed = await _run(capability, [group.inputs[key] for key in missing], options)
+                with serving_at(group.priority):
+                    computed = await _run(
+                        capability, [group.inputs[key] for key in missing], options
+                    )
                 runs += 1
                 outputs.update(zip(missing, computed, strict=True))
                 if use_cache:
@@ -169,25 +182,26 @@ async def run_batch(
         return outputs
 
     replies: list[RunReply] = [RunReply(version=version) for _ in calls]
-    results = await asyncio.gather(*(run_group(key, group) for key, group in groups.items()))
+    results = await asyncio.gather(*(run_group(group) for group in groups.values()))
     ran = list(zip(groups.values(), results, strict=True))
     # A shared run can fail for one caller's input (a prompt too long for the model, an output
     # the engine could not decode): run such a group's calls alone, so only that caller fails.
     # An unavailable engine would fail each of them the same way, so those are not re-run.
     alone = [
-        (
-            options_key,
-            _Group(group.options, [index], {k: group.inputs[k] for k in keys_per_call[index]}),
+        replace(
+            group,
+            call_indexes=[index],
+            inputs={key: group.inputs[key] for key in keys_per_call[index]},
         )
-        for (options_key, group), result in zip(groups.items(), results, strict=True)
+        for group, result in ran
         if isinstance(result, RunFailure)
         and result.kind != "unavailable"
         and len(group.call_indexes) > 1
         for index in group.call_indexes
     ]
     if alone:
-        again = await asyncio.gather(*(run_group(key, group) for key, group in alone))
-        ran += [(group, result) for (_, group), result in zip(alone, again, strict=True)]
+        again = await asyncio.gather(*(run_group(group) for group in alone))
+        ran += list(zip(alone, again, strict=True))
     for group, result in ran:
         for index in group.call_indexes:
             if isinstance(result, RunFailure):

@@ -6,9 +6,10 @@ from typing import Any
 
 from batchjobs.executor import LineOutcome
 from batchjobs.schemas import BatchUsage
+from capabilities.priority import BATCH_PRIORITY, Priority
 from deployments.config import AppConfig
 from deployments.dag.classify_service import ClassifyService
-from deployments.http.errors import NotFoundError, api_error_for, error_json
+from deployments.http.errors import BadRequestError, NotFoundError, api_error_for, error_json
 from deployments.http.openai_api import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -29,9 +30,20 @@ def usage_of(body: dict[str, Any]) -> BatchUsage:
     )
 
 
+def line_priority(requested: Priority | None) -> Priority:
+    """Batch lines run at the lowest priority, behind every online request."""
+    if requested not in (None, BATCH_PRIORITY):
+        raise BadRequestError(
+            f"priority: batch lines run at priority {BATCH_PRIORITY!r}, behind online requests, "
+            f"not {requested!r}; leave priority out of the line, or send the request online",
+            "priority",
+        )
+    return BATCH_PRIORITY
+
+
 class BatchLines:
     """The LineHandler of the batch runner: classify lines go through the capability DAG,
-    chat and embeddings lines to the engines."""
+    chat and embeddings lines to the engines, all at the batch priority."""
 
     def __init__(
         self, config: AppConfig, classify: ClassifyService, openai_endpoints: OpenAIEndpoints
@@ -51,14 +63,17 @@ class BatchLines:
     async def _answer(self, endpoint: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         if endpoint == "/v1/classify":
             request = ClassifyRequest.model_validate(body, context={"limits": self._config.limits})
-            response = await self._classify.classify(request, request_id)
+            priority = line_priority(request.priority)
+            response = await self._classify.classify(request, request_id, priority)
             return response.model_dump(mode="json")
         if endpoint == "/v1/chat/completions":
             chat = ChatCompletionRequest.model_validate(body)
-            return await self._openai.chat_completions(chat, request_id)
+            priority = line_priority(chat.priority)
+            return await self._openai.chat_completions(chat, request_id, priority)
         if endpoint == "/v1/embeddings":
             embeddings = EmbeddingRequest.model_validate(body)
-            return await self._openai.embeddings(embeddings, request_id)
+            priority = line_priority(embeddings.priority)
+            return await self._openai.embeddings(embeddings, request_id, priority)
         raise NotFoundError(f"batch lines cannot target {endpoint}")
 
     def default_model(self, endpoint: str) -> str | None:

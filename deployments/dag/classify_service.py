@@ -15,6 +15,7 @@ from capabilities.base import Capability
 from capabilities.batching import RunCall
 from capabilities.classification import Classification
 from capabilities.plan import Plan, execute
+from capabilities.priority import Priority
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
     CallOutcome,
@@ -46,7 +47,8 @@ def item_result(
 class ClassifyService:
     """Plans each request's capabilities and runs them, coalescing the capability calls of
     concurrent requests in this process: each capability runs (inline) or is crossed to (its
-    runner) once per batch, not once per request."""
+    runner) once per batch, not once per request. Each call keeps its request's priority, and a
+    capability's run covers the calls of one priority (`capabilities.batching`)."""
 
     def __init__(
         self,
@@ -68,7 +70,9 @@ class ClassifyService:
             self._send_coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
             self._send = self._send_coalesced
 
-    async def classify(self, body: ClassifyRequest, request_id: str) -> ClassifyResponse:
+    async def classify(
+        self, body: ClassifyRequest, request_id: str, priority: Priority
+    ) -> ClassifyResponse:
         plan = Plan.of(
             self._registry, body.requested_capabilities(self._config.default_capabilities)
         )
@@ -78,7 +82,9 @@ class ClassifyService:
         async def run(
             name: str, texts: list[str], parents: dict[str, list[BaseModel]]
         ) -> list[BaseModel]:
-            call = RunCall(texts=texts, parents=parents, options=options.get(name, {}))
+            call = RunCall(
+                texts=texts, parents=parents, options=options.get(name, {}), priority=priority
+            )
             reply = answer_of(name, await self._send(name, call))
             versions[name] = reply.version
             return reply.outputs or []
@@ -97,6 +103,7 @@ class ClassifyService:
             id=request_id,
             model=self.classification_model(strategy),
             strategy=strategy,
+            priority=priority,
             capability_versions=dict(sorted(versions.items())),
             results=results,
         )

@@ -2,9 +2,10 @@
 
 Every public entry point hands its call to a `@serve.batch` method: concurrent calls from any
 number of callers arrive as one list, run concurrently inside the engine (which batches
-continuously), and answer each caller with its own result or its own error. Each call is
-counted (Prometheus and the replica's report to /v1/stats) from when it enters the replica until
-it is answered.
+continuously), and answer each caller with its own result or its own error. Each call comes with
+its priority, which its requests to vLLM carry, so calls of every priority may share a batch. Each
+call is counted (Prometheus and the replica's report to /v1/stats) from when it enters the replica
+until it is answered.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.engine import ChoiceResult
+from capabilities.priority import Priority
 from deployments.calls.guarded_handle import GuardedCallee
 from deployments.config import ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
@@ -64,29 +66,41 @@ class EngineDeployment(GuardedCallee):
         self._calls = CallCounter()
         self._reporting = ReplicaReporter(stats, self._calls, model=config.name).start()
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        return await self._served("embed", self._embed(texts))
+    async def embed(self, texts: list[str], priority: Priority) -> np.ndarray:
+        return await self._served("embed", priority, self._embed(texts, priority))
 
-    async def embeddings(self, texts: list[str]) -> Embeddings:
-        return await self._served("embeddings", self._embeddings(texts))
+    async def embeddings(self, texts: list[str], priority: Priority) -> Embeddings:
+        return await self._served("embeddings", priority, self._embeddings(texts, priority))
 
-    async def choice_keys(self, choices: list[str], cue: str) -> list[str] | None:
-        return await self._served("choice_keys", self._engine.choice_keys(choices, cue))
+    async def choice_keys(
+        self, choices: list[str], cue: str, priority: Priority
+    ) -> list[str] | None:
+        return await self._served("choice_keys", priority, self._engine.choice_keys(choices, cue))
 
     async def choose(
-        self, prompts: list[str], choices: list[str], keys: list[str] | None = None
+        self,
+        prompts: list[str],
+        choices: list[str],
+        keys: list[str] | None,
+        priority: Priority,
     ) -> list[ChoiceResult]:
-        return await self._served("choose", self._choose(prompts, choices, keys))
+        return await self._served(
+            "choose", priority, self._choose(prompts, choices, keys, priority)
+        )
 
     async def generate_json(
-        self, prompts: list[str], json_schema: dict[str, Any]
+        self, prompts: list[str], json_schema: dict[str, Any], priority: Priority
     ) -> list[dict[str, Any]]:
-        return await self._served("generate_json", self._generate_json(prompts, json_schema))
+        return await self._served(
+            "generate_json", priority, self._generate_json(prompts, json_schema, priority)
+        )
 
-    async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
-        return await self._served("chat", self._chat(call))
+    async def chat(self, call: ChatCall, priority: Priority) -> ChatOutput | Rejection:
+        return await self._served("chat", priority, self._chat(call, priority))
 
-    async def _served(self, method: str, call: Awaitable[Result | Exception]) -> Result:
+    async def _served(
+        self, method: str, priority: Priority, call: Awaitable[Result | Exception]
+    ) -> Result:
         self._calls.started()
         self._set_queue_depth()
         try:
@@ -94,7 +108,8 @@ class EngineDeployment(GuardedCallee):
         finally:
             self._calls.finished()
             self._set_queue_depth()
-            metrics.count(metrics.ENGINE_REQUESTS, 1, {**self._model_tags, "method": method})
+            tags = {**self._model_tags, "method": method, "priority": priority}
+            metrics.count(metrics.ENGINE_REQUESTS, 1, tags)
 
     def _set_queue_depth(self) -> None:
         metrics.set_gauge(metrics.ENGINE_QUEUE_DEPTH, self._calls.in_flight, self._model_tags)
@@ -107,36 +122,49 @@ class EngineDeployment(GuardedCallee):
         metrics.record_engine_tokens(self._config.name, prompt, generation)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _embed(self, calls: list[list[str]]) -> list[np.ndarray | Exception]:
+    async def _embed(
+        self, calls: list[list[str]], priorities: list[Priority]
+    ) -> list[np.ndarray | Exception]:
         self._batch_formed("embed", len(calls))
-        return await per_call(self._engine.embed, calls)
+        return await per_call(self._engine.embed, calls, priorities)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _embeddings(self, calls: list[list[str]]) -> list[Embeddings | Exception]:
+    async def _embeddings(
+        self, calls: list[list[str]], priorities: list[Priority]
+    ) -> list[Embeddings | Exception]:
         self._batch_formed("embeddings", len(calls))
-        return await per_call(self._engine.embeddings, calls)
+        return await per_call(self._engine.embeddings, calls, priorities)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _choose(
-        self, prompts: list[list[str]], choices: list[list[str]], keys: list[list[str] | None]
+        self,
+        prompts: list[list[str]],
+        choices: list[list[str]],
+        keys: list[list[str] | None],
+        priorities: list[Priority],
     ) -> list[list[ChoiceResult] | Exception]:
         self._batch_formed("choose", len(prompts))
-        return await per_call(self._engine.choose, prompts, choices, keys)
+        return await per_call(self._engine.choose, prompts, choices, keys, priorities)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _generate_json(
-        self, prompts: list[list[str]], json_schemas: list[dict[str, Any]]
+        self,
+        prompts: list[list[str]],
+        json_schemas: list[dict[str, Any]],
+        priorities: list[Priority],
     ) -> list[list[dict[str, Any]] | Exception]:
         self._batch_formed("generate_json", len(prompts))
-        return await per_call(self._engine.generate_json, prompts, json_schemas)
+        return await per_call(self._engine.generate_json, prompts, json_schemas, priorities)
 
     @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _chat(self, calls: list[ChatCall]) -> list[ChatOutput | Rejection | Exception]:
+    async def _chat(
+        self, calls: list[ChatCall], priorities: list[Priority]
+    ) -> list[ChatOutput | Rejection | Exception]:
         self._batch_formed("chat", len(calls))
-        return await per_call(self._chat_one, calls)
+        return await per_call(self._chat_one, calls, priorities)
 
-    async def _chat_one(self, call: ChatCall) -> ChatOutput | Rejection:
-        [output] = await self._engine.chat([call])
+    async def _chat_one(self, call: ChatCall, priority: Priority) -> ChatOutput | Rejection:
+        [output] = await self._engine.chat([call], priority)
         return output
 
     async def ready(self) -> None:

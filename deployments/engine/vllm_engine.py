@@ -27,11 +27,13 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from capabilities.engine import ChoiceResult
 from capabilities.errors import InvalidRequestError
+from capabilities.priority import DEFAULT_PRIORITY, Priority, engine_priority
 from deployments.config import ConfigError, ModelConfig
 from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
 from deployments.engine.choice_decoding import choice_decoder
 from deployments.engine.choice_tokens import choice_keys
 from deployments.engine.placement import distributed_executor_backend
+from deployments.engine.priority_gate import PriorityGate
 from deployments.http.errors import EngineOutputError
 
 TokenCounter = Callable[[int, int], None]
@@ -131,13 +133,15 @@ def chat_sampling_params(call: ChatCall) -> SamplingParams:
 
 
 class VLLMEngine:
-    """Wraps an `AsyncLLM`; every method takes many inputs and runs them concurrently.
+    """Wraps an `AsyncLLM`; every method takes many inputs and runs them concurrently, as
+    requests of one `priority` (which vLLM honours under `scheduling_policy: priority`).
     `count_tokens`, when given, is told the tokens of every request that finishes."""
 
     def __init__(self, config: ModelConfig, count_tokens: TokenCounter | None = None) -> None:
         self.name = config.name
         self.config = config
         self._count_tokens = count_tokens
+        self._gate = PriorityGate(config.priority)
         self._llm = AsyncLLM.from_engine_args(engine_args_for(config))
         self._max_len = self._llm.model_config.max_model_len
         tokenizer = self._llm.tokenizer
@@ -156,11 +160,20 @@ class VLLMEngine:
             )
         )
 
-    async def _final(self, outputs: AsyncGenerator[Any, None]) -> Any:
+    async def _final(
+        self,
+        priority: Priority,
+        submit: Callable[..., AsyncGenerator[Any, None]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """The last output of one request to vLLM (`submit`: `generate` or `encode`), sent at
+        `priority` once the priority gate admits it."""
         final = None
         try:
-            async for output in outputs:
-                final = output
+            async with self._gate.admitted(priority):
+                async for output in submit(*args, priority=engine_priority(priority), **kwargs):
+                    final = output
         except VLLMClientError as error:
             # The request's own fault (a prompt longer than the context): its caller's 400.
             raise InvalidRequestError(str(error), "texts") from None
@@ -168,20 +181,24 @@ class VLLMEngine:
             self._count_tokens(*token_counts(final))
         return final
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return (await self.embeddings(texts)).vectors
+    async def embed(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> np.ndarray:
+        return (await self.embeddings(texts, priority)).vectors
 
-    async def embeddings(self, texts: Sequence[str]) -> Embeddings:
+    async def embeddings(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> Embeddings:
         truncation = {"truncation": True, "max_length": self._max_len}
         outputs = await asyncio.gather(
             *(
                 self._final(
-                    self._llm.encode(
-                        text,
-                        PoolingParams(task="embed"),
-                        request_id=f"embed-{uuid.uuid4().hex}",
-                        tokenization_kwargs=truncation,
-                    )
+                    priority,
+                    self._llm.encode,
+                    text,
+                    PoolingParams(task="embed"),
+                    request_id=f"embed-{uuid.uuid4().hex}",
+                    tokenization_kwargs=truncation,
                 )
                 for text in texts
             )
@@ -198,13 +215,17 @@ class VLLMEngine:
         return None if keys is None else list(keys)
 
     async def choose(
-        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+        self,
+        prompts: Sequence[str],
+        choices: Sequence[str],
+        keys: Sequence[str] | None = None,
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> list[ChoiceResult]:
         answers = tuple(keys or choices)
         decoders = [self._choice_decoder(prompt.rsplit("\n", 1)[-1], answers) for prompt in prompts]
         outputs = await asyncio.gather(
             *(
-                self._final(self._llm.generate(p, d.params, f"choose-{uuid.uuid4().hex}"))
+                self._final(priority, self._llm.generate, p, d.params, f"choose-{uuid.uuid4().hex}")
                 for p, d in zip(prompts, decoders, strict=True)
             )
         )
@@ -214,7 +235,10 @@ class VLLMEngine:
         ]
 
     async def generate_json(
-        self, prompts: Sequence[str], json_schema: dict[str, Any]
+        self,
+        prompts: Sequence[str],
+        json_schema: dict[str, Any],
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> list[dict[str, Any]]:
         params = SamplingParams(
             temperature=0.0,
@@ -224,7 +248,7 @@ class VLLMEngine:
         )
         outputs = await asyncio.gather(
             *(
-                self._final(self._llm.generate(p, params, f"json-{uuid.uuid4().hex}"))
+                self._final(priority, self._llm.generate, p, params, f"json-{uuid.uuid4().hex}")
                 for p in prompts
             )
         )
@@ -240,22 +264,24 @@ class VLLMEngine:
                 ) from None
         return results
 
-    async def chat(self, calls: Sequence[ChatCall]) -> list[ChatOutput | Rejection]:
-        return list(await asyncio.gather(*(self._chat(call) for call in calls)))
+    async def chat(
+        self, calls: Sequence[ChatCall], priority: Priority = DEFAULT_PRIORITY
+    ) -> list[ChatOutput | Rejection]:
+        return list(await asyncio.gather(*(self._chat(call, priority) for call in calls)))
 
-    async def _chat(self, call: ChatCall) -> ChatOutput | Rejection:
+    async def _chat(self, call: ChatCall, priority: Priority) -> ChatOutput | Rejection:
         prompt = chat_prompt(self._llm.tokenizer, call.messages, self.name)
         if isinstance(prompt, Rejection):
             return prompt
         try:
             output = await self._final(
-                self._llm.generate(
-                    prompt,
-                    chat_sampling_params(call),
-                    f"chat-{uuid.uuid4().hex}",
-                    # The template places any BOS itself, as vLLM's own chat server assumes.
-                    tokenization_kwargs={"add_special_tokens": False},
-                )
+                priority,
+                self._llm.generate,
+                prompt,
+                chat_sampling_params(call),
+                f"chat-{uuid.uuid4().hex}",
+                # The template places any BOS itself, as vLLM's own chat server assumes.
+                tokenization_kwargs={"add_special_tokens": False},
             )
         except InvalidRequestError as error:
             return Rejection(message=str(error))

@@ -272,21 +272,26 @@ class Ingress:
     async def classify(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
+        priority = principal_of(request).priority_for(body.priority)
         await self._admit_texts(request, len(body.all_texts()))
-        response = await self._classify.classify(body, request_id_of(request))
+        response = await self._classify.classify(body, request_id_of(request), priority)
         return JSONResponse(response.model_dump(mode="json"))
 
     async def chat_completions(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = ChatCompletionRequest.model_validate(payload)
+        priority = principal_of(request).priority_for(body.priority)
         await self._admit_texts(request, 1)
-        return JSONResponse(await self._openai.chat_completions(body, request_id_of(request)))
+        answer = await self._openai.chat_completions(body, request_id_of(request), priority)
+        return JSONResponse(answer)
 
     async def embeddings(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = EmbeddingRequest.model_validate(payload)
+        priority = principal_of(request).priority_for(body.priority)
         await self._admit_texts(request, len(body.texts()))
-        return JSONResponse(await self._openai.embeddings(body, request_id_of(request)))
+        answer = await self._openai.embeddings(body, request_id_of(request), priority)
+        return JSONResponse(answer)
 
     async def _admit_texts(self, request: Request, texts: int) -> None:
         caller = principal_of(request)

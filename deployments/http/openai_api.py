@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from capabilities.priority import Priority, serving_at
 from deployments.config import ModelConfig
 from deployments.engine.calls import (
     ChatCall,
@@ -30,6 +31,7 @@ from deployments.http.errors import (
     ModelNotFoundError,
     StreamNotSupportedError,
 )
+from deployments.http.schemas import PRIORITY_DESCRIPTION
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -103,6 +105,7 @@ class ChatCompletionRequest(OpenAIRequest):
     seed: int | None = None
     response_format: ResponseFormat | None = None
     stream: bool | None = None
+    priority: Priority | None = Field(default=None, description=PRIORITY_DESCRIPTION)
 
     def call(self) -> ChatCall:
         json_output = None
@@ -127,6 +130,7 @@ class EmbeddingRequest(OpenAIRequest):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(default=None, ge=1)
+    priority: Priority | None = Field(default=None, description=PRIORITY_DESCRIPTION)
 
     def texts(self) -> list[str]:
         texts = [self.input] if isinstance(self.input, str) else self.input
@@ -201,7 +205,7 @@ class OpenAIEndpoints:
         self._engines = engines
 
     async def chat_completions(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, request_id: str, priority: Priority
     ) -> dict[str, Any]:
         if request.stream:
             raise StreamNotSupportedError(
@@ -210,7 +214,8 @@ class OpenAIEndpoints:
         if request.n not in (None, 1):
             raise BadRequestError(f"n: only n=1 is supported, got {request.n}", "n")
         model = self._model(request.model, "generate", CHAT_COMPLETIONS)
-        output = await self._engines[model].chat(request.call())
+        with serving_at(priority):
+            output = await self._engines[model].chat(request.call())
         if isinstance(output, Rejection):
             raise BadRequestError(output.message)
         completion = ChatCompletion(
@@ -232,10 +237,13 @@ class OpenAIEndpoints:
         )
         return completion.model_dump(mode="json")
 
-    async def embeddings(self, request: EmbeddingRequest, request_id: str) -> dict[str, Any]:
+    async def embeddings(
+        self, request: EmbeddingRequest, request_id: str, priority: Priority
+    ) -> dict[str, Any]:
         texts = request.texts()
         model = self._model(request.model, "pooling", EMBEDDINGS)
-        embedded = await self._engines[model].embeddings(texts)
+        with serving_at(priority):
+            embedded = await self._engines[model].embeddings(texts)
         dimensions = embedded.vectors.shape[1]
         if request.dimensions not in (None, dimensions):
             raise BadRequestError(

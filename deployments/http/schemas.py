@@ -23,9 +23,14 @@ from capabilities.classification import (
     Strategy,
 )
 from capabilities.engine import ChoiceDecoding
+from capabilities.priority import Priority
 from deployments.config import LimitsConfig
 
 CapabilityNames = list[StrictStr]
+PRIORITY_DESCRIPTION = (
+    "How urgently the engines serve this request when they are contended: `high`, `normal` or "
+    "`low` (what batch lines run at); the API key's default when left out. A key may cap it."
+)
 
 
 class ClassifyItem(BaseModel):
@@ -53,6 +58,7 @@ class ClassifyRequest(BaseModel):
     )
     labels: list[LabelSpec] | None = Field(default=None, max_length=MAX_AD_HOC_LABELS)
     strategy: Strategy | None = None
+    priority: Priority | None = Field(default=None, description=PRIORITY_DESCRIPTION)
 
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> ClassifyRequest:
@@ -130,6 +136,7 @@ class ClassifyResponse(BaseModel):
     object: Literal["classification.list"] = "classification.list"
     model: str | None = Field(default=None, description="The model classification ran on.")
     strategy: Strategy | None = None
+    priority: Priority = Field(description="The priority the request ran at.")
     capability_versions: dict[str, str] = Field(
         description="Settings version of each capability that ran; changes on every reload."
     )

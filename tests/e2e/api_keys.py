@@ -10,6 +10,8 @@ TEAM_A_KEY = "sk-capserve-e2e-team-a"
 TEAM_B_KEY = "sk-capserve-e2e-team-b"
 LIMITED_KEY = "sk-capserve-e2e-limited"
 LIMITED_REQUESTS = {"per_s": 0.2, "burst": 3}
+PAYING_KEY = "sk-capserve-e2e-paying"
+CAPPED_KEY = "sk-capserve-e2e-capped"
 TEST_API_KEYS = [
     {"name": "admin", "sha256": key_hash(ADMIN_KEY), "scopes": ["classify", "batch", "admin"]},
     {"name": "classifier", "sha256": key_hash(CLASSIFY_KEY), "scopes": ["classify"]},
@@ -20,6 +22,15 @@ TEST_API_KEYS = [
         "sha256": key_hash(LIMITED_KEY),
         "scopes": ["classify"],
         "rate_limits": {"requests": LIMITED_REQUESTS},
+    },
+    # Requests that name no priority run at their key's: high for a paying caller; a capped key's
+    # requests may not ask for more than normal.
+    {"name": "paying", "sha256": key_hash(PAYING_KEY), "scopes": ["classify"], "priority": "high"},
+    {
+        "name": "capped",
+        "sha256": key_hash(CAPPED_KEY),
+        "scopes": ["classify"],
+        "max_priority": "normal",
     },
 ]
 

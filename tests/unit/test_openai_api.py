@@ -9,6 +9,7 @@ import openai.types.chat
 import pytest
 from pydantic import ValidationError
 
+from capabilities.priority import Priority, current_priority
 from deployments.config import ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, JsonOutput, Rejection
 from deployments.http.errors import ApiError
@@ -26,12 +27,15 @@ class FakeOpenAIEngine:
             text="hi", finish_reason="stop", prompt_tokens=7, completion_tokens=2
         )
         self.calls: list[ChatCall] = []
+        self.priorities: list[Priority] = []
 
     async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
         self.calls.append(call)
+        self.priorities.append(current_priority())
         return self.reply
 
     async def embeddings(self, texts: Sequence[str]) -> Embeddings:
+        self.priorities.append(current_priority())
         vectors = await FakeEngine().embed(texts)
         return Embeddings(vectors=vectors, prompt_tokens=[len(text.split()) for text in texts])
 
@@ -45,12 +49,17 @@ def endpoints(*models: ModelConfig, reply: ChatOutput | Rejection | None = None)
     return OpenAIEndpoints(models, engines), engines
 
 
-async def chat(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
-    return await api.chat_completions(ChatCompletionRequest.model_validate(payload), request_id)
+async def chat(
+    api: OpenAIEndpoints, payload: object, request_id: str, priority: Priority = "normal"
+) -> dict:
+    request = ChatCompletionRequest.model_validate(payload)
+    return await api.chat_completions(request, request_id, priority)
 
 
-async def embed(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
-    return await api.embeddings(EmbeddingRequest.model_validate(payload), request_id)
+async def embed(
+    api: OpenAIEndpoints, payload: object, request_id: str, priority: Priority = "normal"
+) -> dict:
+    return await api.embeddings(EmbeddingRequest.model_validate(payload), request_id, priority)
 
 
 def raised(error: pytest.ExceptionInfo) -> tuple[int, str, str]:

@@ -17,6 +17,7 @@ from deployments.ray_compat import PINNED_RAY_VERSION
 RAY_FREE = [
     "capabilities.host",
     "capabilities.batching",
+    "capabilities.priority",
     "batchjobs.executor",
     "deployments.config",
     "deployments.http.auth",
@@ -28,6 +29,7 @@ RAY_FREE = [
     "deployments.http.openapi",
     "deployments.calls.circuit_breaker",
     "deployments.engine.calls",
+    "deployments.engine.priority_gate",
     "deployments.engine.choice_tokens",
     "deployments.engine.choice_probabilities",
 ]
