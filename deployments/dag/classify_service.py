@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel
-from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.base import Capability
@@ -16,6 +15,7 @@ from capabilities.batching import RunCall
 from capabilities.classification import Classification
 from capabilities.plan import Plan, execute
 from capabilities.priority import Priority
+from deployments.coalescing import PriorityBatches
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
     CallOutcome,
@@ -47,8 +47,8 @@ def item_result(
 class ClassifyService:
     """Plans each request's capabilities and runs them, coalescing the capability calls of
     concurrent requests in this process: each capability runs (inline) or is crossed to (its
-    runner) once per batch, not once per request. Each call keeps its request's priority, and a
-    capability's run covers the calls of one priority (`capabilities.batching`)."""
+    runner) once per batch, not once per request. Calls coalesce with calls of their own
+    priority (`deployments.coalescing`)."""
 
     def __init__(
         self,
@@ -66,8 +66,8 @@ class ClassifyService:
         if batching is None:
             self._send = self._send_alone
         else:
-            self._send_coalesced.set_max_batch_size(batching.max_batch_size)
-            self._send_coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+            # Batches wait on engines (inline) or runners: many may be in flight at once.
+            self._coalesced = PriorityBatches(self._run_coalesced, batching, 64)
             self._send = self._send_coalesced
 
     async def classify(
@@ -119,10 +119,12 @@ class ClassifyService:
         [outcome] = await run_per_capability(self._capabilities, [name], [call])
         return outcome
 
-    # Batches wait on engines (inline) or runners: many may be in flight at once.
-    @serve.batch(max_concurrent_batches=64)
-    async def _send_coalesced(self, names: list[str], calls: list[RunCall]) -> list[CallOutcome]:
-        return await run_per_capability(self._capabilities, names, calls)
+    async def _send_coalesced(self, name: str, call: RunCall) -> CallOutcome:
+        return await self._coalesced.submit(call.priority, (name, call))
+
+    async def _run_coalesced(self, calls: list[tuple[str, RunCall]]) -> list[CallOutcome]:
+        names = [name for name, _ in calls]
+        return await run_per_capability(self._capabilities, names, [call for _, call in calls])
 
 
 async def run_per_capability(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from ray import serve
 
 from capabilities.base import RunContext
 from capabilities.batching import RunCall, run_batch
@@ -24,7 +25,8 @@ from capabilities.priority import (
     serving_at,
 )
 from deployments.batch.lines import BatchLines, line_priority
-from deployments.config import parse_app_config
+from deployments.coalescing import PriorityBatches
+from deployments.config import BatchingConfig, parse_app_config
 from deployments.dag.capability_clients import configure_inline
 from deployments.dag.classify_service import ClassifyWiring
 from deployments.engine.deployment import per_call
@@ -101,6 +103,35 @@ async def test_an_engine_batch_gives_each_call_its_own_priority():
 
     outcomes = await per_call(embed, [["a"], ["b", "c"]], ["high", "low"])
     assert outcomes == [["a@high"], ["b@low", "c@low"]]
+
+
+class Replica:
+    """What `@serve.batch` asks of the replica it runs in."""
+
+    _deployment_config = SimpleNamespace(max_ongoing_requests=1000)
+
+
+async def test_calls_coalesce_only_with_calls_of_their_priority(monkeypatch):
+    monkeypatch.setattr(serve, "get_replica_context", Replica)
+    held = asyncio.Event()
+    batches_run: list[list[str]] = []
+
+    async def run(calls: list[str]) -> list[str]:
+        batches_run.append(calls)
+        if any(call.startswith("low") for call in calls):
+            await held.wait()  # batch lines the engine holds back
+        return [call.upper() for call in calls]
+
+    batching = BatchingConfig(max_batch_size=8, batch_wait_timeout_s=0.01)
+    batches = PriorityBatches(run, batching, max_concurrent_batches=1)
+    low = asyncio.gather(*(batches.submit("low", f"low-{n}") for n in range(3)))
+    await asyncio.sleep(0.05)
+    # The low batch fills its queue's only slot; the high call has a queue of its own.
+    assert await asyncio.wait_for(batches.submit("high", "high-0"), 5) == "HIGH-0"
+    assert not low.done()
+    held.set()
+    assert await low == ["LOW-0", "LOW-1", "LOW-2"]
+    assert batches_run == [["low-0", "low-1", "low-2"], ["high-0"]]
 
 
 # --- keys and requests -------------------------------------------------------------------------
