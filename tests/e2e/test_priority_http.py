@@ -32,6 +32,18 @@ def test_a_request_runs_at_the_priority_it_asks_for(client: httpx.Client) -> Non
     assert classify(client).json()["priority"] == "normal"
 
 
+def test_a_capability_on_its_own_runner_runs_at_the_priority_asked_for(base_url: str) -> None:
+    # The generative app's classification runs in a runner deployment (keys off there).
+    for priority in ("high", "low"):
+        response = httpx.post(
+            f"{base_url}/generative/v1/classify",
+            json={"texts": ["my card has not arrived"], "priority": priority},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["priority"] == priority
+
+
 def test_a_keys_default_and_cap(client: httpx.Client) -> None:
     assert classify(client, PAYING_KEY).json()["priority"] == "high"
     assert classify(client, PAYING_KEY, priority="low").json()["priority"] == "low"
