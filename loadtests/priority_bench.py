@@ -29,6 +29,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +57,14 @@ async def open_loop(
     send = classify_sender()
     arrivals = random.Random(7)
     latencies: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()
 
     async def one(http: httpx.AsyncClient, text: str) -> None:
-        nonlocal errors
         started = time.perf_counter()
         try:
             await send(http, {"texts": [text]})
-        except (httpx.HTTPError, ValueError):
-            errors += 1
+        except (httpx.HTTPError, ValueError) as error:
+            errors[f"{type(error).__name__}: {error}"[:300]] += 1
             return
         latencies.append(time.perf_counter() - started)
 
@@ -79,7 +79,14 @@ async def open_loop(
         await asyncio.gather(*sent)
         cpu_ms = cpu_ms_by_role(before, cpu_snapshot())
     measurement = Measurement(
-        "capserve", workload, len(latencies), seconds, errors, latencies, cpu_ms=cpu_ms
+        "capserve",
+        workload,
+        len(latencies),
+        seconds,
+        errors.total(),
+        latencies,
+        extra={"error_kinds": dict(errors.most_common(5))},
+        cpu_ms=cpu_ms,
     )
     print(json.dumps(measurement.summary()), flush=True)
     return measurement
