@@ -1,7 +1,7 @@
 """Online latency while a batch job runs, with request priority off and on, in one run.
 
     .venv/bin/python loadtests/priority_bench.py [--lines 10000] [--rate 10]
-        [--variants fcfs,priority,default,cap=16]
+        [--variants fcfs,priority,default,cap=4]
 
 Online traffic is single-text `/v1/classify` requests arriving at `--rate` per second (Poisson
 arrivals, so a slow answer never holds the next request back). For each variant, in a fresh
@@ -44,7 +44,7 @@ from loadtests.batch_bench import finish_job, job_texts, submit_job
 from loadtests.bench import Measurement, classify_sender, read_texts
 from loadtests.process_usage import cpu_ms_by_role, cpu_snapshot
 
-VARIANTS = ("fcfs", "priority", "default", "cap=16")
+VARIANTS = ("fcfs", "priority", "default", "cap=4")
 # The p95 of online requests while the batch runs, against alone, that priority should keep.
 GOAL_RATIO = 1.5
 

@@ -20,8 +20,8 @@ def test_each_variant_is_a_valid_setting_of_the_default_model(variant: str, tmp_
     expected = {
         "fcfs": ("fcfs", None),
         "priority": ("priority", None),
-        "default": ("priority", 4),
-        "cap=16": ("priority", 16),
+        "default": ("priority", 2),
+        "cap=4": ("priority", 4),
     }[variant]
     assert (
         parsed.engine_args.scheduling_policy,
