@@ -1,10 +1,11 @@
 """Capability-aware batching: many callers' texts for one capability, run once.
 
 A runner's `@serve.batch` entry hands this module the calls of several concurrent requests. Calls
-with the same options share one `Capability.run` over their texts; identical inputs (the same text
-with the same parents' outputs) are computed once, and inputs the result cache already holds not
-at all; each caller gets back its own slice, or its own error, so one caller's bad options never
-fail the others.
+with the same options and priority share one `Capability.run` over their texts, at that priority,
+so urgent calls never wait on a run that also carries less urgent ones' texts; identical inputs
+(the same text with the same parents' outputs) are computed once, and inputs the result cache
+already holds not at all; each caller gets back its own slice, or its own error, so one caller's
+bad options never fail the others.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from capabilities.errors import (
     InvalidRequestError,
     validation_problems,
 )
+from capabilities.priority import DEFAULT_PRIORITY, Priority, serving_at
 
 logger = logging.getLogger("capserve.batching")
 
 
 class RunCall(BaseModel):
-    """One caller's share of a batch: texts, their parents' outputs, options, and where each
-    text came from (empty when the caller does not say)."""
+    """One caller's share of a batch: texts, their parents' outputs, options, where each text
+    came from (empty when the caller does not say), and the priority its engine work runs at."""
 
     texts: list[str]
     parents: dict[str, list[Any]] = Field(default_factory=dict)
@@ -40,6 +42,7 @@ class RunCall(BaseModel):
     trace: str | None = Field(
         default=None, description="The caller's W3C traceparent: a failure is logged with it."
     )
+    priority: Priority = DEFAULT_PRIORITY
 
 
 class RunFailure(BaseModel):
@@ -87,9 +90,11 @@ def _input_key(text: str, parents: dict[str, list[Any]], position: int) -> str:
 
 @dataclass
 class _Group:
-    """Calls that share options: one run over their distinct inputs."""
+    """Calls that share options and priority: one run over their distinct inputs."""
 
     options: dict[str, Any]
+    options_key: str
+    priority: Priority
     call_indexes: list[int] = field(default_factory=list)
     inputs: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     sources: dict[str, list[TextSource]] = field(default_factory=dict)
@@ -135,8 +140,8 @@ def failure_of(error: Exception, traces: Sequence[str] = ()) -> RunFailure:
     return RunFailure(kind="internal", message=f"{type(error).__name__}: {error}")
 
 
-def _alone(options: dict[str, Any], index: int, call: RunCall, keys: list[str]) -> _Group:
-    group = _Group(options=options)
+def _alone(shared: _Group, index: int, call: RunCall, keys: list[str]) -> _Group:
+    group = _Group(shared.options, shared.options_key, shared.priority)
     group.add(index, call, keys)
     return group
 
@@ -144,15 +149,19 @@ def _alone(options: dict[str, Any], index: int, call: RunCall, keys: list[str]) 
 async def run_batch(
     capability: Capability, calls: Sequence[RunCall], cache: ResultCache | None = None
 ) -> tuple[list[RunReply], BatchReport]:
-    """Runs `capability` once per distinct options over the distinct inputs of all calls that
-    `cache` does not already answer (keys carry the settings version, so never a stale one)."""
-    groups: dict[str, _Group] = {}
+    """Runs `capability` once per distinct options and priority over the distinct inputs of all
+    calls that `cache` does not already answer (keys carry the settings version, so never a stale
+    one; they leave out the priority, which changes when an answer comes, not what it is)."""
+    groups: dict[tuple[Priority, str], _Group] = {}
     keys_per_call = [
         [_input_key(text, call.parents, position) for position, text in enumerate(call.texts)]
         for call in calls
     ]
     for index, call in enumerate(calls):
-        group = groups.setdefault(_options_key(call.options), _Group(options=call.options))
+        options_key = _options_key(call.options)
+        group = groups.setdefault(
+            (call.priority, options_key), _Group(call.options, options_key, call.priority)
+        )
         group.add(index, call, keys_per_call[index])
 
     version = capability.version
@@ -160,12 +169,13 @@ async def run_batch(
     runs = 0
     cache_hits = 0
 
-    async def run_group(options_key: str, group: _Group) -> dict[str, Any] | RunFailure:
+    async def run_group(group: _Group) -> dict[str, Any] | RunFailure:
         nonlocal runs, cache_hits
         try:
             options = capability.options_model.model_validate(group.options)
             cache_keys = {
-                key: cache_key(capability.name, version, options_key, key) for key in group.inputs
+                key: cache_key(capability.name, version, group.options_key, key)
+                for key in group.inputs
             }
             found = await use_cache.get_many(list(cache_keys.values())) if use_cache else {}
             outputs = {
@@ -176,12 +186,13 @@ async def run_batch(
             cache_hits += len(outputs)
             missing = [key for key in group.inputs if key not in outputs]
             if missing:
-                computed = await _run(
-                    capability,
-                    [group.inputs[key] for key in missing],
-                    options,
-                    [group.sources[key] for key in missing],
-                )
+                with serving_at(group.priority):
+                    computed = await _run(
+                        capability,
+                        [group.inputs[key] for key in missing],
+                        options,
+                        [group.sources[key] for key in missing],
+                    )
                 runs += 1
                 outputs.update(zip(missing, computed, strict=True))
                 if use_cache:
@@ -198,22 +209,22 @@ async def run_batch(
         return outputs
 
     replies: list[RunReply] = [RunReply(version=version) for _ in calls]
-    results = await asyncio.gather(*(run_group(key, group) for key, group in groups.items()))
+    results = await asyncio.gather(*(run_group(group) for group in groups.values()))
     ran = list(zip(groups.values(), results, strict=True))
     # A shared run can fail for one caller's input (a prompt too long for the model, an output
     # the engine could not decode): run such a group's calls alone, so only that caller fails.
     # An unavailable engine would fail each of them the same way, so those are not re-run.
     alone = [
-        (options_key, _alone(group.options, index, calls[index], keys_per_call[index]))
-        for (options_key, group), result in zip(groups.items(), results, strict=True)
+        _alone(group, index, calls[index], keys_per_call[index])
+        for group, result in ran
         if isinstance(result, RunFailure)
         and result.kind != "unavailable"
         and len(group.call_indexes) > 1
         for index in group.call_indexes
     ]
     if alone:
-        again = await asyncio.gather(*(run_group(key, group) for key, group in alone))
-        ran += [(group, result) for (_, group), result in zip(alone, again, strict=True)]
+        again = await asyncio.gather(*(run_group(group) for group in alone))
+        ran += list(zip(alone, again, strict=True))
     for group, result in ran:
         for index in group.call_indexes:
             if isinstance(result, RunFailure):

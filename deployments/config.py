@@ -82,6 +82,13 @@ class EngineArgs(BaseModel):
         "larger label sets are decoded token by token.",
     )
     enforce_eager: bool = False
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        default="priority",
+        description="`priority`: among the requests waiting for a step, vLLM serves those of the "
+        "most urgent request priority first (online high, online normal, then batch lines), in "
+        "arrival order within one; `fcfs`: arrival order only, so requests' priorities are "
+        "ignored.",
+    )
     seed: int = 0
     trust_remote_code: bool = False
 
@@ -106,6 +113,25 @@ class BatchingConfig(StrictModel):
 
     max_batch_size: int = Field(default=32, gt=0)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+
+
+class EnginePriorityConfig(StrictModel):
+    """How an engine's low-priority requests (batch lines) yield to more urgent ones."""
+
+    low_in_flight_while_online: int | None = Field(
+        default=None,
+        gt=0,
+        description="The most low-priority requests (one per text) inside the engine while "
+        "more urgent requests are about, and one while such a request is inside it; the rest "
+        "wait their turn in the replica (deployments/engine/priority_gate.py). None: no cap, "
+        "only vLLM's priority order (right for GPUs, whose steps cost little more when full).",
+    )
+    online_window_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How long after the last more urgent request the cap still holds, so that "
+        "steady online traffic keeps it on between requests.",
+    )
 
 
 class CallGuardConfig(StrictModel):
@@ -302,6 +328,7 @@ class ModelConfig(StrictModel):
     runner: Literal["generate", "pooling"]
     engine_args: EngineArgs = EngineArgs()
     batching: BatchingConfig = BatchingConfig()
+    priority: EnginePriorityConfig = EnginePriorityConfig()
     deployment: DeploymentConfig = DeploymentConfig()
     max_tokens: int = Field(default=256, gt=0, description="Output cap of generate_json.")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -138,11 +138,17 @@ def deploy_config(applications: list[dict[str, Any]], port: int) -> dict[str, An
 
 
 @contextmanager
-def uncached_default_app(namespace: str, cache_dir: str) -> Iterator[str]:
+def uncached_default_app(
+    namespace: str, cache_dir: str, model_settings: Mapping[str, Mapping[str, Any]] | None = None
+) -> Iterator[str]:
     """The default app in this process's own Ray with the result cache off, so every request is
-    real work; yields its base URL and shuts Ray down after."""
+    real work; `model_settings` (e.g. `{"engine_args": {...}}`) are set on top of every model's
+    own. Yields its base URL and shuts Ray down after."""
     app = default_app(cache_dir)
     app["args"]["cache"] = {"enabled": False}
+    for model in app["args"]["models"]:
+        for section, settings in (model_settings or {}).items():
+            model[section] = {**model.get(section, {}), **settings}
     with running_app(namespace, app) as base_url:
         yield base_url
 

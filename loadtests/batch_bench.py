@@ -51,35 +51,45 @@ def job_file(texts: list[str], prefix: str = "line") -> bytes:
     )
 
 
+def submit_job(sdk: Any, texts: list[str]) -> Any:
+    """Uploads the job's file and creates its batch with the `openai` SDK; the batch."""
+    upload = sdk.files.create(file=("job.jsonl", job_file(texts)), purpose="batch")
+    return sdk.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/classify",  # type: ignore[arg-type]
+        completion_window="24h",
+    )
+
+
+def finish_job(sdk: Any, batch: Any, lines: int, started: float) -> dict[str, Any]:
+    """Polls `batch` until it ends and downloads its output; what the job did, timed from
+    `started` (a `time.perf_counter()`)."""
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(2)
+        batch = sdk.batches.retrieve(batch.id)
+        print(f"{batch.status} {batch.request_counts}", flush=True)
+    wall_s = time.perf_counter() - started
+    output = sdk.files.content(batch.output_file_id).content if batch.output_file_id else b""
+    custom_ids = [json.loads(line)["custom_id"] for line in output.splitlines()]
+    assert batch.in_progress_at and batch.completed_at
+    return {
+        "status": batch.status,
+        "lines": lines,
+        "output_lines": len(custom_ids),
+        "distinct_custom_ids": len(set(custom_ids)),
+        "failed": batch.request_counts.failed,
+        "running_s": batch.completed_at - batch.in_progress_at,
+        "wall_s": round(wall_s, 1),
+    }
+
+
 def run_job(texts: list[str], cache_dir: str) -> dict[str, Any]:
     import openai
 
     with uncached_default_app("capserve-batch-bench", cache_dir) as base_url:
         sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
         started = time.perf_counter()
-        upload = sdk.files.create(file=("job.jsonl", job_file(texts)), purpose="batch")
-        batch = sdk.batches.create(
-            input_file_id=upload.id,
-            endpoint="/v1/classify",  # type: ignore[arg-type]
-            completion_window="24h",
-        )
-        while batch.status not in ("completed", "failed", "expired", "cancelled"):
-            time.sleep(2)
-            batch = sdk.batches.retrieve(batch.id)
-            print(f"{batch.status} {batch.request_counts}", flush=True)
-        wall_s = time.perf_counter() - started
-        output = sdk.files.content(batch.output_file_id).content if batch.output_file_id else b""
-        custom_ids = [json.loads(line)["custom_id"] for line in output.splitlines()]
-        assert batch.in_progress_at and batch.completed_at
-        return {
-            "status": batch.status,
-            "lines": len(texts),
-            "output_lines": len(custom_ids),
-            "distinct_custom_ids": len(set(custom_ids)),
-            "failed": batch.request_counts.failed,
-            "running_s": batch.completed_at - batch.in_progress_at,
-            "wall_s": round(wall_s, 1),
-        }
+        return finish_job(sdk, submit_job(sdk, texts), len(texts), started)
 
 
 def main() -> None:

@@ -7,10 +7,11 @@ from typing import Any
 from batchjobs.executor import LineOutcome
 from batchjobs.schemas import BatchUsage
 from capabilities.base import BatchLine
+from capabilities.priority import BATCH_PRIORITY, Priority
 from deployments.config import AppConfig
 from deployments.dag.classify_service import ClassifyService
 from deployments.http.auth import Authenticator
-from deployments.http.errors import NotFoundError, api_error_for, error_json
+from deployments.http.errors import BadRequestError, NotFoundError, api_error_for, error_json
 from deployments.http.openai_api import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -32,11 +33,22 @@ def usage_of(body: dict[str, Any]) -> BatchUsage:
     )
 
 
+def line_priority(requested: Priority | None) -> Priority:
+    """Batch lines run at the lowest priority, behind every online request."""
+    if requested not in (None, BATCH_PRIORITY):
+        raise BadRequestError(
+            f"priority: batch lines run at priority {BATCH_PRIORITY!r}, behind online requests, "
+            f"not {requested!r}; leave priority out of the line, or send the request online",
+            "priority",
+        )
+    return BATCH_PRIORITY
+
+
 class BatchLines:
     """The LineHandler of the batch runner: classify lines go through the capability DAG,
-    chat and embeddings lines to the engines. With a rate limiter, each line first takes what
-    the online request would from its tenant's buckets (the tenant is the key's name), waiting
-    until they hold it."""
+    chat and embeddings lines to the engines, all at the batch priority. With a rate limiter,
+    each line first takes what the online request would from its tenant's buckets (the tenant is
+    the key's name), waiting until they hold it."""
 
     def __init__(
         self,
@@ -78,17 +90,22 @@ class BatchLines:
     ) -> dict[str, Any]:
         if endpoint == "/v1/classify":
             request = ClassifyRequest.model_validate(body, context={"limits": self._config.limits})
+            priority = line_priority(request.priority)
             await self._take(tenant, request.usage())
-            response = await self._classify.classify(request, request_id, traceparent, line)
+            response = await self._classify.classify(
+                request, request_id, priority, traceparent, line
+            )
             return response.model_dump(mode="json")
         if endpoint == "/v1/chat/completions":
             chat = ChatCompletionRequest.model_validate(body)
+            priority = line_priority(chat.priority)
             await self._take(tenant, self._openai.chat_usage(chat))
-            return await self._openai.chat_completions(chat, request_id)
+            return await self._openai.chat_completions(chat, request_id, priority)
         if endpoint == "/v1/embeddings":
             embeddings = EmbeddingRequest.model_validate(body)
+            priority = line_priority(embeddings.priority)
             await self._take(tenant, self._openai.embeddings_usage(embeddings))
-            return await self._openai.embeddings(embeddings, request_id)
+            return await self._openai.embeddings(embeddings, request_id, priority)
         raise NotFoundError(f"batch lines cannot target {endpoint}")
 
     async def _take(self, tenant: str | None, usage: Usage) -> None:

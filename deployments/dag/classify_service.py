@@ -9,13 +9,14 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from pydantic import BaseModel
-from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.base import BatchLine, Capability, TextSource
 from capabilities.batching import RunCall
 from capabilities.classification import MODEL_FIELDS, Classification, Strategy
 from capabilities.plan import Plan, RunCapability, execute, execute_per_item
+from capabilities.priority import Priority
+from deployments.coalescing import PriorityBatches
 from deployments.config import AppConfig, BatchingConfig
 from deployments.dag.capability_clients import (
     CallOutcome,
@@ -62,7 +63,8 @@ def item_result(
 class ClassifyService:
     """Plans each request's capabilities and runs them, coalescing the capability calls of
     concurrent requests in this process: each capability runs (inline) or is crossed to (its
-    runner) once per batch, not once per request."""
+    runner) once per batch, not once per request. Calls coalesce with calls of their own
+    priority (`deployments.coalescing`)."""
 
     def __init__(
         self,
@@ -80,23 +82,24 @@ class ClassifyService:
         if batching is None:
             self._send = self._send_alone
         else:
-            self._send_coalesced.set_max_batch_size(batching.max_batch_size)
-            self._send_coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+            # Batches wait on engines (inline) or runners: many may be in flight at once.
+            self._coalesced = PriorityBatches(self._run_coalesced, batching, 64)
             self._send = self._send_coalesced
 
     async def classify(
         self,
         body: ClassifyRequest,
         request_id: str,
+        priority: Priority,
         trace: str | None = None,
         batch_line: BatchLine | None = None,
     ) -> ClassifyResponse:
-        """The answer to `body`; `trace` (the caller's traceparent) goes with every capability
-        call, so whatever fails on the way is logged with it; `batch_line` names the batch line
-        the request answers, if it is one."""
+        """The answer to `body`, its engine work run at `priority`; `trace` (the caller's
+        traceparent) goes with every capability call, so whatever fails on the way is logged with
+        it; `batch_line` names the batch line the request answers, if it is one."""
         plan = self._plan(body)
         versions: dict[str, str] = {}
-        run = self._runner(body, request_id, versions, trace, batch_line)
+        run = self._runner(body, request_id, priority, versions, trace, batch_line)
         outputs = await execute(plan, body.all_texts(), run)
         results = [
             item_result(index, item_id, item_outputs, self._classes)
@@ -109,26 +112,32 @@ class ClassifyService:
             id=request_id,
             model=self.classification_model(strategy),
             strategy=strategy,
+            priority=priority,
             capability_versions=dict(sorted(versions.items())),
             results=results,
         )
 
     def stream(
-        self, body: ClassifyRequest, request_id: str, trace: str | None = None
+        self, body: ClassifyRequest, request_id: str, priority: Priority, trace: str | None = None
     ) -> AsyncGenerator[ClassifyStreamLine]:
         """The request's lines: each item's result or error as that item completes, then the
         summary. What fails the whole request (a capability no item may ask for) raises here,
         before the first line; what fails an item while it runs becomes that item's line."""
-        return self._stream(self._plan(body), body, request_id, trace)
+        return self._stream(self._plan(body), body, request_id, priority, trace)
 
     async def _stream(
-        self, plan: Plan, body: ClassifyRequest, request_id: str, trace: str | None
+        self,
+        plan: Plan,
+        body: ClassifyRequest,
+        request_id: str,
+        priority: Priority,
+        trace: str | None,
     ) -> AsyncGenerator[ClassifyStreamLine]:
         versions: dict[str, str] = {}
         ids = body.all_ids()
         completed: list[dict[str, BaseModel]] = []
         failed = 0
-        run = self._runner(body, request_id, versions, trace, None)
+        run = self._runner(body, request_id, priority, versions, trace, None)
         async with aclosing(execute_per_item(plan, body.all_texts(), run)) as items:
             async for index, outcome in items:
                 if isinstance(outcome, Exception):
@@ -150,6 +159,7 @@ class ClassifyService:
                 id=request_id,
                 model=self.classification_model(strategy),
                 strategy=strategy,
+                priority=priority,
                 capability_versions=dict(sorted(versions.items())),
                 succeeded=len(completed),
                 failed=failed,
@@ -165,12 +175,13 @@ class ClassifyService:
         self,
         body: ClassifyRequest,
         request_id: str,
+        priority: Priority,
         versions: dict[str, str],
         trace: str | None,
         batch_line: BatchLine | None,
     ) -> RunCapability:
         """Runs one capability over texts through this process's coalescing, with the request's
-        options and sources, noting the settings version each capability answered with in
+        options, sources and priority, noting the settings version each capability answered with in
         `versions`."""
         options = body.options()
         item_ids = body.all_ids()
@@ -196,6 +207,7 @@ class ClassifyService:
                 options=options.get(name, {}),
                 sources=sources,
                 trace=trace,
+                priority=priority,
             )
             reply = answer_of(name, await self._send(name, call))
             versions[name] = reply.version
@@ -214,10 +226,12 @@ class ClassifyService:
         [outcome] = await run_per_capability(self._capabilities, [name], [call])
         return outcome
 
-    # Batches wait on engines (inline) or runners: many may be in flight at once.
-    @serve.batch(max_concurrent_batches=64)
-    async def _send_coalesced(self, names: list[str], calls: list[RunCall]) -> list[CallOutcome]:
-        return await run_per_capability(self._capabilities, names, calls)
+    async def _send_coalesced(self, name: str, call: RunCall) -> CallOutcome:
+        return await self._coalesced.submit(call.priority, (name, call))
+
+    async def _run_coalesced(self, calls: list[tuple[str, RunCall]]) -> list[CallOutcome]:
+        names = [name for name, _ in calls]
+        return await run_per_capability(self._capabilities, names, [call for _, call in calls])
 
 
 async def run_per_capability(

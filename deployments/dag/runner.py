@@ -1,8 +1,8 @@
 """Capability runners: the deployment of a `placement: deployment` capability, scaled on its own.
 
 A runner holds one `CapabilityHost`. Its `run` entry takes a caller's coalesced calls and hands
-them to a `@serve.batch` method, so the calls of several callers coalesce too and the capability
-runs once over all of them, each call answered on its own.
+them to the `@serve.batch` queue of their priority, so the calls of several callers coalesce too
+and the capability runs once over all of them, each call answered on its own.
 Settings arrive as the deployment's `user_config`: `reconfigure` loads a new instance beside the
 old one and swaps it in, so a settings change never restarts an engine and never mixes old and
 new settings inside one run.
@@ -23,6 +23,7 @@ from capabilities.cache import CacheConfig
 from capabilities.host import CapabilityHost, CapabilityInfo, CapabilitySettingsError
 from capabilities.registry import capability_class
 from deployments.calls.guarded_handle import GuardedCallee, loading
+from deployments.coalescing import PriorityBatches
 from deployments.config import BatchingConfig, ConfigError, ModelConfig
 from deployments.dag.capability_clients import batch_recorder
 from deployments.engine.client import engine_client
@@ -60,8 +61,8 @@ class CapabilityRunner(GuardedCallee):
         self._host = CapabilityHost(
             capability_class(name, import_path), resources, cache.build(), batch_recorder(stats)
         )
-        self._run_batch.set_max_batch_size(batching.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        # More than one batch in flight, so the engine is fed while a batch's results travel back.
+        self._batches = PriorityBatches(self._run_batch, batching, CONCURRENT_BATCHES)
         self._calls = CallCounter()
         self._reporting = ReplicaReporter(stats, self._calls).start()
 
@@ -74,15 +75,14 @@ class CapabilityRunner(GuardedCallee):
 
     async def run(self, calls: list[RunCall]) -> list[RunReply]:
         """The coalesced calls of one caller's batch: one crossing carries them all, and each
-        keeps its own reply, so one call's failure stays its own."""
+        keeps its own reply, so one call's failure stays its own. Callers coalesce per priority,
+        so a crossing's calls share one, and it coalesces with crossings of that priority."""
         self._calls.started()
         try:
-            return await self._run_batch(calls)
+            return await self._batches.submit(calls[0].priority, calls)
         finally:
             self._calls.finished()
 
-    # More than one batch in flight, so the engine is fed while a batch's results travel back.
-    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
     async def _run_batch(self, batches: list[list[RunCall]]) -> list[list[RunReply]]:
         """The batches of several callers (ingress or batch runner replicas), run as one."""
         replies = await self._host.run([call for calls in batches for call in calls])

@@ -1,10 +1,11 @@
 """The engine deployment: each replica holds one vLLM `AsyncLLM` and coalesces calls.
 
-Every public entry point hands its call to a `@serve.batch` method: concurrent calls from any
-number of callers arrive as one list, run concurrently inside the engine (which batches
-continuously), and answer each caller with its own result or its own error. Each call is
-counted (Prometheus and the replica's report to /v1/stats) from when it enters the replica until
-it is answered.
+Every public entry point hands its call, with its priority, to a `@serve.batch` queue of that
+method and priority (`deployments.coalescing`): concurrent calls from any number of callers arrive
+as one list, run concurrently inside the engine (which batches continuously, requests of every
+priority together, ordered by vLLM's priority scheduling), and answer each caller with its own
+result or its own error. Each call is counted (Prometheus and the replica's report to /v1/stats)
+from when it enters the replica until it is answered.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from capabilities.engine import ChoiceResult
+from capabilities.priority import Priority
 from deployments.calls.guarded_handle import GuardedCallee
+from deployments.coalescing import PriorityBatches
 from deployments.config import ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
 from deployments.engine.vllm_engine import VLLMEngine
@@ -57,49 +60,61 @@ class EngineDeployment(GuardedCallee):
         self._config = config
         self._model_tags = {"model": config.name}
         self._engine = VLLMEngine(config, self._count_tokens)
-        batches = (
-            self._embed,
-            self._classify,
-            self._choose,
-            self._generate_json,
-            self._chat,
-            self._embeddings,
-        )
-        for entry in batches:
-            entry.set_max_batch_size(config.batching.max_batch_size)
-            entry.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
+        runs: dict[str, Callable[..., Awaitable[Any]]] = {
+            "embed": self._engine.embed,
+            "embeddings": self._engine.embeddings,
+            "classify": self._engine.classify,
+            "choose": self._engine.choose,
+            "generate_json": self._engine.generate_json,
+            "chat": self._chat_one,
+        }
+        self._batches = {
+            method: PriorityBatches(
+                self._coalesced(method, run), config.batching, CONCURRENT_BATCHES
+            )
+            for method, run in runs.items()
+        }
         self._calls = CallCounter()
         self._reporting = ReplicaReporter(stats, self._calls, model=config.name).start()
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        return await self._served("embed", self._embed(texts))
+    async def embed(self, texts: list[str], priority: Priority) -> np.ndarray:
+        return await self._served("embed", priority, texts)
 
-    async def embeddings(self, texts: list[str]) -> Embeddings:
-        return await self._served("embeddings", self._embeddings(texts))
+    async def embeddings(self, texts: list[str], priority: Priority) -> Embeddings:
+        return await self._served("embeddings", priority, texts)
 
-    async def classify(self, texts: list[str]) -> np.ndarray:
-        return await self._served("classify", self._classify(texts))
+    async def classify(self, texts: list[str], priority: Priority) -> np.ndarray:
+        return await self._served("classify", priority, texts)
 
-    async def class_labels(self) -> list[str]:
-        return await self._served("class_labels", self._engine.class_labels())
+    async def class_labels(self, priority: Priority) -> list[str]:
+        return await self._counted("class_labels", priority, self._engine.class_labels())
 
-    async def choice_keys(self, choices: list[str], cue: str) -> list[str] | None:
-        return await self._served("choice_keys", self._engine.choice_keys(choices, cue))
+    async def choice_keys(
+        self, choices: list[str], cue: str, priority: Priority
+    ) -> list[str] | None:
+        return await self._counted("choice_keys", priority, self._engine.choice_keys(choices, cue))
 
     async def choose(
-        self, prompts: list[str], choices: list[str], keys: list[str] | None = None
+        self, prompts: list[str], choices: list[str], keys: list[str] | None, priority: Priority
     ) -> list[ChoiceResult]:
-        return await self._served("choose", self._choose(prompts, choices, keys))
+        return await self._served("choose", priority, prompts, choices, keys)
 
     async def generate_json(
-        self, prompts: list[str], json_schema: dict[str, Any]
+        self, prompts: list[str], json_schema: dict[str, Any], priority: Priority
     ) -> list[dict[str, Any]]:
-        return await self._served("generate_json", self._generate_json(prompts, json_schema))
+        return await self._served("generate_json", priority, prompts, json_schema)
 
-    async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
-        return await self._served("chat", self._chat(call))
+    async def chat(self, call: ChatCall, priority: Priority) -> ChatOutput | Rejection:
+        return await self._served("chat", priority, call)
 
-    async def _served(self, method: str, call: Awaitable[Result | Exception]) -> Result:
+    async def _served(self, method: str, priority: Priority, *arguments: Any) -> Any:
+        """One call, coalesced with the calls of its method and priority."""
+        call = self._batches[method].submit(priority, (*arguments, priority))
+        return await self._counted(method, priority, call)
+
+    async def _counted(
+        self, method: str, priority: Priority, call: Awaitable[Result | Exception]
+    ) -> Result:
         self._calls.started()
         self._set_queue_depth()
         try:
@@ -107,7 +122,8 @@ class EngineDeployment(GuardedCallee):
         finally:
             self._calls.finished()
             self._set_queue_depth()
-            metrics.count(metrics.ENGINE_REQUESTS, 1, {**self._model_tags, "method": method})
+            tags = {**self._model_tags, "method": method, "priority": priority}
+            metrics.count(metrics.ENGINE_REQUESTS, 1, tags)
 
     def _set_queue_depth(self) -> None:
         metrics.set_gauge(metrics.ENGINE_QUEUE_DEPTH, self._calls.in_flight, self._model_tags)
@@ -119,42 +135,19 @@ class EngineDeployment(GuardedCallee):
     def _count_tokens(self, prompt: int, generation: int) -> None:
         metrics.record_engine_tokens(self._config.name, prompt, generation)
 
-    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _embed(self, calls: list[list[str]]) -> list[np.ndarray | Exception]:
-        self._batch_formed("embed", len(calls))
-        return await per_call(self._engine.embed, calls)
+    def _coalesced(
+        self, method: str, run: Callable[..., Awaitable[Result]]
+    ) -> Callable[[list[tuple[Any, ...]]], Awaitable[list[Result | Exception]]]:
+        """A batch of `run`'s calls (each a tuple of its arguments), run call by call."""
 
-    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _classify(self, calls: list[list[str]]) -> list[np.ndarray | Exception]:
-        self._batch_formed("classify", len(calls))
-        return await per_call(self._engine.classify, calls)
+        async def batch(calls: list[tuple[Any, ...]]) -> list[Result | Exception]:
+            self._batch_formed(method, len(calls))
+            return await per_call(run, *zip(*calls, strict=True))
 
-    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _embeddings(self, calls: list[list[str]]) -> list[Embeddings | Exception]:
-        self._batch_formed("embeddings", len(calls))
-        return await per_call(self._engine.embeddings, calls)
+        return batch
 
-    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _choose(
-        self, prompts: list[list[str]], choices: list[list[str]], keys: list[list[str] | None]
-    ) -> list[list[ChoiceResult] | Exception]:
-        self._batch_formed("choose", len(prompts))
-        return await per_call(self._engine.choose, prompts, choices, keys)
-
-    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _generate_json(
-        self, prompts: list[list[str]], json_schemas: list[dict[str, Any]]
-    ) -> list[list[dict[str, Any]] | Exception]:
-        self._batch_formed("generate_json", len(prompts))
-        return await per_call(self._engine.generate_json, prompts, json_schemas)
-
-    @serve.batch(max_concurrent_batches=CONCURRENT_BATCHES)
-    async def _chat(self, calls: list[ChatCall]) -> list[ChatOutput | Rejection | Exception]:
-        self._batch_formed("chat", len(calls))
-        return await per_call(self._chat_one, calls)
-
-    async def _chat_one(self, call: ChatCall) -> ChatOutput | Rejection:
-        [output] = await self._engine.chat([call])
+    async def _chat_one(self, call: ChatCall, priority: Priority) -> ChatOutput | Rejection:
+        [output] = await self._engine.chat([call], priority)
         return output
 
     async def ready(self) -> None:

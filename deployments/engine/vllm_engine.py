@@ -27,11 +27,13 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from capabilities.engine import ChoiceResult
 from capabilities.errors import InvalidRequestError
+from capabilities.priority import DEFAULT_PRIORITY, Priority, engine_priority
 from deployments.config import ConfigError, ModelConfig
 from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
 from deployments.engine.choice_decoding import choice_decoder
 from deployments.engine.choice_tokens import choice_keys
 from deployments.engine.placement import distributed_executor_backend
+from deployments.engine.priority_gate import PriorityGate
 from deployments.http.errors import EngineOutputError
 
 TokenCounter = Callable[[int, int], None]
@@ -131,7 +133,8 @@ def chat_sampling_params(call: ChatCall) -> SamplingParams:
 
 
 class VLLMEngine:
-    """Wraps an `AsyncLLM`; every method takes many inputs and runs them concurrently.
+    """Wraps an `AsyncLLM`; every method takes many inputs and runs them concurrently, as
+    requests of one `priority` (which vLLM honours under `scheduling_policy: priority`).
     `count_tokens`, when given, is told the tokens of every request that finishes."""
 
     def __init__(self, config: ModelConfig, count_tokens: TokenCounter | None = None) -> None:
@@ -139,6 +142,7 @@ class VLLMEngine:
         self.identity = config.identity
         self.config = config
         self._count_tokens = count_tokens
+        self._gate = PriorityGate(config.priority)
         self._llm = AsyncLLM.from_engine_args(engine_args_for(config))
         self._max_len = self._llm.model_config.max_model_len
         tokenizer = self._llm.tokenizer
@@ -157,11 +161,20 @@ class VLLMEngine:
             )
         )
 
-    async def _final(self, outputs: AsyncGenerator[Any, None]) -> Any:
+    async def _final(
+        self,
+        priority: Priority,
+        submit: Callable[..., AsyncGenerator[Any, None]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """The last output of one request to vLLM (`submit`: `generate` or `encode`), sent at
+        `priority` once the priority gate admits it."""
         final = None
         try:
-            async for output in outputs:
-                final = output
+            async with self._gate.admitted(priority):
+                async for output in submit(*args, priority=engine_priority(priority), **kwargs):
+                    final = output
         except VLLMClientError as error:
             # The request's own fault (a prompt longer than the context): its caller's 400.
             raise InvalidRequestError(str(error), "texts") from None
@@ -169,28 +182,34 @@ class VLLMEngine:
             self._count_tokens(*token_counts(final))
         return final
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return (await self.embeddings(texts)).vectors
+    async def embed(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> np.ndarray:
+        return (await self.embeddings(texts, priority)).vectors
 
-    async def _pool(self, texts: Sequence[str], params: PoolingParams) -> list[Any]:
+    async def _pool(
+        self, texts: Sequence[str], params: PoolingParams, priority: Priority
+    ) -> list[Any]:
         """One pooling request per text (truncated to the model's length), run concurrently."""
         truncation = {"truncation": True, "max_length": self._max_len}
         return await asyncio.gather(
             *(
                 self._final(
-                    self._llm.encode(
-                        text,
-                        params,
-                        request_id=f"{params.task}-{uuid.uuid4().hex}",
-                        tokenization_kwargs=truncation,
-                    )
+                    priority,
+                    self._llm.encode,
+                    text,
+                    params,
+                    request_id=f"{params.task}-{uuid.uuid4().hex}",
+                    tokenization_kwargs=truncation,
                 )
                 for text in texts
             )
         )
 
-    async def embeddings(self, texts: Sequence[str]) -> Embeddings:
-        outputs = await self._pool(texts, PoolingParams(task="embed"))
+    async def embeddings(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> Embeddings:
+        outputs = await self._pool(texts, PoolingParams(task="embed"), priority)
         vectors = np.stack([output.outputs.data.float().numpy() for output in outputs])
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return Embeddings(
@@ -210,10 +229,13 @@ class VLLMEngine:
         id2label = self._llm.model_config.hf_config.id2label
         return [str(id2label[i]) for i in sorted(id2label)]
 
-    async def classify(self, texts: Sequence[str]) -> np.ndarray:
+    async def classify(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> np.ndarray:
         # Logits, not vLLM's activation: the caller's softmax is the same for every checkpoint,
         # whatever its problem_type says (a multi-label sigmoid would not sum to 1).
-        outputs = await self._pool(texts, PoolingParams(task="classify", use_activation=False))
+        params = PoolingParams(task="classify", use_activation=False)
+        outputs = await self._pool(texts, params, priority)
         return np.stack([output.outputs.data.float().numpy() for output in outputs])
 
     async def choice_keys(self, choices: Sequence[str], cue: str) -> list[str] | None:
@@ -221,13 +243,17 @@ class VLLMEngine:
         return None if keys is None else list(keys)
 
     async def choose(
-        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+        self,
+        prompts: Sequence[str],
+        choices: Sequence[str],
+        keys: Sequence[str] | None = None,
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> list[ChoiceResult]:
         answers = tuple(keys or choices)
         decoders = [self._choice_decoder(prompt.rsplit("\n", 1)[-1], answers) for prompt in prompts]
         outputs = await asyncio.gather(
             *(
-                self._final(self._llm.generate(p, d.params, f"choose-{uuid.uuid4().hex}"))
+                self._final(priority, self._llm.generate, p, d.params, f"choose-{uuid.uuid4().hex}")
                 for p, d in zip(prompts, decoders, strict=True)
             )
         )
@@ -237,7 +263,10 @@ class VLLMEngine:
         ]
 
     async def generate_json(
-        self, prompts: Sequence[str], json_schema: dict[str, Any]
+        self,
+        prompts: Sequence[str],
+        json_schema: dict[str, Any],
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> list[dict[str, Any]]:
         params = SamplingParams(
             temperature=0.0,
@@ -247,7 +276,7 @@ class VLLMEngine:
         )
         outputs = await asyncio.gather(
             *(
-                self._final(self._llm.generate(p, params, f"json-{uuid.uuid4().hex}"))
+                self._final(priority, self._llm.generate, p, params, f"json-{uuid.uuid4().hex}")
                 for p in prompts
             )
         )
@@ -263,22 +292,24 @@ class VLLMEngine:
                 ) from None
         return results
 
-    async def chat(self, calls: Sequence[ChatCall]) -> list[ChatOutput | Rejection]:
-        return list(await asyncio.gather(*(self._chat(call) for call in calls)))
+    async def chat(
+        self, calls: Sequence[ChatCall], priority: Priority = DEFAULT_PRIORITY
+    ) -> list[ChatOutput | Rejection]:
+        return list(await asyncio.gather(*(self._chat(call, priority) for call in calls)))
 
-    async def _chat(self, call: ChatCall) -> ChatOutput | Rejection:
+    async def _chat(self, call: ChatCall, priority: Priority) -> ChatOutput | Rejection:
         prompt = chat_prompt(self._llm.tokenizer, call.messages, self.name)
         if isinstance(prompt, Rejection):
             return prompt
         try:
             output = await self._final(
-                self._llm.generate(
-                    prompt,
-                    chat_sampling_params(call),
-                    f"chat-{uuid.uuid4().hex}",
-                    # The template places any BOS itself, as vLLM's own chat server assumes.
-                    tokenization_kwargs={"add_special_tokens": False},
-                )
+                priority,
+                self._llm.generate,
+                prompt,
+                chat_sampling_params(call),
+                f"chat-{uuid.uuid4().hex}",
+                # The template places any BOS itself, as vLLM's own chat server assumes.
+                tokenization_kwargs={"add_special_tokens": False},
             )
         except InvalidRequestError as error:
             return Rejection(message=str(error))

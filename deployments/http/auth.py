@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
+from capabilities.priority import DEFAULT_PRIORITY, PRIORITIES, Priority, above
 from capserve.keys import SCOPES, KeyEntry, Scope, key_hash
 from deployments.http.errors import AuthenticationError, PermissionDeniedError
 from deployments.http.rate_limit import RateLimits
@@ -29,6 +30,24 @@ class ApiKey(KeyEntry):
     rate_limits: RateLimits | None = Field(
         default=None, description="This key's limits in place of `rate_limits.default`."
     )
+    priority: Priority = Field(
+        default=DEFAULT_PRIORITY,
+        description="The priority of this key's online requests that name none.",
+    )
+    max_priority: Priority = Field(
+        default=PRIORITIES[0],
+        description="The most urgent priority this key's requests may ask for; a request asking "
+        "for more is refused (403).",
+    )
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> ApiKey:
+        if above(self.priority, self.max_priority):
+            raise ValueError(
+                f"priority {self.priority!r} is above max_priority {self.max_priority!r}; "
+                "lower priority or raise max_priority"
+            )
+        return self
 
 
 class ApiKeyList(BaseModel):
@@ -114,6 +133,23 @@ class Principal:
     rate_limits: RateLimits | None
     tenant: str | None
     """Whose files and batches it sees; None when keys are off: all of them."""
+    priority: Priority = DEFAULT_PRIORITY
+    max_priority: Priority = PRIORITIES[0]
+
+    def priority_for(self, requested: Priority | None) -> Priority:
+        """The priority a request runs at: the one it asks for, or its key's; 403 when it asks
+        for more than its key may."""
+        if requested is None:
+            return self.priority
+        if above(requested, self.max_priority):
+            raise PermissionDeniedError(
+                f"priority: the key of {self.name!r} may ask for priority up to "
+                f"{self.max_priority!r}, not {requested!r}; send {self.max_priority!r} or "
+                "lower, or leave priority out to run at the key's default "
+                f"{self.priority!r}",
+                "priority",
+            )
+        return requested
 
 
 ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES), rate_limits=None, tenant=None)
@@ -169,5 +205,10 @@ class Authenticator:
 
 def _principal(key: ApiKey) -> Principal:
     return Principal(
-        name=key.name, scopes=frozenset(key.scopes), rate_limits=key.rate_limits, tenant=key.name
+        name=key.name,
+        scopes=frozenset(key.scopes),
+        rate_limits=key.rate_limits,
+        tenant=key.name,
+        priority=key.priority,
+        max_priority=key.max_priority,
     )

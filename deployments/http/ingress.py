@@ -295,6 +295,7 @@ class Ingress:
     async def classify(self, request: Request) -> Response:
         payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
+        priority = principal_of(request).priority_for(body.priority)
         await self._admit(request, body.usage())
         request_id = request_id_of(request)
         trace = TraceParent.parse(request.headers.get(TRACE_HEADER))
@@ -303,21 +304,25 @@ class Ingress:
             serve_logger.info("classify: %d texts, traceparent %s", len(body.all_texts()), trace)
         trace_header = str(trace) if trace else None
         if wants_stream(body.stream, request.headers.get("accept")):
-            return ndjson_response(self._classify.stream(body, request_id, trace_header))
-        response = await self._classify.classify(body, request_id, trace_header)
+            return ndjson_response(self._classify.stream(body, request_id, priority, trace_header))
+        response = await self._classify.classify(body, request_id, priority, trace_header)
         return JSONResponse(response.model_dump(mode="json"))
 
     async def chat_completions(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = ChatCompletionRequest.model_validate(payload)
+        priority = principal_of(request).priority_for(body.priority)
         await self._admit(request, self._openai.chat_usage(body))
-        return JSONResponse(await self._openai.chat_completions(body, request_id_of(request)))
+        answer = await self._openai.chat_completions(body, request_id_of(request), priority)
+        return JSONResponse(answer)
 
     async def embeddings(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = EmbeddingRequest.model_validate(payload)
+        priority = principal_of(request).priority_for(body.priority)
         await self._admit(request, self._openai.embeddings_usage(body))
-        return JSONResponse(await self._openai.embeddings(body, request_id_of(request)))
+        answer = await self._openai.embeddings(body, request_id_of(request), priority)
+        return JSONResponse(answer)
 
     async def _admit(self, request: Request, usage: Usage) -> None:
         caller = principal_of(request)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from capabilities.priority import Priority, serving_at
 from deployments.config import LimitsConfig, ModelConfig
 from deployments.engine.calls import (
     ChatCall,
@@ -34,6 +35,7 @@ from deployments.http.errors import (
     StreamNotSupportedError,
 )
 from deployments.http.rate_limit import Usage
+from deployments.http.schemas import PRIORITY_DESCRIPTION
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -107,6 +109,7 @@ class ChatCompletionRequest(OpenAIRequest):
     seed: int | None = None
     response_format: ResponseFormat | None = None
     stream: bool | None = None
+    priority: Priority | None = Field(default=None, description=PRIORITY_DESCRIPTION)
 
     def output_tokens(self, cap: int) -> int:
         """The tokens the completion may generate: what it asks for, at most `cap`; `cap`
@@ -144,6 +147,7 @@ class EmbeddingRequest(OpenAIRequest):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(default=None, ge=1)
+    priority: Priority | None = Field(default=None, description=PRIORITY_DESCRIPTION)
 
     def texts(self, max_inputs: int) -> list[str]:
         texts = [self.input] if isinstance(self.input, str) else self.input
@@ -238,7 +242,7 @@ class OpenAIEndpoints:
         return Usage(texts=len(request.texts(self._limits.max_items_per_request)))
 
     async def chat_completions(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, request_id: str, priority: Priority
     ) -> dict[str, Any]:
         if request.stream:
             raise StreamNotSupportedError(
@@ -248,7 +252,8 @@ class OpenAIEndpoints:
             raise BadRequestError(f"n: only n=1 is supported, got {request.n}", "n")
         model = self._model(request.model, "generate", CHAT_COMPLETIONS)
         max_tokens = request.output_tokens(self._limits.max_chat_tokens)
-        output = await self._engines[model].chat(request.call(max_tokens))
+        with serving_at(priority):
+            output = await self._engines[model].chat(request.call(max_tokens))
         if isinstance(output, Rejection):
             raise BadRequestError(output.message)
         completion = ChatCompletion(
@@ -270,10 +275,13 @@ class OpenAIEndpoints:
         )
         return completion.model_dump(mode="json")
 
-    async def embeddings(self, request: EmbeddingRequest, request_id: str) -> dict[str, Any]:
+    async def embeddings(
+        self, request: EmbeddingRequest, request_id: str, priority: Priority
+    ) -> dict[str, Any]:
         texts = request.texts(self._limits.max_items_per_request)
         model = self._model(request.model, "pooling", EMBEDDINGS)
-        embedded = await self._engines[model].embeddings(texts)
+        with serving_at(priority):
+            embedded = await self._engines[model].embeddings(texts)
         dimensions = embedded.vectors.shape[1]
         if request.dimensions not in (None, dimensions):
             raise BadRequestError(

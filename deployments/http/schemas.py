@@ -27,11 +27,16 @@ from capabilities.classification import (
     TreeDepth,
 )
 from capabilities.engine import ChoiceDecoding
+from capabilities.priority import Priority
 from deployments.config import LimitsConfig
 from deployments.http.errors import ErrorDetail
 from deployments.http.rate_limit import Usage
 
 CapabilityNames = list[StrictStr]
+PRIORITY_DESCRIPTION = (
+    "How urgently the engines serve this request when they are contended: `high`, `normal` or "
+    "`low` (what batch lines run at); the API key's default when left out. A key may cap it."
+)
 
 
 class ClassifyItem(BaseModel):
@@ -66,6 +71,7 @@ class ClassifyRequest(BaseModel):
         description="true: answer application/x-ndjson, one line per item as it completes, "
         "then a summary line. Left out, `Accept: application/x-ndjson` asks for the same.",
     )
+    priority: Priority | None = Field(default=None, description=PRIORITY_DESCRIPTION)
 
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> ClassifyRequest:
@@ -160,6 +166,7 @@ class ClassifyRequestInfo(BaseModel):
     object: str
     model: str | None = Field(default=None, description="The model classification ran on.")
     strategy: Strategy | None = None
+    priority: Priority = Field(description="The priority the request ran at.")
     capability_versions: dict[str, str] = Field(
         description="Settings version of each capability that ran; changes on every reload."
     )

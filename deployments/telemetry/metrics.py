@@ -74,8 +74,8 @@ CACHE_LOOKUPS = Metric(
 )
 ENGINE_REQUESTS = Metric(
     "capserve_engine_requests_total",
-    "Calls an engine replica answered, by entry point.",
-    ("model", "method"),
+    "Calls an engine replica answered, by entry point and request priority.",
+    ("model", "method", "priority"),
 )
 ENGINE_BATCH_SIZE = HistogramMetric(
     "capserve_engine_batch_size",

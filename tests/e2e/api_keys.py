@@ -13,6 +13,8 @@ LIMITED_REQUESTS = {"per_s": 0.2, "burst": 3}
 # Online and batch: a small texts burst that refills slowly, so a test sees what counts.
 BUDGET_KEY = "sk-capserve-e2e-budget"
 BUDGET_TEXTS = {"per_s": 0.05, "burst": 4}
+PAYING_KEY = "sk-capserve-e2e-paying"
+CAPPED_KEY = "sk-capserve-e2e-capped"
 TEST_API_KEYS = [
     {"name": "admin", "sha256": key_hash(ADMIN_KEY), "scopes": ["classify", "batch", "admin"]},
     {"name": "classifier", "sha256": key_hash(CLASSIFY_KEY), "scopes": ["classify"]},
@@ -29,6 +31,15 @@ TEST_API_KEYS = [
         "sha256": key_hash(BUDGET_KEY),
         "scopes": ["classify", "batch"],
         "rate_limits": {"texts": BUDGET_TEXTS},
+    },
+    # Requests that name no priority run at their key's: high for a paying caller; a capped key's
+    # requests may not ask for more than normal.
+    {"name": "paying", "sha256": key_hash(PAYING_KEY), "scopes": ["classify"], "priority": "high"},
+    {
+        "name": "capped",
+        "sha256": key_hash(CAPPED_KEY),
+        "scopes": ["classify"],
+        "max_priority": "normal",
     },
 ]
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from capabilities.base import BatchLine
+from capabilities.priority import Priority
 from deployments.batch.lines import BatchLines
 from deployments.config import AppConfig, parse_app_config
 from deployments.http.openai_api import OpenAIEndpoints
@@ -31,11 +32,14 @@ class FakeClassify:
         self,
         request: ClassifyRequest,
         request_id: str,
+        priority: Priority,
         trace: str | None = None,
         batch_line: BatchLine | None = None,
     ) -> ClassifyResponse:
         self.requests.append(request)
-        return ClassifyResponse(id=request_id, capability_versions={}, results=[])
+        return ClassifyResponse(
+            id=request_id, priority=priority, capability_versions={}, results=[]
+        )
 
 
 @pytest.fixture

@@ -175,7 +175,7 @@ async def test_lines_are_results_and_errors_as_items_complete_then_the_summary(c
             {"id": "bad", "text": TOO_LONG},
         ]
     )
-    lines = service.stream(body, "req-1")
+    lines = service.stream(body, "req-1", "normal")
     first = [(await anext(lines)).root for _ in range(2)]
     # The item waiting on recommendations has not come out; the other two have.
     assert recommendations.calls and not recommendations.released.is_set()
@@ -223,7 +223,7 @@ async def test_each_item_is_its_own_call_so_one_failure_fails_one_item(config):
     classify = FakeCapability("classification")
     service = service_of(config, classification=classify)
     body = request(texts=["a b", TOO_LONG, "c d"])
-    lines = [line.root async for line in service.stream(body, "req-2")]
+    lines = [line.root async for line in service.stream(body, "req-2", "normal")]
     assert sorted(call.texts[0] for call in classify.calls) == sorted(body.all_texts())
     assert [getattr(line, "status", 200) for line in sorted(lines[:3], key=lambda l: l.index)] == [  # type: ignore[union-attr]
         200,
@@ -236,12 +236,14 @@ async def test_each_item_is_its_own_call_so_one_failure_fails_one_item(config):
 async def test_a_request_no_item_may_make_fails_before_the_first_line(config):
     service = service_of(config)
     with pytest.raises(InvalidRequestError, match="sentiment"):
-        service.stream(request(texts=["a"], capabilities=["sentiment"]), "req-3")
+        service.stream(request(texts=["a"], capabilities=["sentiment"]), "req-3", "normal")
 
 
 async def test_every_item_failing_still_ends_with_a_summary(config):
     service = service_of(config)
-    lines = [line.root async for line in service.stream(request(texts=[TOO_LONG]), "req-4")]
+    lines = [
+        line.root async for line in service.stream(request(texts=[TOO_LONG]), "req-4", "normal")
+    ]
     assert [type(line).__name__ for line in lines] == ["ItemError", "ClassifySummary"]
     assert lines[1].model_dump() | {"capability_versions": {}} == {  # type: ignore[union-attr]
         "id": "req-4",

@@ -86,6 +86,10 @@ async def echo(*args: Any) -> Any:
     return args
 
 
+async def texts_back(texts: list[str], *args: Any) -> list[str]:
+    return texts
+
+
 def engine(behaviour: Behaviour) -> tuple[EngineClient, FakeHandle]:
     handle = FakeHandle(behaviour)
     return EngineClient("minilm", "minilm@test", handle, CALLS), handle  # type: ignore[arg-type]
@@ -93,7 +97,7 @@ def engine(behaviour: Behaviour) -> tuple[EngineClient, FakeHandle]:
 
 def test_a_call_returns_the_reply():
     client, handle = engine(echo)
-    assert asyncio.run(client.embeddings(("a", "b"))) == (["a", "b"],)
+    assert asyncio.run(client.embeddings(("a", "b"))) == (["a", "b"], "normal")
     assert handle.calls == ["embeddings"]
 
 
@@ -113,7 +117,7 @@ def test_a_call_that_outlasts_the_timeout_is_cancelled_and_unavailable():
 
 
 def test_a_call_no_replica_takes_fails_within_the_accept_timeout():
-    client, handle = engine(echo)
+    client, handle = engine(texts_back)
 
     async def scenario() -> None:
         await client.embed(["a"])

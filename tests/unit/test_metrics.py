@@ -62,7 +62,7 @@ def test_the_exported_names_are_the_ones_dashboards_use() -> None:
         "capserve_capability_texts_total": ("Metric", ("capability",)),
         "capserve_capability_batch_size": ("HistogramMetric", ("capability",)),
         "capserve_cache_lookups_total": ("Metric", ("capability", "result")),
-        "capserve_engine_requests_total": ("Metric", ("model", "method")),
+        "capserve_engine_requests_total": ("Metric", ("model", "method", "priority")),
         "capserve_engine_batch_size": ("HistogramMetric", ("model", "method")),
         "capserve_engine_queue_depth": ("Metric", ("model",)),
         "capserve_engine_tokens_total": ("Metric", ("model", "kind")),

@@ -9,6 +9,7 @@ import openai.types.chat
 import pytest
 from pydantic import ValidationError
 
+from capabilities.priority import Priority, current_priority
 from deployments.config import LimitsConfig, ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, JsonOutput, Rejection
 from deployments.http.errors import ApiError
@@ -27,12 +28,15 @@ class FakeOpenAIEngine:
             text="hi", finish_reason="stop", prompt_tokens=7, completion_tokens=2
         )
         self.calls: list[ChatCall] = []
+        self.priorities: list[Priority] = []
 
     async def chat(self, call: ChatCall) -> ChatOutput | Rejection:
         self.calls.append(call)
+        self.priorities.append(current_priority())
         return self.reply
 
     async def embeddings(self, texts: Sequence[str]) -> Embeddings:
+        self.priorities.append(current_priority())
         vectors = await FakeEngine().embed(texts)
         return Embeddings(vectors=vectors, prompt_tokens=[len(text.split()) for text in texts])
 
@@ -46,12 +50,17 @@ def endpoints(*models: ModelConfig, reply: ChatOutput | Rejection | None = None)
     return OpenAIEndpoints(models, engines, LimitsConfig()), engines
 
 
-async def chat(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
-    return await api.chat_completions(ChatCompletionRequest.model_validate(payload), request_id)
+async def chat(
+    api: OpenAIEndpoints, payload: object, request_id: str, priority: Priority = "normal"
+) -> dict:
+    request = ChatCompletionRequest.model_validate(payload)
+    return await api.chat_completions(request, request_id, priority)
 
 
-async def embed(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
-    return await api.embeddings(EmbeddingRequest.model_validate(payload), request_id)
+async def embed(
+    api: OpenAIEndpoints, payload: object, request_id: str, priority: Priority = "normal"
+) -> dict:
+    return await api.embeddings(EmbeddingRequest.model_validate(payload), request_id, priority)
 
 
 def raised(error: pytest.ExceptionInfo) -> tuple[int, str, str]:
@@ -301,13 +310,13 @@ async def test_chat_tokens_over_the_cap_are_refused_naming_it(field):
     api = OpenAIEndpoints([model("llama", "generate")], {"llama": engine}, limits)
     request = ChatCompletionRequest.model_validate({"messages": USER, field: 65})
     with pytest.raises(ApiError) as error:
-        await api.chat_completions(request, "req")
+        await api.chat_completions(request, "req", "normal")
     status, _, message = raised(error)
     assert status == 400 and error.value.param == field
     assert "cap of 64" in message and f"send {field} of at most 64" in message
     assert engine.calls == []
     at_cap = ChatCompletionRequest.model_validate({"messages": USER, field: 64})
-    await api.chat_completions(at_cap, "req")
+    await api.chat_completions(at_cap, "req", "normal")
     assert engine.calls[0].max_tokens == 64
 
 

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from batchjobs.files import FileStorage
 from batchjobs.store_opener import StoreOpener
 from capabilities.batching import RunCall, RunReply, run_batch
+from capabilities.priority import Priority
 from capserve.client import AsyncClient
 from capserve.tracing import TraceParent
 from deployments.config import AppConfig, parse_app_config
@@ -89,7 +90,7 @@ class Recording:
 async def test_every_capability_call_of_a_request_carries_its_traceparent(config: AppConfig):
     recording = Recording()
     service = ClassifyService(config, {"classification": recording}, None)  # type: ignore[dict-item]
-    answer = await service.classify(ClassifyRequest(texts=["a", "b"]), "req-1", TRACE)
+    answer = await service.classify(ClassifyRequest(texts=["a", "b"]), "req-1", "normal", TRACE)
     assert [result.label for result in answer.results] == ["card_arrival", "card_arrival"]
     assert [call.trace for call in recording.calls] == [TRACE]
 
@@ -101,10 +102,16 @@ class RecordingService:
         self.requests: list[tuple[str, str | None]] = []
 
     async def classify(
-        self, body: ClassifyRequest, request_id: str, trace: str | None = None
+        self,
+        body: ClassifyRequest,
+        request_id: str,
+        priority: Priority,
+        trace: str | None = None,
     ) -> ClassifyResponse:
         self.requests.append((request_id, trace))
-        return ClassifyResponse(id=request_id, capability_versions={}, results=[])
+        return ClassifyResponse(
+            id=request_id, priority=priority, capability_versions={}, results=[]
+        )
 
 
 def test_the_ingress_logs_a_requests_traceparent_and_hands_it_to_the_dag(
