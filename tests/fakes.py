@@ -1,5 +1,5 @@
-"""A deterministic fake engine honouring the engine protocol, and a clock set by hand; for unit
-tests of logic only."""
+"""A deterministic fake engine honouring the engine protocol (and, served by `EngineDeployment`,
+the deployment's), and a clock set by hand; for unit tests of logic only."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ import numpy as np
 
 from capabilities.classification import Classification, LabelScore
 from capabilities.engine import ChoiceResult
+from deployments.config import ModelConfig
+from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.engine.protocol import EngineClass, TokenCounter
 
 DIMENSIONS = 64
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
 
 
 def _word_vector(word: str) -> np.ndarray:
@@ -33,12 +40,14 @@ class FakeEngine:
         self.chosen: list[str] = []
         self.keys_asked: list[tuple[list[str], str]] = []
         self.keys_given: list[list[str] | None] = []
+        self.healthy = True
+        self.shut_down = False
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.embedded.extend(texts)
         rows = []
         for text in texts:
-            words = re.findall(r"[a-z]+", text.lower()) or ["<empty>"]
+            words = _words(text) or ["<empty>"]
             vector = np.sum([_word_vector(word) for word in words], axis=0)
             rows.append(vector / np.linalg.norm(vector))
         return np.array(rows, dtype=np.float32)
@@ -78,6 +87,37 @@ class FakeEngine:
         self, prompts: Sequence[str], json_schema: dict[str, Any]
     ) -> list[dict[str, Any]]:
         return [{} for _ in prompts]
+
+    async def embeddings(self, texts: Sequence[str]) -> Embeddings:
+        return Embeddings(await self.embed(texts), [len(_words(text)) for text in texts])
+
+    async def chat(self, calls: Sequence[ChatCall]) -> list[ChatOutput | Rejection]:
+        """Echoes each conversation's last message."""
+        return [
+            ChatOutput(
+                text=call.messages[-1].content,
+                finish_reason="stop",
+                prompt_tokens=sum(len(_words(m.content)) for m in call.messages),
+                completion_tokens=len(_words(call.messages[-1].content)),
+            )
+            for call in calls
+        ]
+
+    async def check_health(self) -> None:
+        if not self.healthy:
+            raise RuntimeError(f"engine {self.name!r} is down")
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+def serving(engine: FakeEngine) -> EngineClass:
+    """An `engine_cls` for `EngineDeployment`: its replica serves `engine`."""
+
+    def build(config: ModelConfig, count_tokens: TokenCounter) -> FakeEngine:
+        return engine
+
+    return build
 
 
 def classified(label: str, confidence: float = 0.9) -> Classification:

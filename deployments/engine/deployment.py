@@ -21,6 +21,7 @@ from capabilities.engine import ChoiceResult
 from deployments.calls.guarded_handle import GuardedCallee
 from deployments.config import ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.engine.protocol import EngineClass
 from deployments.engine.vllm_engine import VLLMEngine
 from deployments.telemetry import metrics
 from deployments.telemetry.replica_telemetry import CallCounter, ReplicaReporter
@@ -53,10 +54,14 @@ def answer(outcome: Result | Exception) -> Result:
 
 @serve.deployment
 class EngineDeployment(GuardedCallee):
-    async def __init__(self, config: ModelConfig, stats: DeploymentHandle) -> None:
+    async def __init__(
+        self, config: ModelConfig, stats: DeploymentHandle, *, engine_cls: EngineClass = VLLMEngine
+    ) -> None:
+        """`engine_cls` builds the replica's engine, as Ray Serve LLM's `LLMServer` takes it:
+        vLLM's unless a unit test serves a fake through this class."""
         self._config = config
         self._model_tags = {"model": config.name}
-        self._engine = VLLMEngine(config, self._count_tokens)
+        self._engine = engine_cls(config, self._count_tokens)
         batches = (self._embed, self._choose, self._generate_json, self._chat, self._embeddings)
         for entry in batches:
             entry.set_max_batch_size(config.batching.max_batch_size)
