@@ -6,7 +6,7 @@ It builds on classification (`depends_on`), so every text it gets arrives with i
 embeds its texts with the same model classification used, whose engine client answers texts it
 embedded moments ago without another engine call.
 
-    {"escalate": true, "reason": "tone", "tone": 0.71}
+    {"escalate": true, "reason": "tone", "tone": 0.4752}
 
 Name it in the config (run from the project root so `examples` is importable), as
 `examples/serve_config.yaml` does:

@@ -15,10 +15,9 @@ import yaml
 
 from loadtests.batch_bench import job_file
 from tests.e2e.test_make_run_metrics import MadeRun, made_run_of
-from tests.unit.test_extension_examples import FURIOUS, PASSWORD, SUSPICIOUS
+from tests.unit.test_extension_examples import CALM, FURIOUS, PASSWORD, SUSPICIOUS
 
 pytestmark = pytest.mark.e2e
-CALM = "How do I set up the VPN client on my new laptop?"
 SUMMARY_WAIT_S = 120
 
 

@@ -23,17 +23,21 @@ from tests.fakes import FakeEngine
 from tests.local_serve import LocalApp, local_apps, serve_replicas  # noqa: F401
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_APP = yaml.safe_load((EXAMPLES / "serve_config.yaml").read_text())["applications"][0]
+THRESHOLD = next(c for c in EXAMPLE_APP["args"]["capabilities"] if c["name"] == "escalation")[
+    "settings"
+]["threshold"]
 FURIOUS = "This is the third time I ask and nobody helps, the VPN drops again, I am furious"
 SUSPICIOUS = "I clicked a link in a suspicious email that asked for my login"
 PASSWORD = "My password expired and I cannot log in"
+CALM = "Could you set up the VPN client on my new laptop?"
 
 
 def example_args(project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """examples/serve_config.yaml's app args, its folders moved under `tmp_path`."""
     # Its paths are relative to where `serve run` starts: the project root.
     monkeypatch.chdir(project_root)
-    config = yaml.safe_load((EXAMPLES / "serve_config.yaml").read_text())
-    args = copy.deepcopy(config["applications"][0]["args"])
+    args = copy.deepcopy(EXAMPLE_APP["args"])
     args["cache_dir"] = str(tmp_path / "cache")
     [handler] = args["batch"]["result_handlers"]
     handler["settings"]["folder"] = str(tmp_path / "summaries")
@@ -87,9 +91,8 @@ def deployed(capability: str) -> Any:
 @pytest.mark.parametrize("placement", ["inline", "deployment"])
 async def test_the_custom_capability_escalates_by_label_and_by_tone(app_of, placement):
     app = await app_of(deployed("escalation") if placement == "deployment" else None)
-    calm = "How do I set up the VPN client on my new laptop?"
 
-    results = await classify(app, [SUSPICIOUS, FURIOUS, calm], ["classification", "escalation"])
+    results = await classify(app, [SUSPICIOUS, FURIOUS, CALM], ["classification", "escalation"])
 
     assert [r["label"] for r in results] == ["security_incident", "vpn_access", "vpn_access"]
     decisions = [r["escalation"] for r in results]
@@ -98,7 +101,7 @@ async def test_the_custom_capability_escalates_by_label_and_by_tone(app_of, plac
         (True, "tone"),
         (False, None),
     ]
-    assert decisions[1]["tone"] >= 0.5 > decisions[2]["tone"]
+    assert decisions[1]["tone"] >= THRESHOLD > decisions[2]["tone"]
     assert set(app.runners) == ({"escalation"} if placement == "deployment" else set())
 
 
