@@ -26,7 +26,7 @@ $(INSTALLED): pyproject.toml
 venv: $(INSTALLED)
 
 run: $(INSTALLED)
-	HF_HUB_OFFLINE=1 $(PYTHON) -m cluster.serve_flags $(PYTHON) -m cluster.serve_run serve_config.yaml
+	$(PYTHON) -m capserve serve serve_config.yaml
 
 services:
 	@command -v redis-server >/dev/null || { \

@@ -6,7 +6,9 @@ chunk's checkpoint stored (the store's `add_chunk`), in the same transaction as 
 After a crash the batch resumes at the first chunk without a checkpoint, and the final files are
 the checkpointed chunk files concatenated in order: every custom_id exactly once. The runner holds
 a lease on the batch while it works and renews it; a runner that lost its lease stops, and its
-writes are refused, so two runners never write one batch.
+writes are refused, so two runners never write one batch. The lease says how many lines may be in
+flight (the tenant's quota, see `store.py`); between chunks the runner may hand its turn to
+another tenant (`YieldCheck`), and the batch carries on from its next chunk when taken again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
+from tenacity import AsyncRetrying, RetryCallState, wait_exponential
 
 from batchjobs.files import FileStorage, write_durably
 from batchjobs.handlers import BatchResult
@@ -42,7 +45,9 @@ from batchjobs.schemas import (
     OutputLine,
     RequestCounts,
 )
-from batchjobs.store import JobStore, LeaseLostError
+from batchjobs.store import JobStore, Lease, LeaseLostError, StoreUnavailableError
+from capabilities.base import BatchLine
+from capserve.tracing import TraceParent
 
 logger = logging.getLogger("capserve.batch")
 
@@ -51,6 +56,8 @@ RETRIED_STATUSES = frozenset({429, 503, 504})
 # Other server errors are retried a little too: a replica that died mid-call answers 500 once,
 # while a line that trips a bug fails every time and must not hold the batch up for long.
 SERVER_ERROR_ATTEMPTS = 3
+# Between a line's attempts: 0.5 s, doubling, at most 10 s.
+LINE_BACKOFF = wait_exponential(multiplier=0.5, max=10.0)
 
 
 class LineOutcome(BaseModel):
@@ -64,7 +71,19 @@ class LineOutcome(BaseModel):
 class LineHandler(Protocol):
     """Answers batch lines as the online endpoint would."""
 
-    async def run(self, endpoint: str, body: dict[str, Any], request_id: str) -> LineOutcome: ...
+    async def run(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        tenant: str | None,
+        line: BatchLine,
+        traceparent: str,
+    ) -> LineOutcome:
+        """Answers one line of `tenant`'s batch, counted against that tenant's budget. `line`
+        names the batch line, which stays the same when the line runs again after a crash (the
+        request id does not): what effects such as alerts derive their ids from."""
+        ...
 
     def default_model(self, endpoint: str) -> str | None:
         """The model that answers `endpoint` when lines do not name one."""
@@ -78,6 +97,12 @@ class ExecutionSettings(BaseModel):
         gt=0,
         description="Lines of one batch in flight at once: the share of the engine a batch may "
         "take, which keeps online traffic ahead of it.",
+    )
+    max_lines_per_tenant: int | None = Field(
+        default=128,
+        gt=0,
+        description="Lines of one tenant (API key name) in flight at once over all its batches "
+        "and every runner replica; its further batches wait. None: no quota.",
     )
     max_lines: int = Field(default=50_000, gt=0)
     max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
@@ -97,6 +122,8 @@ class ExecutionSettings(BaseModel):
 
 
 ResultHandlers = Callable[[BatchResult], Awaitable[None]]
+YieldCheck = Callable[[Lease], Awaitable[bool]]
+"""Asked between chunks whether the batch should give its runner's slot to other work now."""
 
 
 class BatchProgress(Protocol):
@@ -151,17 +178,17 @@ class BatchExecutor:
         self._clock = clock
         self._progress = progress
 
-    async def run(self, batch_id: str) -> bool:
-        """Takes the batch (False when another runner holds it) and drives it to the end."""
-        if not await self._store.claim_batch(
-            batch_id, self._owner, self._settings.lease_s, self._clock()
-        ):
+    async def run(self, batch_id: str, should_yield: YieldCheck | None = None) -> bool:
+        """Takes the batch (False when another runner holds it, or its tenant has no lines
+        left) and drives it to the end, or until `should_yield` says so between chunks."""
+        lease = await self._claim(batch_id)
+        if lease is None:
             return False
         work = asyncio.current_task()
         assert work is not None
         renewal = asyncio.create_task(self._renew_lease(batch_id, work))
         try:
-            await self._drive(batch_id)
+            await self._drive(lease, should_yield)
         except LeaseLostError:
             logger.warning("batch %s: lease lost; another runner carries on", batch_id)
         finally:
@@ -172,27 +199,41 @@ class BatchExecutor:
                 await self._store.release_batch(batch_id, self._owner)
         return True
 
+    async def _claim(self, batch_id: str) -> Lease | None:
+        return await self._store.claim_batch(
+            batch_id,
+            self._owner,
+            self._settings.lease_s,
+            self._settings.max_concurrent_lines,
+            self._settings.max_lines_per_tenant,
+        )
+
     async def _renew_lease(self, batch_id: str, work: asyncio.Task[Any]) -> None:
         while True:
             await asyncio.sleep(self._settings.lease_s / 3)
-            renewed = await self._store.claim_batch(
-                batch_id, self._owner, self._settings.lease_s, self._clock()
-            )
-            if not renewed:
+            try:
+                renewed = await self._claim(batch_id)
+            except StoreUnavailableError:
+                # The next renewal tries again; a write after the lease ran out is refused.
+                continue
+            if renewed is None:
                 work.cancel()
                 return
 
-    async def _drive(self, batch_id: str) -> None:
-        batch = await self._get(batch_id)
+    async def _drive(self, lease: Lease, should_yield: YieldCheck | None) -> None:
+        batch = await self._get(lease.batch_id)
         if batch.status == "validating":
             batch = await self._validate(batch)
         if batch.status == "in_progress":
-            batch = await self._execute(batch)
+            executed = await self._execute(batch, lease, should_yield)
+            if executed is None:
+                return
+            batch = executed
         if batch.status in ("finalizing", "cancelling", "in_progress"):
             batch = await self._finalize(batch)
         if batch.terminal:
             await self._result_handlers(await self._result_of(batch))
-            await self._store.mark_handled(batch_id, self._owner)
+            await self._store.mark_handled(batch.id, self._owner)
             if self._progress is not None:
                 self._progress.batch_ended(batch.status)
 
@@ -247,7 +288,11 @@ class BatchExecutor:
 
         return await self._update(batch.id, start)
 
-    async def _execute(self, batch: BatchObject) -> BatchObject:
+    async def _execute(
+        self, batch: BatchObject, lease: Lease, should_yield: YieldCheck | None
+    ) -> BatchObject | None:
+        """Runs the batch's chunks; the batch as it is after them, or None when it yielded its
+        turn with lines left."""
         input_record = await self._store.get_file(batch.input_file_id)
         if input_record is None:
             return await self._update(batch.id, failed([_input_gone(batch)], int(self._clock())))
@@ -262,10 +307,10 @@ class BatchExecutor:
                 result, stop = ChunkResult(expired=list(tasks)), StopReason.EXPIRED
             else:
                 chunk_tasks = list(itertools.islice(tasks, self._settings.chunk_size))
-                result, stop = await self._run_chunk(batch, chunk_tasks, chunks)
+                result, stop = await self._run_chunk(batch, lease, chunk_tasks, chunks)
                 if stop == StopReason.EXPIRED:
                     result.expired.extend(tasks)
-            chunk = self._write_chunk(batch.id, index, done, result)
+            chunk = await self._write_chunk(batch.id, index, done, result)
             chunks.append(chunk)
             await self._store.add_chunk(batch.id, self._owner, chunk, _counted(chunks))
             if self._progress is not None:
@@ -274,6 +319,12 @@ class BatchExecutor:
             index += 1
             if stop is not None:
                 break
+            more = done < batch.request_counts.total
+            if more and should_yield is not None and await should_yield(lease):
+                logger.info(
+                    "batch %s: gives its turn to another tenant after chunk %d", batch.id, index - 1
+                )
+                return None
         batch = await self._get(batch.id)
         if batch.status == "in_progress" and done >= batch.request_counts.total:
             now = int(self._clock())
@@ -281,16 +332,20 @@ class BatchExecutor:
         return batch
 
     async def _run_chunk(
-        self, batch: BatchObject, chunk_tasks: list[NumberedLine], chunks: list[ChunkRecord]
+        self,
+        batch: BatchObject,
+        lease: Lease,
+        chunk_tasks: list[NumberedLine],
+        chunks: list[ChunkRecord],
     ) -> tuple[ChunkResult, str | None]:
-        """Runs the chunk's lines, at most `max_concurrent_lines` at a time, until all are done
-        or the batch is cancelled or its window closes; then the lines that finished."""
-        limit = asyncio.Semaphore(self._settings.max_concurrent_lines)
+        """Runs the chunk's lines, at most the lease's lines at a time, until all are done or
+        the batch is cancelled or its window closes; then the lines that finished."""
+        limit = asyncio.Semaphore(max(1, lease.lines))
         results: dict[int, tuple[OutputLine, bool, BatchUsage]] = {}
 
         async def run_task(task: NumberedLine) -> None:
             async with limit:
-                results[task.index] = await self._run_line(batch.endpoint, task)
+                results[task.index] = await self._run_line(batch, task, lease.tenant)
 
         running = [asyncio.create_task(run_task(task)) for task in chunk_tasks]
         base = _totals(chunks)
@@ -346,60 +401,95 @@ class BatchExecutor:
         return None
 
     async def _run_line(
-        self, endpoint: str, task: NumberedLine
+        self, batch: BatchObject, task: NumberedLine, tenant: str | None
     ) -> tuple[OutputLine, bool, BatchUsage]:
         request_id = f"req_{uuid.uuid4().hex}"
-        deadline = self._clock() + self._settings.retry_window_s
-        for attempt in itertools.count():
-            try:
-                outcome = await self._lines.run(endpoint, task.line.body, request_id)
-            except Exception as error:  # one bad line must not stop the batch
-                logger.exception("batch line %s failed", task.line.custom_id)
-                outcome = LineOutcome(
-                    status_code=500,
-                    body={
-                        "error": {
-                            "message": f"internal error: {type(error).__name__}",
-                            "type": "server_error",
-                            "param": None,
-                            "code": "internal_error",
-                        }
-                    },
-                )
-            transient = outcome.status_code in RETRIED_STATUSES and self._clock() < deadline
-            server_error = outcome.status_code >= 500 and attempt + 1 < SERVER_ERROR_ATTEMPTS
-            if not (transient or server_error):
-                break
-            await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+        line = BatchLine(batch_id=batch.id, custom_id=task.line.custom_id)
+        # Batches stored before they had a trace get one per line.
+        traceparent = str((TraceParent.parse(batch.traceparent) or TraceParent.new()).child())
+        # From the first answer: the wait for the tenant's budget is not the engine's outage.
+        deadline: float | None = None
+
+        def retried(state: RetryCallState) -> bool:
+            nonlocal deadline
+            # _answer turns errors into answers: only a cancelled line has no answer.
+            if state.outcome is None or state.outcome.failed:
+                return False
+            if deadline is None:
+                deadline = self._clock() + self._settings.retry_window_s
+            status = state.outcome.result().status_code
+            transient = status in RETRIED_STATUSES and self._clock() < deadline
+            server_error = status >= 500 and state.attempt_number < SERVER_ERROR_ATTEMPTS
+            return transient or server_error
+
+        retrying = AsyncRetrying(retry=retried, wait=LINE_BACKOFF)
+        outcome = await retrying(
+            self._answer, batch.endpoint, task, request_id, tenant, line, traceparent
+        )
         succeeded = 200 <= outcome.status_code < 300
         output = OutputLine(
             id=f"batch_req_{uuid.uuid4().hex}",
             custom_id=task.line.custom_id,
             response=LineResponse(
-                status_code=outcome.status_code, request_id=request_id, body=outcome.body
+                status_code=outcome.status_code,
+                request_id=request_id,
+                traceparent=traceparent,
+                body=outcome.body,
             ),
             error=None,
         )
         return output, succeeded, outcome.usage
 
-    def _write_chunk(
+    async def _answer(
+        self,
+        endpoint: str,
+        task: NumberedLine,
+        request_id: str,
+        tenant: str | None,
+        line: BatchLine,
+        traceparent: str,
+    ) -> LineOutcome:
+        """The line's answer; an error raised for it is a 500 answer, never the batch's end."""
+        try:
+            return await self._lines.run(
+                endpoint, task.line.body, request_id, tenant, line, traceparent
+            )
+        except Exception as error:  # one bad line must not stop the batch
+            logger.exception(
+                "batch line %s failed (traceparent %s)", task.line.custom_id, traceparent
+            )
+            return LineOutcome(
+                status_code=500,
+                body={
+                    "error": {
+                        "message": f"internal error: {type(error).__name__}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "internal_error",
+                    }
+                },
+            )
+
+    async def _write_chunk(
         self,
         batch_id: str,
         index: int,
         first_line: int,
         result: ChunkResult,
     ) -> ChunkRecord:
-        """Writes the chunk's output and error lines durably; its checkpoint record."""
+        """Writes the chunk's output and error lines durably; its checkpoint record. The writes
+        and fsyncs run in a thread: the lease renewal shares this event loop and must not wait
+        behind a slow disk."""
         output_lines = [line for _, line, ok in result.outputs if ok]
         error_lines = [line for _, line, ok in result.outputs if not ok]
         error_lines += [_expired_line(task) for task in result.expired]
         output_path = error_path = None
         if output_lines:
             output_path = self._storage.chunk_path(batch_id, index, "output", self._owner)
-            write_durably(output_path, _jsonl(output_lines))
+            await asyncio.to_thread(write_durably, output_path, _jsonl(output_lines))
         if error_lines:
             error_path = self._storage.chunk_path(batch_id, index, "errors", self._owner)
-            write_durably(error_path, _jsonl(error_lines))
+            await asyncio.to_thread(write_durably, error_path, _jsonl(error_lines))
         return ChunkRecord(
             index=index,
             first_line=first_line,
@@ -416,8 +506,8 @@ class BatchExecutor:
 
     async def _finalize(self, batch: BatchObject) -> BatchObject:
         chunks = await self._store.chunks(batch.id)
-        output = await self._assemble(batch, chunks, "output")
-        errors = await self._assemble(batch, chunks, "errors")
+        assembled = [await self._assemble(batch, chunks, kind) for kind in ("output", "errors")]
+        output, errors = (record.file.id if record else None for record in assembled)
         expired = any(chunk.expired for chunk in chunks)
         now = int(self._clock())
 
@@ -441,19 +531,19 @@ class BatchExecutor:
                 }
             )
 
-        batch = await self._update(batch.id, finish)
+        # The output files appear with the terminal status, under the lease, or not at all.
+        files = [record for record in assembled if record is not None]
+        batch = await self._store.finish_batch(batch.id, self._owner, files, finish)
         # Chunk files are kept until the batch is terminal: a crash before this point
-        # reassembles from them.
-        parts = [p for c in chunks for p in (c.output_path, c.error_path) if p is not None]
-        FileStorage.remove(Path(p) for p in parts)
+        # reassembles from them. Those no checkpoint names (a runner died before storing it)
+        # go too; the storage cleanup removes any that a crash here leaves.
+        await asyncio.to_thread(self._storage.remove_chunk_files, batch.id)
         return batch
 
     async def _assemble(
         self, batch: BatchObject, chunks: list[ChunkRecord], kind: str
-    ) -> str | None:
-        file_id = output_file_id(batch.id, kind)
-        if await self._store.get_file(file_id) is not None:
-            return file_id
+    ) -> FileRecord | None:
+        """The batch's `kind` file assembled from its chunks; its record, not yet stored."""
         parts = [
             Path(path)
             for chunk in chunks
@@ -465,20 +555,21 @@ class BatchExecutor:
         size = await asyncio.to_thread(FileStorage.assemble, parts, destination)
         # Output belongs to whoever owns the input.
         source = await self._store.get_file(batch.input_file_id)
-        await self._store.create_file(
-            FileRecord(
-                file=FileObject(
-                    id=file_id,
-                    bytes=size,
-                    created_at=int(self._clock()),
-                    filename=f"{batch.id}_{kind}.jsonl",
-                    purpose="batch_output",
-                ),
-                path=str(destination),
-                tenant=source.tenant if source else None,
-            )
+        created_at = int(self._clock())
+        policy = batch.output_expires_after
+        return FileRecord(
+            file=FileObject(
+                id=output_file_id(batch.id, kind),
+                bytes=size,
+                created_at=created_at,
+                filename=f"{batch.id}_{kind}.jsonl",
+                purpose="batch_output",
+                # OpenAI's anchor `created_at` is the output file's, not the batch's.
+                expires_at=created_at + policy.seconds if policy else None,
+            ),
+            path=str(destination),
+            tenant=source.tenant if source else None,
         )
-        return file_id
 
     async def _result_of(self, batch: BatchObject) -> BatchResult:
         paths: dict[str, str | None] = {}

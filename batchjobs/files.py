@@ -6,6 +6,8 @@ do; result handlers copy finished files to object storage.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import time
@@ -14,6 +16,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 import anyio
+
+logger = logging.getLogger("capserve.batch")
 
 
 class FileTooLargeError(ValueError):
@@ -68,6 +72,36 @@ class FileStorage:
         # The owner in the name keeps a runner that lost its lease from touching the file the
         # new owner writes for the same chunk.
         return self.batch_folder(batch_id) / f"chunk-{index:06d}.{kind}.{owner}.jsonl"
+
+    def chunk_files(self, batch_id: str) -> list[Path]:
+        """Every chunk file of the batch, checkpointed or not (a runner that died or lost its
+        lease leaves some), and the temporary files of writes a crash cut short."""
+        folder = self.batch_folder(batch_id)
+        return sorted([*folder.glob("chunk-*"), *folder.glob(".*.tmp")])
+
+    def batches_with_chunk_files(self) -> list[str]:
+        return sorted(
+            folder.name
+            for folder in (self.root / "batches").iterdir()
+            if folder.is_dir() and self.chunk_files(folder.name)
+        )
+
+    def remove_chunk_files(self, batch_id: str) -> None:
+        """For a batch that has ended: its output files are assembled, so nothing reads these."""
+        self.remove(self.chunk_files(batch_id))
+
+    def delete(self, path: Path) -> None:
+        """Deletes a file's bytes, and its batch's folder once that is empty; paths outside this
+        storage (a `batch_job`'s input is the user's own file) are never touched."""
+        resolved, root = path.resolve(), self.root.resolve()
+        if not resolved.is_relative_to(root):
+            logger.warning("not deleting %s: it is outside the batch storage %s", path, root)
+            return
+        resolved.unlink(missing_ok=True)
+        if resolved.parent.parent == root / "batches":
+            # Another writer may have just put a file there; then the folder stays.
+            with contextlib.suppress(OSError):
+                resolved.parent.rmdir()
 
     async def save_upload(
         self, file_id: str, chunks: AsyncIterator[bytes], max_bytes: int

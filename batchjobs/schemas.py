@@ -121,6 +121,17 @@ class BatchUsage(BaseModel):
         )
 
 
+# OpenAI's bounds on a file's expires_after: an hour to 30 days.
+MIN_EXPIRES_AFTER_S, MAX_EXPIRES_AFTER_S = 3600, 30 * 24 * 3600
+
+
+class ExpiresAfter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=MIN_EXPIRES_AFTER_S, le=MAX_EXPIRES_AFTER_S)
+
+
 class BatchObject(BaseModel):
     id: str
     object: Literal["batch"] = "batch"
@@ -144,6 +155,15 @@ class BatchObject(BaseModel):
     request_counts: RequestCounts = RequestCounts()
     usage: BatchUsage = BatchUsage()
     metadata: dict[str, str] | None = None
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None,
+        description="When the batch's output and error files expire, as it was created with.",
+    )
+    traceparent: str | None = Field(
+        default=None,
+        description="W3C trace context the batch runs under: the traceparent of the request "
+        "that created it, or a new trace. Each output line carries a span of it.",
+    )
 
     @property
     def terminal(self) -> bool:
@@ -170,17 +190,6 @@ def _with_ends(page: Page) -> Page:
     page.first_id = page.data[0].id if page.data else None
     page.last_id = page.data[-1].id if page.data else None
     return page
-
-
-# OpenAI's bounds on a file's expires_after: an hour to 30 days.
-MIN_EXPIRES_AFTER_S, MAX_EXPIRES_AFTER_S = 3600, 30 * 24 * 3600
-
-
-class ExpiresAfter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    anchor: Literal["created_at"]
-    seconds: int = Field(ge=MIN_EXPIRES_AFTER_S, le=MAX_EXPIRES_AFTER_S)
 
 
 class CreateBatchRequest(BaseModel):
@@ -223,6 +232,9 @@ class InputLine(BaseModel):
 class LineResponse(BaseModel):
     status_code: int
     request_id: str
+    traceparent: str | None = Field(
+        default=None, description="The line's span in the batch's trace (W3C traceparent)."
+    )
     body: dict[str, Any]
 
 

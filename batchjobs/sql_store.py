@@ -8,16 +8,19 @@ queries filter, order or lock by.
 A write transaction first locks what it changes, so concurrent writers (the ingress cancelling,
 a runner checkpointing, in other processes) queue instead of overwriting each other: SQLite takes
 the database's write lock at `BEGIN IMMEDIATE`, PostgreSQL the batch row with `FOR UPDATE`.
+
+Leases and file expiry are judged by the database's clock, in the SQL itself: runners on hosts
+whose clocks disagree still agree on whose lease has run out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -25,7 +28,14 @@ from typing import Any, Literal, Protocol, TypeVar
 import psycopg
 
 from batchjobs.schemas import TERMINAL_STATUSES, BatchObject, ChunkRecord, FileRecord
-from batchjobs.store import BatchChange, LeaseLostError
+from batchjobs.store import (
+    RUNNING_STATUSES,
+    BatchChange,
+    Lease,
+    LeaseLostError,
+    StoreUnavailableError,
+    WaitingBatch,
+)
 
 T = TypeVar("T")
 
@@ -39,6 +49,10 @@ URL_FORMS = (
 _TERMINAL_SQL = ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES))
 # Any constant shared by every process using the database: serialises their schema creation.
 _SCHEMA_LOCK_KEY = 0x6361_7073_6A6F_6273
+# The first key of PostgreSQL's two-key advisory locks that serialise one tenant's claims.
+_TENANT_LOCK_CLASS = 0x6361_7073
+# How far back a tenant's last service counts when ordering waiting batches.
+FAIR_SHARE_MEMORY_S = 3600.0
 
 # One schema for both databases: SQLite maps BIGINT and DOUBLE PRECISION onto its INTEGER and
 # REAL; PostgreSQL's REAL would be float4, too coarse for epoch seconds.
@@ -48,6 +62,7 @@ _SCHEMA = (
         created_at BIGINT NOT NULL,
         purpose TEXT NOT NULL,
         tenant TEXT,
+        expires_at BIGINT,
         record TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS files_by_time ON files (created_at, id)",
@@ -60,6 +75,8 @@ _SCHEMA = (
         tenant TEXT,
         owner TEXT,
         lease_until DOUBLE PRECISION,
+        lines INTEGER NOT NULL DEFAULT 0,
+        served_at DOUBLE PRECISION,
         handled INTEGER NOT NULL DEFAULT 0,
         record TEXT NOT NULL
     )""",
@@ -73,8 +90,18 @@ _SCHEMA = (
     )""",
 )
 # Columns added after the first release, which `CREATE TABLE IF NOT EXISTS` does not add to the
-# tables of an existing store.
-_ADDED_COLUMNS = (("files", "tenant", "TEXT"), ("batches", "tenant", "TEXT"))
+# tables of an existing store: (table, column, type, where the record already holds its value).
+_ADDED_COLUMNS = (
+    ("files", "tenant", "TEXT", None),
+    ("batches", "tenant", "TEXT", None),
+    # `lines`: what the lease holder reserved of its tenant's quota; `served_at`: when a runner
+    # last took, renewed or released the batch.
+    ("batches", "lines", "INTEGER NOT NULL DEFAULT 0", None),
+    ("batches", "served_at", "DOUBLE PRECISION", None),
+    ("files", "expires_at", "BIGINT", ("file", "expires_at")),
+)
+# Made after the columns it indexes, which an older store gains only then.
+_INDEXES = ("CREATE INDEX IF NOT EXISTS files_by_expiry ON files (expires_at)",)
 
 
 class _Cursor(Protocol):
@@ -106,6 +133,15 @@ class _Dialect:
     begin_schema: tuple[str, ...]
     columns_of: str
     """A query of the column names of the table named by its one parameter."""
+    lock_tenant: str | None
+    """Serialises the claims of the tenant named by its one parameter, until the transaction
+    ends; None where every write transaction is serialised anyway."""
+    same: str
+    """The comparison that is true of two NULLs too."""
+    now: str
+    """The database's clock in epoch seconds, as an SQL expression."""
+    json_integer: Callable[[tuple[str, ...]], str]
+    """The SQL of the integer at a path of the `record` column's JSON."""
     connect: Callable[[], _Connection]
     is_broken: Callable[[_Connection], bool]
 
@@ -129,6 +165,10 @@ def _sqlite(path: Path) -> _Dialect:
         lock_row="",
         begin_schema=("BEGIN IMMEDIATE",),
         columns_of="SELECT name FROM pragma_table_info(?)",
+        lock_tenant=None,
+        same="IS",
+        now="((julianday('now') - 2440587.5) * 86400.0)",
+        json_integer=lambda path: f"json_extract(record, '$.{'.'.join(path)}')",
         connect=connect,
         is_broken=lambda _: False,
     )
@@ -150,6 +190,10 @@ def _postgres(url: str) -> _Dialect:
         begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"),
         columns_of="SELECT column_name FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND table_name = ?",
+        lock_tenant=f"SELECT pg_advisory_xact_lock({_TENANT_LOCK_CLASS}, hashtext(COALESCE(?, '')))",
+        same="IS NOT DISTINCT FROM",
+        now="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
+        json_integer=lambda path: f"(record::jsonb #>> '{{{','.join(path)}}}')::bigint",
         connect=connect,
         is_broken=is_broken,
     )
@@ -174,7 +218,7 @@ class SqlJobStore:
     def __init__(self, dialect: _Dialect) -> None:
         self._dialect = dialect
         self._lock = threading.Lock()
-        connection = dialect.connect()
+        connection = self._connect()
         self._connection: _Connection | None = connection
         try:
             with self._lock:
@@ -184,18 +228,7 @@ class SqlJobStore:
             raise
 
     async def create_file(self, record: FileRecord) -> None:
-        file = record.file
-        await self._write(
-            lambda sql: sql(
-                "INSERT INTO files (id, created_at, purpose, tenant, record) "
-                "VALUES (?, ?, ?, ?, ?)",
-                file.id,
-                file.created_at,
-                file.purpose,
-                record.tenant,
-                record.model_dump_json(),
-            )
-        )
+        await self._write(lambda sql: _insert_file(sql, record))
 
     async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None:
         owned, params = _owned_by(tenant)
@@ -215,7 +248,8 @@ class SqlJobStore:
         tenant: str | None = None,
     ) -> tuple[list[FileRecord], bool]:
         _check_limit(limit)
-        clauses: list[str] = []
+        # Expired files are gone for callers, whether or not the cleanup has deleted them yet.
+        clauses: list[str] = [f"(expires_at IS NULL OR expires_at > {self._dialect.now})"]
         params: list[Any] = []
         if tenant is not None:
             clauses.append("tenant = ?")
@@ -230,10 +264,9 @@ class SqlJobStore:
                 f"(created_at, id) {comparison} (SELECT created_at, id FROM files WHERE id = ?)"
             )
             params.append(after)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         direction = "ASC" if order == "asc" else "DESC"
         query = (
-            f"SELECT record FROM files {where} "
+            f"SELECT record FROM files WHERE {' AND '.join(clauses)} "
             f"ORDER BY created_at {direction}, id {direction} LIMIT ?"
         )
         rows = await self._read(lambda sql: sql(query, *params, limit + 1).fetchall())
@@ -244,6 +277,19 @@ class SqlJobStore:
             lambda sql: sql("DELETE FROM files WHERE id = ?", file_id).rowcount
         )
         return deleted > 0
+
+    async def expired_files(self, limit: int) -> list[FileRecord]:
+        _check_limit(limit)
+        rows = await self._read(
+            lambda sql: sql(
+                f"SELECT record FROM files WHERE expires_at <= {self._dialect.now} "
+                "AND id NOT IN (SELECT input_file_id FROM batches "
+                f"WHERE status NOT IN ({_TERMINAL_SQL})) "
+                "ORDER BY expires_at, id LIMIT ?",
+                limit,
+            ).fetchall()
+        )
+        return [FileRecord.model_validate_json(row[0]) for row in rows]
 
     async def create_batch(self, batch: BatchObject, tenant: str | None = None) -> None:
         await self._write(
@@ -311,43 +357,114 @@ class SqlJobStore:
 
         return await self._write(update)
 
-    async def claim_batch(self, batch_id: str, owner: str, lease_s: float, now: float) -> bool:
-        claimed = await self._write(
-            lambda sql: (
+    async def claim_batch(
+        self,
+        batch_id: str,
+        owner: str,
+        lease_s: float,
+        lines: int = 1,
+        tenant_lines: int | None = None,
+    ) -> Lease | None:
+        def claim(sql: _Sql) -> Lease | None:
+            # The database's clock, read once with the locked row: the whole claim judges and
+            # sets leases by that one instant.
+            row = sql(
+                f"SELECT tenant, status, owner, lease_until, lines, handled, {self._dialect.now} "
+                f"FROM batches WHERE id = ?{self._dialect.lock_row}",
+                batch_id,
+            ).fetchone()
+            if row is None:
+                return None
+            tenant, status, holder, lease_until, held_lines, handled, now = row
+            if handled and status in TERMINAL_STATUSES:
+                return None
+            if holder is not None and lease_until >= now:
+                if holder != owner:
+                    return None
                 sql(
-                    "UPDATE batches SET owner = ?, lease_until = ? "
-                    "WHERE id = ? AND (owner IS NULL OR owner = ? OR lease_until < ?) "
-                    f"AND NOT (handled = 1 AND status IN ({_TERMINAL_SQL}))",
-                    owner,
+                    "UPDATE batches SET lease_until = ?, served_at = ? WHERE id = ?",
                     now + lease_s,
-                    batch_id,
-                    owner,
                     now,
-                ).rowcount
+                    batch_id,
+                )
+                return Lease(batch_id, tenant, held_lines)
+            granted = lines if status in RUNNING_STATUSES else 0
+            if granted and tenant_lines is not None:
+                granted = min(granted, tenant_lines - self._tenant_lines(sql, tenant, now))
+                if granted < 1:
+                    return None
+            sql(
+                "UPDATE batches SET owner = ?, lease_until = ?, lines = ?, served_at = ? "
+                "WHERE id = ?",
+                owner,
+                now + lease_s,
+                granted,
+                now,
+                batch_id,
             )
-        )
-        return claimed > 0
+            return Lease(batch_id, tenant, granted)
+
+        return await self._write(claim)
+
+    def _tenant_lines(self, sql: _Sql, tenant: str | None, now: float) -> int:
+        """The lines the tenant's live leases hold, its claims serialised from here to commit."""
+        if self._dialect.lock_tenant is not None:
+            sql(self._dialect.lock_tenant, tenant)
+        row = sql(
+            "SELECT COALESCE(SUM(lines), 0) FROM batches "
+            f"WHERE tenant {self._dialect.same} ? AND owner IS NOT NULL AND lease_until >= ?",
+            tenant,
+            now,
+        ).fetchone()
+        return int(row[0])
 
     async def release_batch(self, batch_id: str, owner: str) -> None:
         await self._write(
             lambda sql: sql(
-                "UPDATE batches SET owner = NULL, lease_until = NULL WHERE id = ? AND owner = ?",
+                "UPDATE batches SET owner = NULL, lease_until = NULL, lines = 0, "
+                f"served_at = {self._dialect.now} WHERE id = ? AND owner = ?",
                 batch_id,
                 owner,
             )
         )
 
-    async def claimable_batches(self, now: float) -> list[str]:
-        rows = await self._read(
-            lambda sql: sql(
-                "SELECT id FROM batches "
+    async def claimable_batches(self, tenant_lines: int | None = None) -> list[WaitingBatch]:
+        now = self._dialect.now
+
+        def read(sql: _Sql) -> tuple[list[Any], list[Any]]:
+            waiting = sql(
+                "SELECT id, tenant, status FROM batches "
                 f"WHERE (status NOT IN ({_TERMINAL_SQL}) OR handled = 0) "
-                "AND (owner IS NULL OR lease_until < ?) "
-                "ORDER BY created_at, id",
-                now,
+                f"AND (owner IS NULL OR lease_until < {now}) "
+                "ORDER BY created_at, id"
             ).fetchall()
+            tenants = sql(
+                "SELECT tenant, "
+                f"SUM(CASE WHEN owner IS NOT NULL AND lease_until >= {now} THEN lines ELSE 0 END), "
+                f"MAX(served_at) FROM batches WHERE served_at >= {now} - ? GROUP BY tenant",
+                FAIR_SHARE_MEMORY_S,
+            ).fetchall()
+            return waiting, tenants
+
+        waiting, tenants = await self._read(read)
+        in_flight = {tenant: int(lines) for tenant, lines, _ in tenants}
+        served_at = {tenant: float(at) for tenant, _, at in tenants}
+        batches = [
+            WaitingBatch(
+                id=batch_id,
+                tenant=tenant,
+                runs_lines=status in RUNNING_STATUSES,
+                tenant_lines=in_flight.get(tenant, 0),
+            )
+            for batch_id, tenant, status in waiting
+        ]
+        if tenant_lines is not None:
+            batches = [b for b in batches if not b.runs_lines or b.tenant_lines < tenant_lines]
+        # A stable sort: equals keep the oldest-first order of the query.
+        return sorted(
+            batches,
+            key=lambda b: (b.runs_lines, b.tenant_lines, served_at.get(b.tenant, -math.inf)),
         )
-        return [row[0] for row in rows]
 
     async def mark_handled(self, batch_id: str, owner: str) -> None:
         # The handlers ran whoever holds the lease now; only the lease is `owner`'s to release.
@@ -356,8 +473,10 @@ class SqlJobStore:
             lambda sql: sql(
                 "UPDATE batches SET handled = 1, "
                 "owner = CASE WHEN owner = ? THEN NULL ELSE owner END, "
-                "lease_until = CASE WHEN owner = ? THEN NULL ELSE lease_until END "
+                "lease_until = CASE WHEN owner = ? THEN NULL ELSE lease_until END, "
+                "lines = CASE WHEN owner = ? THEN 0 ELSE lines END "
                 "WHERE id = ?",
+                owner,
                 owner,
                 owner,
                 batch_id,
@@ -387,6 +506,23 @@ class SqlJobStore:
 
         await self._write(add)
 
+    async def finish_batch(
+        self, batch_id: str, owner: str, files: Sequence[FileRecord], change: BatchChange
+    ) -> BatchObject:
+        def finish(sql: _Sql) -> BatchObject:
+            batch = self._locked_batch(sql, batch_id, owner)
+            if batch is None:
+                raise LeaseLostError(f"batch {batch_id} no longer exists")
+            changed = change(batch)
+            if changed is None:
+                return batch
+            for record in files:
+                _insert_file(sql, record, " ON CONFLICT DO NOTHING")
+            _store_batch(sql, batch_id, changed)
+            return changed
+
+        return await self._write(finish)
+
     async def chunks(self, batch_id: str) -> list[ChunkRecord]:
         rows = await self._read(
             lambda sql: sql(
@@ -408,34 +544,40 @@ class SqlJobStore:
     def _locked_batch(self, sql: _Sql, batch_id: str, owner: str | None) -> BatchObject | None:
         """Reads the batch for a write, locking its row; checks `owner`'s lease when given."""
         row = sql(
-            f"SELECT record, owner, lease_until FROM batches WHERE id = ?{self._dialect.lock_row}",
+            "SELECT record, owner, "
+            f"CASE WHEN lease_until >= {self._dialect.now} THEN 0 ELSE 1 END "
+            f"FROM batches WHERE id = ?{self._dialect.lock_row}",
             batch_id,
         ).fetchone()
         if row is None:
             return None
-        record, holder, lease_until = row
-        if owner is not None and (holder != owner or lease_until < time.time()):
+        record, holder, lapsed = row
+        if owner is not None and (holder != owner or lapsed):
             raise LeaseLostError(f"{owner} no longer holds the lease on batch {batch_id}")
         return BatchObject.model_validate_json(record)
 
     def _create_schema(self, sql: _Sql) -> None:
         for statement in _SCHEMA:
             sql(statement)
-        for table, column, kind in _ADDED_COLUMNS:
+        for table, column, kind, in_record in _ADDED_COLUMNS:
             present = {row[0] for row in sql(self._dialect.columns_of, table).fetchall()}
             if column not in present:
                 sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                if in_record is not None:
+                    sql(f"UPDATE {table} SET {column} = {self._dialect.json_integer(in_record)}")
+        for statement in _INDEXES:
+            sql(statement)
 
     async def _read(self, work: Callable[[_Sql], T]) -> T:
         def read() -> T:
-            with self._lock:
+            with self._lock, _server_errors_as_unavailable():
                 return self._retrying(lambda: work(self._sql()))
 
         return await asyncio.to_thread(read)
 
     async def _write(self, work: Callable[[_Sql], T]) -> T:
         def write() -> T:
-            with self._lock:
+            with self._lock, _server_errors_as_unavailable():
                 return self._transaction((self._dialect.begin_write,), work)
 
         return await asyncio.to_thread(write)
@@ -470,8 +612,16 @@ class SqlJobStore:
             if self._connection is None or not self._dialect.is_broken(self._connection):
                 raise
         self._connection.close()
-        self._connection = self._dialect.connect()
+        self._connection = self._connect()
         return step()
+
+    def _connect(self) -> _Connection:
+        try:
+            return self._dialect.connect()
+        except (psycopg.OperationalError, sqlite3.OperationalError, OSError) as error:
+            raise StoreUnavailableError(
+                f"the job store's database cannot be reached ({type(error).__name__})"
+            ) from error
 
     def _sql(self) -> _Sql:
         if self._connection is None:
@@ -482,6 +632,32 @@ class SqlJobStore:
             return connection.execute(query.replace("?", placeholder), params)
 
         return sql
+
+
+@contextlib.contextmanager
+def _server_errors_as_unavailable() -> Iterator[None]:
+    """PostgreSQL's operational errors (the server went away, shut down, or cancelled the
+    statement) pass: callers see them as the store being unavailable for now."""
+    try:
+        yield
+    except psycopg.OperationalError as error:
+        raise StoreUnavailableError(
+            f"the job store's database failed ({type(error).__name__})"
+        ) from error
+
+
+def _insert_file(sql: _Sql, record: FileRecord, on_conflict: str = "") -> None:
+    file = record.file
+    sql(
+        "INSERT INTO files (id, created_at, purpose, tenant, expires_at, record) "
+        f"VALUES (?, ?, ?, ?, ?, ?){on_conflict}",
+        file.id,
+        file.created_at,
+        file.purpose,
+        record.tenant,
+        file.expires_at,
+        record.model_dump_json(),
+    )
 
 
 def _store_batch(sql: _Sql, batch_id: str, batch: BatchObject) -> None:

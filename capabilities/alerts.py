@@ -3,13 +3,18 @@
 A rule has a name, a severity, a message template and a condition (`when`) over the label, the
 confidence and the text. Each text gets the alerts whose rules match, most severe first, then in
 rule order. Every fired alert also goes to the configured sinks; webhook deliveries run in the
-background, so answers never wait on a receiver.
+background, so answers never wait on a receiver, and are waited for when the instance closes.
+
+Each alert of each item is one event whose id is derived from where the item came from and the
+rule: the request id and item, or for a batch line the batch id, custom_id and item, which stay
+the same when a line runs again after a crash. Receivers de-duplicate by that id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import logging
 import re
@@ -31,7 +36,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from capabilities.base import Capability, Counter, RedactedUrl, Resources, RunContext
+from capabilities.base import (
+    Capability,
+    Counter,
+    RedactedUrl,
+    Resources,
+    RunContext,
+    TextSource,
+)
 from capabilities.classification import Classification
 from capabilities.errors import CapabilityError
 from capabilities.webhooks import Event, WebhookSecret, WebhookSender
@@ -242,7 +254,7 @@ class MetricsSink(BaseModel):
 
 
 class WebhookSink(WebhookSecret):
-    """One signed `alerts.fired` event per run that fired any alert, POSTed to `url`; signed
+    """One signed `alerts.fired` event per fired alert of each item, POSTed to `url`; signed
     with the secret in `secret_env` or `secret_file`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -353,51 +365,69 @@ class AlertsCapability(Capability[AlertsSettings, AlertList]):
     async def run(self, texts: Sequence[str], context: RunContext) -> list[AlertList]:
         classifications = cast(Sequence[Classification], context.parents["classification"])
         outputs: list[AlertList] = []
-        fired: list[dict[str, Any]] = []
-        for text, classification in zip(texts, classifications, strict=True):
+        fired: list[Event] = []
+        for position, (text, classification) in enumerate(zip(texts, classifications, strict=True)):
             alerts = [
                 rule.alert(text, classification)
                 for rule in self._rules
                 if rule.when.matches(text, classification)
             ]
             outputs.append(AlertList(alerts=alerts))
+            # One event per item the text stands for: requests coalesced into this run may
+            # share a text, and each of their items fired. (A caller may not say where.)
+            sources = (context.sources[position] if context.sources else None) or [None]
             fired += [
-                alert.model_dump()
-                | {"label": classification.label, "confidence": classification.confidence}
-                for alert in alerts
+                alert_event(alert, classification, source) for alert in alerts for source in sources
             ]
-        if fired:
-            self._emit(fired)
+        self._emit(fired)
         return outputs
 
-    def _emit(self, fired: list[dict[str, Any]]) -> None:
-        for record in fired:
+    def _emit(self, fired: list[Event]) -> None:
+        for event in fired:
             if self._logs:
-                logger.warning("%s", json.dumps(record, ensure_ascii=False))
+                logger.warning("%s", json.dumps({"id": event.id} | event.data, ensure_ascii=False))
             if self._alerts_counter is not None:
                 self._alerts_counter.inc(
-                    tags={"rule": record["rule"], "severity": record["severity"]}
+                    tags={"rule": event.data["rule"], "severity": event.data["severity"]}
                 )
-        if not self._webhooks:
-            return
-        event = Event(type=ALERTS_EVENT_TYPE, data={"alerts": fired})
-        for sender in self._webhooks:
-            if len(self._deliveries) >= MAX_PENDING_DELIVERIES:
-                logger.warning(
-                    "dropped alerts event %s with %d alert(s): %d webhook deliveries pending",
-                    event.id,
-                    len(fired),
-                    len(self._deliveries),
-                )
-                continue
-            task = asyncio.create_task(sender.send(event))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+            for sender in self._webhooks:
+                if len(self._deliveries) >= MAX_PENDING_DELIVERIES:
+                    logger.warning(
+                        "dropped alerts event %s: %d webhook deliveries pending",
+                        event.id,
+                        len(self._deliveries),
+                    )
+                    continue
+                task = asyncio.create_task(sender.send(event))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
 
-    async def drain(self) -> None:
-        """Waits for the webhook deliveries started so far (in tests, and before shutting down)."""
+    async def close(self) -> None:
+        """Waits for the webhook deliveries started so far: each ends delivered or given up."""
         while pending := [task for task in self._deliveries if not task.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def alert_event(alert: Alert, classification: Classification, source: TextSource | None) -> Event:
+    """The `alerts.fired` event of one alert of one item. Its id is the same every time the
+    item's alert fires (a batch line run again after a crash, a request retried with its
+    X-Request-ID), so receivers can drop repeats; without a source it is a fresh id."""
+    data: dict[str, Any] = alert.model_dump() | {
+        "label": classification.label,
+        "confidence": classification.confidence,
+    }
+    if source is None:
+        return Event(type=ALERTS_EVENT_TYPE, data=data)
+    line = source.batch_line
+    data |= {
+        "request_id": source.request_id,
+        "item_index": source.item_index,
+        "item_id": source.item_id,
+        "batch_id": line.batch_id if line else None,
+        "custom_id": line.custom_id if line else None,
+    }
+    digest = hashlib.sha256(f"{source.stable_key}:{alert.rule}".encode()).hexdigest()
+    return Event(id=f"evt_{digest[:32]}", type=ALERTS_EVENT_TYPE, data=data)
 
 
 def _webhook_sender(sink: WebhookSink) -> WebhookSender:

@@ -82,12 +82,44 @@ class Resources:
         return self.engines[name]
 
 
+class BatchLine(BaseModel):
+    """A line of a batch: the same when the line runs again after a crash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_id: str
+    custom_id: str
+
+
+class TextSource(BaseModel):
+    """Where a text of a run came from: the request and its item (for a batch line, the line)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str
+    item_index: int
+    item_id: str | None = None
+    batch_line: BatchLine | None = None
+
+    @property
+    def stable_key(self) -> str:
+        """Names the item across re-runs: a batch line that runs again after a crash gets a new
+        request id, but keeps its batch id and custom_id."""
+        if self.batch_line is not None:
+            line = self.batch_line
+            return f"batch:{line.batch_id}:{line.custom_id}:{self.item_index}"
+        return f"request:{self.request_id}:{self.item_index}"
+
+
 @dataclass(frozen=True)
 class RunContext:
-    """Per-run inputs besides the texts: parents' outputs (aligned with the texts) and options."""
+    """Per-run inputs besides the texts: parents' outputs (aligned with the texts), options and
+    where each text came from (aligned with the texts; several items may share one text, and a
+    caller may give none)."""
 
     parents: Mapping[str, Sequence[BaseModel]] = field(default_factory=dict)
     options: BaseModel = field(default_factory=NoOptions)
+    sources: Sequence[Sequence[TextSource]] = ()
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
@@ -151,3 +183,7 @@ class Capability(ABC, Generic[SettingsT, OutputT]):
     @abstractmethod
     async def run(self, texts: Sequence[str], context: RunContext) -> list[OutputT]:
         """Returns one output per text, in order."""
+
+    async def close(self) -> None:
+        """Finishes work `run` left in the background (webhook deliveries); called once the
+        instance is replaced by a reload or its replica shuts down."""

@@ -13,12 +13,12 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from capabilities.base import Capability, RunContext
+from capabilities.base import Capability, RunContext, TextSource
 from capabilities.cache import ResultCache, cache_key
 from capabilities.errors import (
     EngineUnavailableError,
@@ -30,11 +30,16 @@ logger = logging.getLogger("capserve.batching")
 
 
 class RunCall(BaseModel):
-    """One caller's share of a batch: texts, their parents' outputs, and options."""
+    """One caller's share of a batch: texts, their parents' outputs, options, and where each
+    text came from (empty when the caller does not say)."""
 
     texts: list[str]
     parents: dict[str, list[Any]] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
+    sources: list[list[TextSource]] = Field(default_factory=list)
+    trace: str | None = Field(
+        default=None, description="The caller's W3C traceparent: a failure is logged with it."
+    )
 
 
 class RunFailure(BaseModel):
@@ -85,32 +90,55 @@ class _Group:
     """Calls that share options: one run over their distinct inputs."""
 
     options: dict[str, Any]
-    call_indexes: list[int]
-    inputs: dict[str, tuple[str, dict[str, Any]]]
+    call_indexes: list[int] = field(default_factory=list)
+    inputs: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    sources: dict[str, list[TextSource]] = field(default_factory=dict)
+    """Of each input, where its copies came from, across the group's calls."""
+
+    def add(self, index: int, call: RunCall, keys: list[str]) -> None:
+        self.call_indexes.append(index)
+        for position, (text, key) in enumerate(zip(call.texts, keys, strict=True)):
+            parents = {name: outputs[position] for name, outputs in call.parents.items()}
+            self.inputs.setdefault(key, (text, parents))
+            sources = self.sources.setdefault(key, [])
+            if call.sources:
+                sources += call.sources[position]
 
 
 async def _run(
-    capability: Capability, inputs: list[tuple[str, dict[str, Any]]], options: BaseModel
+    capability: Capability,
+    inputs: list[tuple[str, dict[str, Any]]],
+    options: BaseModel,
+    sources: list[list[TextSource]],
 ) -> list[BaseModel]:
     parent_names = inputs[0][1].keys()
     context = RunContext(
         parents={name: [parents[name] for _, parents in inputs] for name in parent_names},
         options=options,
+        sources=sources,
     )
     return await capability.run([text for text, _ in inputs], context)
 
 
-def failure_of(error: Exception) -> RunFailure:
+def failure_of(error: Exception, traces: Sequence[str] = ()) -> RunFailure:
+    """What the callers whose `traces` (traceparents) a run served are told of its error."""
     if isinstance(error, InvalidRequestError):
         return RunFailure(kind="invalid_request", message=str(error), param=error.param)
     if isinstance(error, ValidationError):
         return RunFailure(kind="invalid_request", message=validation_problems(error))
+    callers = f" (traceparent {', '.join(traces)})" if traces else ""
     if isinstance(error, EngineUnavailableError):
         # Expected while an engine is down or overloaded: the caller answers 503, no traceback.
-        logger.warning("capability run failed: %s", error)
+        logger.warning("capability run failed%s: %s", callers, error)
         return RunFailure(kind="unavailable", message=str(error), retry_after_s=error.retry_after_s)
-    logger.error("capability run failed", exc_info=error)
+    logger.error("capability run failed%s", callers, exc_info=error)
     return RunFailure(kind="internal", message=f"{type(error).__name__}: {error}")
+
+
+def _alone(options: dict[str, Any], index: int, call: RunCall, keys: list[str]) -> _Group:
+    group = _Group(options=options)
+    group.add(index, call, keys)
+    return group
 
 
 async def run_batch(
@@ -119,19 +147,13 @@ async def run_batch(
     """Runs `capability` once per distinct options over the distinct inputs of all calls that
     `cache` does not already answer (keys carry the settings version, so never a stale one)."""
     groups: dict[str, _Group] = {}
-    keys_per_call: list[list[str]] = []
+    keys_per_call = [
+        [_input_key(text, call.parents, position) for position, text in enumerate(call.texts)]
+        for call in calls
+    ]
     for index, call in enumerate(calls):
-        group = groups.setdefault(
-            _options_key(call.options), _Group(options=call.options, call_indexes=[], inputs={})
-        )
-        group.call_indexes.append(index)
-        keys = []
-        for position, text in enumerate(call.texts):
-            key = _input_key(text, call.parents, position)
-            parents = {name: outputs[position] for name, outputs in call.parents.items()}
-            group.inputs.setdefault(key, (text, parents))
-            keys.append(key)
-        keys_per_call.append(keys)
+        group = groups.setdefault(_options_key(call.options), _Group(options=call.options))
+        group.add(index, call, keys_per_call[index])
 
     version = capability.version
     use_cache = cache if capability.cacheable else None
@@ -154,7 +176,12 @@ async def run_batch(
             cache_hits += len(outputs)
             missing = [key for key in group.inputs if key not in outputs]
             if missing:
-                computed = await _run(capability, [group.inputs[key] for key in missing], options)
+                computed = await _run(
+                    capability,
+                    [group.inputs[key] for key in missing],
+                    options,
+                    [group.sources[key] for key in missing],
+                )
                 runs += 1
                 outputs.update(zip(missing, computed, strict=True))
                 if use_cache:
@@ -166,7 +193,8 @@ async def run_batch(
                         }
                     )
         except Exception as error:  # noqa: BLE001 - reported to this group's callers only
-            return failure_of(error)
+            traces = [trace for i in group.call_indexes if (trace := calls[i].trace)]
+            return failure_of(error, traces)
         return outputs
 
     replies: list[RunReply] = [RunReply(version=version) for _ in calls]
@@ -176,10 +204,7 @@ async def run_batch(
     # the engine could not decode): run such a group's calls alone, so only that caller fails.
     # An unavailable engine would fail each of them the same way, so those are not re-run.
     alone = [
-        (
-            options_key,
-            _Group(group.options, [index], {k: group.inputs[k] for k in keys_per_call[index]}),
-        )
+        (options_key, _alone(group.options, index, calls[index], keys_per_call[index]))
         for (options_key, group), result in zip(groups.items(), results, strict=True)
         if isinstance(result, RunFailure)
         and result.kind != "unavailable"

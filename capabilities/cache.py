@@ -12,12 +12,12 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
+from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -78,39 +78,27 @@ class LocalCache:
             raise ValueError(f"ttl_s must be positive, not {ttl_s}")
         self.max_entries = max_entries
         self.ttl_s = ttl_s
-        self._clock = clock
-        # Least recently used first; values are (expiry time on `clock`, value).
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: TTLCache[str, bytes] = TTLCache(max_entries, ttl_s, timer=clock)
         self._hits = 0
         self._misses = 0
 
     def __len__(self) -> int:
+        self._entries.expire()
         return len(self._entries)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        now = self._clock()
-        found: dict[str, bytes] = {}
-        for key in dict.fromkeys(keys):
-            entry = self._entries.get(key)
-            if entry is None:
-                continue
-            expires_at, value = entry
-            if now >= expires_at:
-                del self._entries[key]
-                continue
-            self._entries.move_to_end(key)
-            found[key] = value
+        unique = list(dict.fromkeys(keys))
+        # One time for the whole lookup, so no entry expires between `in` and `[]`; expired
+        # entries go now, not when the LRU order reaches them.
+        with self._entries.timer as now:
+            self._entries.expire(now)
+            found = {key: self._entries[key] for key in unique if key in self._entries}
         self._hits += len(found)
-        self._misses += len(set(keys)) - len(found)
+        self._misses += len(unique) - len(found)
         return found
 
     async def set_many(self, items: Mapping[str, bytes]) -> None:
-        expires_at = self._clock() + self.ttl_s
-        for key, value in items.items():
-            self._entries[key] = (expires_at, value)
-            self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._entries.update(items)
 
     def stats(self) -> CacheStats:
         return CacheStats(local_hits=self._hits, misses=self._misses)

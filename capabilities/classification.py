@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Generic, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from async_lru import alru_cache
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capabilities.base import Capability, RunContext
@@ -193,28 +193,6 @@ def generative_prompt(
     return "\n\n".join(["\n".join(lines), *shots, f"Text: {text}\n{LABEL_CUE}"])
 
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class _Recent(Generic[K, V]):
-    """What was computed for the `size` keys asked for last."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._values: OrderedDict[K, V] = OrderedDict()
-
-    async def get(self, key: K, compute: Callable[[], Awaitable[V]]) -> V:
-        if key in self._values:
-            self._values.move_to_end(key)
-            return self._values[key]
-        value = await compute()
-        self._values[key] = value
-        if len(self._values) > self._size:
-            self._values.popitem(last=False)
-        return value
-
-
 class Classifier:
     """Holds the loaded indexes and answers `classify` with the configured or requested strategy."""
 
@@ -232,9 +210,10 @@ class Classifier:
         self._knn: KnnIndex | None = None
         self._labels: list[LabelSpec] = list(settings.labels or [])
         self._label_index: LabelIndex | None = None
-        self._ad_hoc: _Recent[tuple[LabelSpec, ...], LabelIndex] = _Recent(AD_HOC_LABEL_SETS_KEPT)
-        # The keys the generator asks for, per label set (the configured one included).
-        self._keys: _Recent[tuple[str, ...], list[str] | None] = _Recent(AD_HOC_LABEL_SETS_KEPT)
+        # For the label sets asked for last: their index, and the keys the generator asks for
+        # (the configured set's included). Requests bringing one new set compute it once.
+        self._ad_hoc = alru_cache(maxsize=AD_HOC_LABEL_SETS_KEPT)(self._build_label_index)
+        self._keys = alru_cache(maxsize=AD_HOC_LABEL_SETS_KEPT)(self._choice_keys)
 
     @property
     def strategies(self) -> list[Strategy]:
@@ -286,7 +265,11 @@ class Classifier:
         return LabelIndex(vectors, [l.name for l in labels], self.settings.zero_shot_temperature)
 
     async def _ad_hoc_index(self, labels: Sequence[LabelSpec]) -> LabelIndex:
-        return await self._ad_hoc.get(tuple(labels), lambda: self._build_label_index(labels))
+        return await self._ad_hoc(tuple(labels))
+
+    async def _choice_keys(self, names: tuple[str, ...]) -> list[str] | None:
+        assert self._generator is not None
+        return await self._generator.choice_keys(names, LABEL_CUE)
 
     def resolve_strategy(
         self, strategy: Strategy | None, labels: Sequence[LabelSpec] | None
@@ -342,11 +325,7 @@ class Classifier:
         generator = self._generator
         assert generator is not None
         names = [label.name for label in labels]
-        keys = (
-            await self._keys.get(tuple(names), lambda: generator.choice_keys(names, LABEL_CUE))
-            if self.settings.answer_keys
-            else None
-        )
+        keys = await self._keys(tuple(names)) if self.settings.answer_keys else None
         instruction = self.settings.instruction
         prompts = [generative_prompt(instruction, labels, text, keys) for text in texts]
         choices = await generator.choose(prompts, names, keys)

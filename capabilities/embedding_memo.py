@@ -7,10 +7,10 @@ vector from here instead of crossing to the engine again. Bounded, so it never g
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
+from cachetools import LRUCache
 
 DEFAULT_MAX_ENTRIES = 4096
 
@@ -19,8 +19,7 @@ Embed = Callable[[list[str]], Awaitable[np.ndarray]]
 
 class EmbeddingMemo:
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
-        self._max_entries = max_entries
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors: LRUCache[str, np.ndarray] = LRUCache(max_entries)
 
     async def embed(self, texts: Sequence[str], embed: Embed) -> np.ndarray:
         """One row per text: remembered rows, and `embed` once over the distinct others."""
@@ -29,12 +28,6 @@ class EmbeddingMemo:
         missing = [text for text in distinct if text not in found]
         if missing:
             found.update(zip(missing, await embed(missing), strict=True))
-        for text in distinct:
-            self._remember(text, found[text])
+        # Every text asked for becomes the most recently used, the remembered ones included.
+        self._vectors.update((text, found[text]) for text in distinct)
         return np.stack([found[text] for text in texts])
-
-    def _remember(self, text: str, vector: np.ndarray) -> None:
-        self._vectors[text] = vector
-        self._vectors.move_to_end(text)
-        while len(self._vectors) > self._max_entries:
-            self._vectors.popitem(last=False)

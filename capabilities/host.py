@@ -4,10 +4,13 @@ in a runner deployment of its own (`placement: deployment`).
 The host validates settings, builds and loads a new instance beside the old one and only then swaps
 it in, so a reload never mixes old and new settings inside one run; it runs coalesced calls through
 `run_batch` (dedup, result cache, per-call failures) and tells `on_batch` what each batch did.
+A replaced instance is closed in the background (its pending webhook deliveries finish);
+`close` waits for those and closes the serving one, when the replica shuts down.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +49,8 @@ class CapabilityHost:
         self._cache = cache
         self._on_batch = on_batch
         self._capability: Capability | None = None
+        # Replaced instances still closing; held here, since the loop keeps only weak references.
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -68,7 +73,17 @@ class CapabilityHost:
         return capability
 
     def swap_in(self, capability: Capability) -> None:
-        self._capability = capability
+        replaced, self._capability = self._capability, capability
+        if replaced is not None:
+            closing = asyncio.get_running_loop().create_task(replaced.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Closes the serving instance and waits for replaced ones to finish closing."""
+        if self._capability is not None:
+            await self._capability.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def run(self, calls: Sequence[RunCall]) -> list[RunReply]:
         capability = self._loaded()

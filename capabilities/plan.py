@@ -15,8 +15,11 @@ from pydantic import BaseModel
 
 from capabilities.registry import Registry
 
-RunCapability = Callable[[str, list[str], dict[str, list[BaseModel]]], Awaitable[list[BaseModel]]]
-"""(capability name, texts, parents' outputs aligned with texts) -> one output per text."""
+RunCapability = Callable[
+    [str, list[str], dict[str, list[BaseModel]], list[list[int]]], Awaitable[list[BaseModel]]
+]
+"""(capability name, texts, parents' outputs aligned with texts, the indexes of the items each
+text is for) -> one output per text."""
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,15 @@ async def execute(
         await asyncio.gather(*parents_done)
         indexes = plan.items_needing(name)
         # Within one request identical texts share their parents' outputs, so one copy suffices.
-        first_index = {}
+        items: dict[str, list[int]] = {}
         for index in indexes:
-            first_index.setdefault(texts[index], index)
-        unique = list(first_index)
+            items.setdefault(texts[index], []).append(index)
+        unique = list(items)
         parents = {
-            parent: [outputs[first_index[text]][parent] for text in unique]
+            parent: [outputs[items[text][0]][parent] for text in unique]
             for parent in plan.depends_on[name]
         }
-        results = await run(name, unique, parents)
+        results = await run(name, unique, parents, list(items.values()))
         by_text = dict(zip(unique, results, strict=True))
         for index in indexes:
             outputs[index][name] = by_text[texts[index]]

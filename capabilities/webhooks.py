@@ -7,7 +7,6 @@ with another body, and the timestamp bounds how long it can be replayed at all.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -20,6 +19,15 @@ from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from capabilities.egress import EgressRefusedError
 
@@ -151,6 +159,7 @@ class WebhookSender:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
+        self._backoff = wait_exponential(multiplier=backoff_s, max=max_backoff_s)
         self._transport = transport
         # Webhook URLs often carry a token in their path or query; logs name the host only.
         self._host_for_logs = f"{parsed.scheme}://{parsed.netloc.decode()}"
@@ -158,14 +167,25 @@ class WebhookSender:
     async def send(self, event: Event) -> bool:
         """Delivers `event`; True on a 2xx, False (with a warning logged) once it gives up."""
         body = event.model_dump_json().encode()
-        problem = "no attempt made"
         transport = self._transport() if self._transport is not None else None
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._delay_s,
+            # A refused destination is refused again; other transport errors may pass.
+            retry=(
+                retry_if_exception_type(httpx.TransportError)
+                & retry_if_not_exception_type(EgressRefusedError)
+            )
+            | retry_if_result(lambda response: _is_retried(response.status_code)),
+            retry_error_callback=_last_outcome,
+        )
         # A redirect is not followed but fails the delivery: it could lead anywhere, around
         # whatever the URL was checked against.
         async with httpx.AsyncClient(
             timeout=self.timeout_s, transport=transport, follow_redirects=False
         ) as client:
-            for attempt in range(self.max_attempts):
+
+            async def post() -> httpx.Response:
                 headers = {
                     "Content-Type": "application/json",
                     # Signed per attempt: a retry after a long Retry-After still passes the
@@ -173,36 +193,44 @@ class WebhookSender:
                     SIGNATURE_HEADER: signature_header(self._secret, int(time.time()), body),
                     EVENT_ID_HEADER: event.id,
                 }
-                retry_after: float | None = None
-                try:
-                    response = await client.post(self.url, content=body, headers=headers)
-                except EgressRefusedError as error:
-                    problem = f"refused: {error}"
-                    break
-                except httpx.TransportError as error:
-                    problem = f"{type(error).__name__}: {error}"
-                else:
-                    if response.is_success:
-                        return True
-                    problem = f"HTTP {response.status_code}"
-                    if not _is_retried(response.status_code):
-                        break
-                    retry_after = _retry_after_s(response)
-                if attempt + 1 < self.max_attempts:
-                    await asyncio.sleep(self._delay_s(attempt, retry_after))
+                return await client.post(self.url, content=body, headers=headers)
+
+            try:
+                response = await retrying(post)
+            except EgressRefusedError as error:
+                problem = f"refused: {error}"
+            except httpx.TransportError as error:
+                problem = f"{type(error).__name__}: {error}"
+            else:
+                if response.is_success:
+                    return True
+                problem = f"HTTP {response.status_code}"
         logger.warning(
             "webhook event %s (%s) to %s not delivered after %d attempt(s): %s",
             event.id,
             event.type,
             self._host_for_logs,
-            attempt + 1,
+            retrying.statistics["attempt_number"],
             problem,
         )
         return False
 
-    def _delay_s(self, attempt: int, retry_after_s: float | None) -> float:
-        wanted = retry_after_s if retry_after_s is not None else self.backoff_s * 2**attempt
-        return min(wanted, self.max_backoff_s)
+    def _delay_s(self, state: RetryCallState) -> float:
+        """The receiver's Retry-After when it sent one, else `backoff_s` doubling per attempt;
+        `max_backoff_s` at most."""
+        outcome = state.outcome
+        retry_after = (
+            None if outcome is None or outcome.failed else _retry_after_s(outcome.result())
+        )
+        if retry_after is None:
+            return self._backoff(state)
+        return min(retry_after, self.max_backoff_s)
+
+
+def _last_outcome(state: RetryCallState) -> Any:
+    """What the last attempt answered or raised: giving up reports it, not a RetryError."""
+    assert state.outcome is not None
+    return state.outcome.result()
 
 
 def _is_retried(status: int) -> bool:

@@ -7,17 +7,13 @@ replicas, direct ingress, a frozen GC and more). Unset, it is `DEFAULT_FLAGS`.
 
 Ray reads its flags once, when the controller, proxies and replicas import Serve, from the
 environment of the process that starts Ray (`serve run`, `ray start`, the e2e driver), so they
-must be set there before Ray starts; a running cluster never sees a change.
-
-    python -m cluster.serve_flags serve run serve_config.yaml
-
-runs the command with the flags set (what `make run` does).
+must be set there before Ray starts; a running cluster never sees a change. `capserve serve`
+(what `make run` runs) starts `serve run` with them.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 
 SWITCH = "CAPSERVE_SERVE_FLAGS"
@@ -59,18 +55,3 @@ def ray_env(flags: frozenset[str], free_port: Callable[[], int] | None = None) -
     if free_port is not None and "haproxy" in flags:
         env |= {variable: str(free_port()) for variable in HAPROXY_PORT_VARIABLES}
     return env
-
-
-def main() -> None:
-    command = sys.argv[1:]
-    if not command:
-        sys.exit(f"usage: python -m cluster.serve_flags COMMAND [ARG...]  ({SWITCH} picks modes)")
-    try:
-        flags = selected_flags()
-    except ValueError as error:
-        sys.exit(str(error))
-    os.execvpe(command[0], command, os.environ | ray_env(flags))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,10 +6,10 @@ use; `CAPSERVE_METRICS_PORT` picks another), then hands over to `serve run`, whi
 Ray it finds running. The rest is as `serve run` has it: Ray's dashboard, and with it the file_sd
 target list the shipped Prometheus config reads; Ctrl-C stops the app and Ray.
 
-    python -m cluster.serve_flags python -m cluster.serve_run serve_config.yaml
-
-is `make run`; then `curl -s 127.0.0.1:8080/metrics | grep capserve_` shows capserve's series
-(as `ray_capserve_*`: Ray prefixes them, the shipped scrape config strips the prefix again).
+`capserve serve serve_config.yaml` (what `make run` runs) sets Ray Serve's modes
+(cluster/serve_flags.py) and runs this in a fresh interpreter; then
+`curl -s 127.0.0.1:8080/metrics | grep capserve_` shows capserve's series (as `ray_capserve_*`:
+Ray prefixes them, the shipped scrape config strips the prefix again).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         f"({METRICS_PORT_VARIABLE}, default {DEFAULT_METRICS_PORT}).",
     )
     parser.add_argument("config", help="a Serve config file, e.g. serve_config.yaml")
+    parser.add_argument("serve_args", nargs=argparse.REMAINDER, help="more `serve run` arguments")
     args = parser.parse_args(argv)
     if not Path(args.config).is_file():
         parser.error(f"no config file {args.config!r}")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     ray.init(address="local", namespace=serve_namespace(), _metrics_export_port=port)
-    cli.main(["run", args.config], prog_name="serve")
+    cli.main(["run", args.config, *args.serve_args], prog_name="serve")
 
 
 if __name__ == "__main__":

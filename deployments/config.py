@@ -21,6 +21,7 @@ from batchjobs.handlers import ResultHandlerConfig
 from batchjobs.json_depth import DEFAULT_MAX_JSON_DEPTH
 from capabilities.base import Capability
 from capabilities.cache import CacheConfig
+from capabilities.classification import MAX_AD_HOC_LABELS
 from capabilities.errors import validation_problems
 from capabilities.registry import Registry, RegistryError, capability_class
 from deployments.engine.identity import model_identity
@@ -349,9 +350,23 @@ class ModelConfig(StrictModel):
 
 
 class LimitsConfig(StrictModel):
-    """Per-request bounds enforced by the ingress before any engine work."""
+    """Per-request bounds enforced by the ingress (and on batch lines) before any engine work."""
 
-    max_items_per_request: int = Field(default=256, gt=0)
+    max_items_per_request: int = Field(
+        default=256, gt=0, description="Texts of a classify request; inputs of an embeddings one."
+    )
+    max_labels_per_request: int = Field(
+        default=256,
+        gt=0,
+        le=MAX_AD_HOC_LABELS,
+        description="Ad-hoc labels of a classify request (each is embedded, or prompted).",
+    )
+    max_chat_tokens: int = Field(
+        default=1024,
+        gt=0,
+        description="The most tokens a chat completion may generate: larger max_tokens get a "
+        "400; a request without max_tokens gets this many.",
+    )
     max_text_chars: int = Field(default=2000, gt=0)
     max_body_bytes: int = Field(default=2_000_000, gt=0)
     max_json_depth: int = Field(
@@ -443,8 +458,20 @@ class BatchConfig(ExecutionSettings):
     max_concurrent_batches: int = Field(
         default=2, gt=0, description="Batches one runner replica works on at once."
     )
+    store_retry_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="While the store cannot be reached, how long the ingress and runners wait "
+        "between attempts to open it; batch routes answer 503 with this Retry-After meanwhile.",
+    )
     poll_interval_s: float = Field(
         default=2.0, gt=0, description="How often a runner looks for batches to take or resume."
+    )
+    cleanup_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a runner deletes expired files and the chunk files of batches "
+        "that ended.",
     )
     result_handlers: list[ResultHandlerConfig] = Field(
         default_factory=list,
@@ -526,14 +553,26 @@ class AppConfig(StrictModel):
         return self
 
     def _check_rate_limits_are_shared(self) -> None:
-        limited = self.rate_limits.default is not None or any(
-            key.rate_limits is not None for key in self.auth.all_keys()
-        )
+        if self.rate_limits.redis_url is not None:
+            return
+        keys = self.auth.all_keys()
+        default = self.rate_limits.default is not None
+        limited = default or any(key.rate_limits is not None for key in keys)
         replicas = self.ingress.max_replicas
-        if limited and replicas > 1 and self.rate_limits.redis_url is None:
+        if limited and replicas > 1:
             raise ValueError(
                 f"rate_limits.redis_url: up to {replicas} ingress replicas would "
                 "each count a key's limits alone; set a Redis URL for them to share"
+            )
+        # Without keys every caller is anonymous, which has the batch scope and default limits.
+        batch_limited = any(
+            "batch" in key.scopes and (default or key.rate_limits is not None) for key in keys
+        ) or (not keys and default)
+        if batch_limited:
+            raise ValueError(
+                "rate_limits.redis_url: batch lines count against their key's limits in the "
+                "batch runner, a process apart from the ingress; set a Redis URL for both to "
+                "share one set of buckets per key"
             )
 
     def _check_model_references(self, capability: str, settings: BaseModel) -> None:

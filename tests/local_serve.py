@@ -88,11 +88,27 @@ async def replica(cls: type[Replica], *args: Any, **kwargs: Any) -> Replica:
     """An instance of a deployment's class made as a Serve replica makes it, whose `__init__`
     may be async: `EngineDeployment.func_or_class`, or for a `@serve.ingress` class the class
     it wraps, `Ingress.func_or_class.__bases__[0]`."""
+    if inspect.iscoroutinefunction(getattr(cls, "__del__", None)):
+        # Serve awaits an async `__del__` as the replica shuts down (`shut_down` does here);
+        # Python's own finalizer would make the coroutine and drop it unawaited.
+        cls = type(cls.__name__, (cls,), {"__del__": lambda self: None})
     instance = cls.__new__(cls)
     started = instance.__init__(*args, **kwargs)  # type: ignore[misc]
     if inspect.isawaitable(started):
         await started
     return instance
+
+
+async def shut_down(instance: Any) -> None:
+    """What Serve does as a replica stops: awaits its async `__del__`; and what the process's
+    end would do, its background tasks (reporting, polling) ended."""
+    finalizers = (c.__dict__.get("__del__") for c in type(instance).__mro__)
+    finalizer = next((f for f in finalizers if inspect.iscoroutinefunction(f)), None)
+    if finalizer is not None:
+        await finalizer(instance)
+    for value in vars(instance).values():
+        if isinstance(value, asyncio.Task):
+            value.cancel()
 
 
 def crossed(value: Any) -> Any:
@@ -176,13 +192,10 @@ class LocalApp:
         app = self.ingress.__serve_build_asgi_app__()
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app")
 
-    def stop(self) -> None:
-        """Ends the replicas' background work (reporting, the batch runner's polling)."""
+    async def stop(self) -> None:
         replicas = [self.ingress, self.batch_runner, *self.engines.values(), *self.runners.values()]
         for instance in replicas:
-            for value in vars(instance).values():
-                if isinstance(value, asyncio.Task):
-                    value.cancel()
+            await shut_down(instance)
 
 
 async def local_app(config: AppConfig, engines: Mapping[str, FakeEngine]) -> LocalApp:
@@ -241,4 +254,4 @@ async def local_apps(
 
     yield build
     for app in built:
-        app.stop()
+        await app.stop()

@@ -47,9 +47,10 @@ from batchjobs.schemas import (
 from batchjobs.sql_store import open_store
 from batchjobs.store import JobStore
 from capabilities.errors import validation_problems
+from capserve.tracing import TraceParent
 from deployments.batch.runner import build_batch_lines
 from deployments.config import AppConfig, ConfigError, parse_app_config
-from deployments.dag.capability_clients import configure_inline
+from deployments.dag.capability_clients import close_inline, configure_inline
 from deployments.dag.runner import runner_name
 from deployments.deploy import deploy, wait_running
 from deployments.engine.placement import engine_deployment_options
@@ -234,6 +235,7 @@ async def _job_batch(store: JobStore, args: JobArgs) -> BatchObject:
         completion_window="24h",
         status="validating",
         created_at=now,
+        traceparent=str(TraceParent.new()),
     )
     await store.create_batch(batch)
     return batch
@@ -361,10 +363,15 @@ async def _run_on_app(args: JobArgs, config: AppConfig, app_name: str) -> JobRes
         for capability in config.deployed_capabilities
     }
     stats = serve.get_deployment_handle(STATS_NAME, app_name=app_name)
-    lines, inline = build_batch_lines(config, engines, runners, stats, batching=None)
+    lines, inline = build_batch_lines(
+        config, engines, runners, stats, batching=None, rate_limiter=None
+    )
     # Inline capabilities run in this driver, on the settings of the config file.
     await configure_inline(inline, {}, "the batch job")
-    return await run_job(args, lines, config.batch)
+    try:
+        return await run_job(args, lines, config.batch)
+    finally:
+        await close_inline(inline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,9 @@ class InlineCapability:
     async def describe(self) -> CapabilityInfo:
         return self._host.describe()
 
+    async def close(self) -> None:
+        await self._host.close()
+
 
 def batch_recorder(stats: DeploymentHandle) -> BatchObserver:
     """Counts each capability batch in /v1/stats and Prometheus, never slowing the answer."""
@@ -127,6 +130,12 @@ async def configure_inline(
         raise ConfigError(f"user_config of {replica}: {error}") from None
     for capability, instance in zip(inline.values(), loaded, strict=True):
         capability.swap_in(instance)
+
+
+async def close_inline(inline: Mapping[str, InlineCapability]) -> None:
+    """Waits for the work the inline capabilities left in the background (alert webhook
+    deliveries), when their replica or job ends."""
+    await asyncio.gather(*(capability.close() for capability in inline.values()))
 
 
 def inline_settings(config: AppConfig) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from capabilities.base import Capability
+from capabilities.base import BatchLine, Capability, TextSource
 from capabilities.batching import RunCall
 from capabilities.classification import Classification
 from capabilities.plan import Plan, execute
@@ -68,17 +68,45 @@ class ClassifyService:
             self._send_coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
             self._send = self._send_coalesced
 
-    async def classify(self, body: ClassifyRequest, request_id: str) -> ClassifyResponse:
+    async def classify(
+        self,
+        body: ClassifyRequest,
+        request_id: str,
+        trace: str | None = None,
+        batch_line: BatchLine | None = None,
+    ) -> ClassifyResponse:
+        """The answer to `body`; `trace` (the caller's traceparent) goes with every capability
+        call, so whatever fails on the way is logged with it; `batch_line` names the batch line
+        the request answers, if it is one."""
         plan = Plan.of(
             self._registry, body.requested_capabilities(self._config.default_capabilities)
         )
         options = body.options()
+        item_ids = body.all_ids()
         versions: dict[str, str] = {}
 
         async def run(
-            name: str, texts: list[str], parents: dict[str, list[BaseModel]]
+            name: str, texts: list[str], parents: dict[str, list[BaseModel]], items: list[list[int]]
         ) -> list[BaseModel]:
-            call = RunCall(texts=texts, parents=parents, options=options.get(name, {}))
+            sources = [
+                [
+                    TextSource(
+                        request_id=request_id,
+                        item_index=index,
+                        item_id=item_ids[index],
+                        batch_line=batch_line,
+                    )
+                    for index in indexes
+                ]
+                for indexes in items
+            ]
+            call = RunCall(
+                texts=texts,
+                parents=parents,
+                options=options.get(name, {}),
+                sources=sources,
+                trace=trace,
+            )
             reply = answer_of(name, await self._send(name, call))
             versions[name] = reply.version
             return reply.outputs or []
@@ -86,9 +114,7 @@ class ClassifyService:
         outputs = await execute(plan, body.all_texts(), run)
         results = [
             item_result(index, item_id, item_outputs, self._classes)
-            for index, (item_id, item_outputs) in enumerate(
-                zip(body.all_ids(), outputs, strict=True)
-            )
+            for index, (item_id, item_outputs) in enumerate(zip(item_ids, outputs, strict=True))
         ]
         strategy = next(
             (o["classification"].strategy for o in outputs if "classification" in o), None

@@ -91,3 +91,7 @@ class CapabilityRunner(GuardedCallee):
 
     async def describe(self) -> CapabilityInfo:
         return self._host.describe()
+
+    async def __del__(self) -> None:
+        """Serve calls this as the replica shuts down: pending alert deliveries finish first."""
+        await self._host.close()

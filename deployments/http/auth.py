@@ -5,18 +5,12 @@ Keys are configured as SHA-256 hashes only, so a leaked config or log reveals no
 so two keys with one name (an old and a new one, while rotating) share both. With no keys
 configured every route is open and every caller is one anonymous principal that sees everything:
 the app serves so only on a loopback host, or where `auth.allow_anonymous` says so.
-
-    python -m deployments.http.auth new --name team-a --scopes classify batch
-
-prints a fresh key and the config entry that admits it.
+`capserve keys new` makes a key and its entry (capserve/keys.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import ipaddress
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,29 +19,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
+from capserve.keys import SCOPES, KeyEntry, Scope, key_hash
 from deployments.http.errors import AuthenticationError, PermissionDeniedError
 from deployments.http.rate_limit import RateLimits
-from deployments.http.routes import SCOPES, Access, Scope
-
-KEY_PREFIX = "sk-capserve-"
+from deployments.http.routes import Access
 
 
-class ApiKey(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(
-        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
-        description="Who holds the key: owns the files and batches made with it, and its rate "
-        "limits count per name.",
-    )
-    sha256: str = Field(
-        pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key; the key is never stored."
-    )
-    scopes: list[Scope] = Field(
-        min_length=1,
-        description="`classify`: classify, chat and embeddings; `batch`: files and batches; "
-        "`admin`: stats.",
-    )
+class ApiKey(KeyEntry):
     rate_limits: RateLimits | None = Field(
         default=None, description="This key's limits in place of `rate_limits.default`."
     )
@@ -112,7 +90,7 @@ class AuthConfig(BaseModel):
             f"auth: no API keys, and Serve's http_options.host {http_host!r} is reachable from "
             "the network: every caller would be one anonymous principal that sees every "
             "tenant's files and batches. Add keys (auth.api_keys or auth.api_keys_file; "
-            "`python -m deployments.http.auth new` makes one), bind 127.0.0.1, or set "
+            "`capserve keys new` makes one), bind 127.0.0.1, or set "
             "auth.allow_anonymous: true to serve without keys on purpose"
         )
 
@@ -146,10 +124,6 @@ def principal_of(request: Request) -> Principal:
     return request.state.principal  # type: ignore[no-any-return]
 
 
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 class Authenticator:
     def __init__(self, keys: Sequence[ApiKey]) -> None:
         # Looked up by hash: the lookup's timing depends on the hash, which tells nothing of keys.
@@ -180,39 +154,20 @@ class Authenticator:
                 f"the key of {key.name!r} lacks the scope {access!r} this endpoint needs; it has "
                 f"{sorted(key.scopes)}"
             )
-        return Principal(
-            name=key.name,
-            scopes=frozenset(key.scopes),
-            rate_limits=key.rate_limits,
-            tenant=key.name,
-        )
+        return _principal(key)
+
+    def principal_of_tenant(self, tenant: str | None) -> Principal:
+        """Who owns a tenant's files and batches (made with keys off: the anonymous caller);
+        a name that no key has any more keeps its name, with no scope and default limits."""
+        if tenant is None:
+            return ANONYMOUS
+        key = next((key for key in self._by_hash.values() if key.name == tenant), None)
+        if key is None:
+            return Principal(name=tenant, scopes=frozenset(), rate_limits=None, tenant=tenant)
+        return _principal(key)
 
 
-def new_key_entry(name: str, scopes: Sequence[Scope]) -> tuple[str, ApiKey]:
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    return key, ApiKey(name=name, sha256=key_hash(key), scopes=list(scopes))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deployments.http.auth", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    new = commands.add_parser("new", help="make a key and print it with its config entry")
-    new.add_argument("--name", required=True)
-    new.add_argument("--scopes", nargs="+", choices=SCOPES, default=["classify"])
-    hashed = commands.add_parser("hash", help="print the sha256 entry of an existing key")
-    hashed.add_argument("key")
-    arguments = parser.parse_args(argv)
-    if arguments.command == "hash":
-        print(key_hash(arguments.key))
-        return
-    try:
-        key, entry = new_key_entry(arguments.name, arguments.scopes)
-    except ValidationError as error:
-        parser.error(str(error))
-    print(f"key (give it to {arguments.name}; it is not stored anywhere): {key}")
-    print("config entry, under args.auth.api_keys:")
-    print(yaml.safe_dump([entry.model_dump(exclude_none=True)], sort_keys=False), end="")
-
-
-if __name__ == "__main__":
-    main()
+def _principal(key: ApiKey) -> Principal:
+    return Principal(
+        name=key.name, scopes=frozenset(key.scopes), rate_limits=key.rate_limits, tenant=key.name
+    )

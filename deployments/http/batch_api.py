@@ -1,19 +1,24 @@
 """OpenAI's Files and Batch API on the ingress: `/v1/files` and `/v1/batches`.
 
 The routes only record what was asked (uploads, batches, cancels) in the job store and wake the
-batch runner; the runner does the work, so an ingress restart loses nothing.
+batch runner; the runner does the work, so an ingress restart loses nothing. The store is opened
+by the first route that needs it: while it cannot be reached these routes answer 503 with
+Retry-After, and the rest of the API is not affected.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from batchjobs.files import FileStorage, new_file_id, sortable_id
 from batchjobs.handlers import check_batch_metadata
@@ -31,6 +36,9 @@ from batchjobs.schemas import (
     expiry_of,
 )
 from batchjobs.store import JobStore
+from batchjobs.store_opener import StoreOpener
+from capserve.tracing import HEADER as TRACE_HEADER
+from capserve.tracing import TraceParent
 from deployments.config import AppConfig
 from deployments.http.auth import principal_of
 from deployments.http.errors import (
@@ -41,7 +49,7 @@ from deployments.http.errors import (
     UnsupportedMediaTypeError,
 )
 from deployments.http.request_body import read_json
-from deployments.http.routes import ApiRoute
+from deployments.http.routes import ApiRoute, Endpoint
 
 UPLOAD_READ_BYTES = 1 << 20
 # Form fields besides the file are short; a multipart body's framing adds a little to the file.
@@ -94,6 +102,9 @@ class UploadForm(BaseModel):
         return ExpiresAfter(anchor=self.expires_after_anchor, seconds=self.expires_after_seconds)
 
 
+StoreEndpoint = Callable[[Request, JobStore], Awaitable[Response]]
+
+
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(UPLOAD_READ_BYTES):
         yield chunk
@@ -103,14 +114,23 @@ class BatchApi:
     def __init__(
         self,
         config: AppConfig,
-        store: JobStore,
+        stores: StoreOpener,
         storage: FileStorage,
         wake_runner: Callable[[], None],
     ) -> None:
         self._config = config
-        self._store = store
+        self._stores = stores
         self._storage = storage
         self._wake_runner = wake_runner
+
+    def _on_store(self, endpoint: StoreEndpoint) -> Endpoint:
+        """The endpoint, given the store once it is open (a 503 until then)."""
+
+        @functools.wraps(endpoint)
+        async def with_store(request: Request) -> Response:
+            return await endpoint(request, await self._stores.get())
+
+        return with_store
 
     def routes(self) -> list[ApiRoute]:
         file_errors = (404,)
@@ -118,7 +138,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/files",
                 "POST",
-                self.upload_file,
+                self._on_store(self.upload_file),
                 "Upload a JSONL batch input file",
                 "batch",
                 form=UploadForm,
@@ -128,7 +148,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/files",
                 "GET",
-                self.list_files,
+                self._on_store(self.list_files),
                 "The caller's files",
                 "batch",
                 query=FileListQuery,
@@ -138,7 +158,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/files/{file_id}",
                 "GET",
-                self.get_file,
+                self._on_store(self.get_file),
                 "A file",
                 "batch",
                 answer=FileObject,
@@ -147,7 +167,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/files/{file_id}",
                 "DELETE",
-                self.delete_file,
+                self._on_store(self.delete_file),
                 "Delete a file",
                 "batch",
                 answer=FileDeleted,
@@ -156,7 +176,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/files/{file_id}/content",
                 "GET",
-                self.file_content,
+                self._on_store(self.file_content),
                 "A file's bytes",
                 "batch",
                 binary=True,
@@ -165,7 +185,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/batches",
                 "POST",
-                self.create_batch,
+                self._on_store(self.create_batch),
                 "Run a batch over an uploaded file",
                 "batch",
                 body=CreateBatchRequest,
@@ -175,7 +195,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/batches",
                 "GET",
-                self.list_batches,
+                self._on_store(self.list_batches),
                 "The caller's batches, newest first",
                 "batch",
                 query=BatchListQuery,
@@ -185,7 +205,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/batches/{batch_id}",
                 "GET",
-                self.get_batch,
+                self._on_store(self.get_batch),
                 "A batch, with live request counts",
                 "batch",
                 answer=BatchObject,
@@ -194,7 +214,7 @@ class BatchApi:
             ApiRoute(
                 "/v1/batches/{batch_id}/cancel",
                 "POST",
-                self.cancel_batch,
+                self._on_store(self.cancel_batch),
                 "Cancel a batch; its finished lines stay in the output",
                 "batch",
                 answer=BatchObject,
@@ -202,7 +222,7 @@ class BatchApi:
             ),
         ]
 
-    async def upload_file(self, request: Request) -> JSONResponse:
+    async def upload_file(self, request: Request, store: JobStore) -> JSONResponse:
         max_bytes = self._config.batch.max_file_bytes
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise UnsupportedMediaTypeError(
@@ -232,48 +252,49 @@ class BatchApi:
             expires_at=now + expires_after.seconds if expires_after else None,
         )
         tenant = principal_of(request).tenant
-        await self._store.create_file(FileRecord(file=file, path=str(path), tenant=tenant))
+        await store.create_file(FileRecord(file=file, path=str(path), tenant=tenant))
         return JSONResponse(file.model_dump(mode="json"))
 
-    async def list_files(self, request: Request) -> JSONResponse:
+    async def list_files(self, request: Request, store: JobStore) -> JSONResponse:
         query = FileListQuery.model_validate(dict(request.query_params))
-        records, has_more = await self._store.list_files(
+        records, has_more = await store.list_files(
             query.purpose, query.limit, query.order, query.after, principal_of(request).tenant
         )
         listing = FileList(data=[record.file for record in records], has_more=has_more)
         return JSONResponse(listing.model_dump(mode="json"))
 
-    async def _file(self, request: Request, file_id: str) -> FileRecord:
-        record = await self._store.get_file(file_id, principal_of(request).tenant)
+    async def _file(self, request: Request, store: JobStore, file_id: str) -> FileRecord:
+        record = await store.get_file(file_id, principal_of(request).tenant)
         expired = record is not None and (record.file.expires_at or float("inf")) <= time.time()
         if record is None or expired:
             raise NotFoundError(f"no file with id {file_id!r}", "file_id")
         return record
 
-    async def get_file(self, request: Request) -> JSONResponse:
-        record = await self._file(request, request.path_params["file_id"])
+    async def get_file(self, request: Request, store: JobStore) -> JSONResponse:
+        record = await self._file(request, store, request.path_params["file_id"])
         return JSONResponse(record.file.model_dump(mode="json"))
 
-    async def file_content(self, request: Request) -> FileResponse:
-        record = await self._file(request, request.path_params["file_id"])
+    async def file_content(self, request: Request, store: JobStore) -> FileResponse:
+        record = await self._file(request, store, request.path_params["file_id"])
         return FileResponse(
             record.path, media_type="application/octet-stream", filename=record.file.filename
         )
 
-    async def delete_file(self, request: Request) -> JSONResponse:
-        record = await self._file(request, request.path_params["file_id"])
-        running = await self._store.batches_using_file(record.file.id)
+    async def delete_file(self, request: Request, store: JobStore) -> JSONResponse:
+        record = await self._file(request, store, request.path_params["file_id"])
+        running = await store.batches_using_file(record.file.id)
         if running:
             raise BadRequestError(
                 f"file {record.file.id} is the input of batch {running[0].id}, which is "
                 f"{running[0].status}; cancel it or wait for it to end first",
                 "file_id",
             )
-        await self._store.delete_file(record.file.id)
-        FileStorage.remove([self._storage.upload_path(record.file.id)])
+        await store.delete_file(record.file.id)
+        # The record's path: an upload's is under uploads/, a batch output's under batches/.
+        await asyncio.to_thread(self._storage.delete, Path(record.path))
         return JSONResponse(FileDeleted(id=record.file.id).model_dump())
 
-    async def create_batch(self, request: Request) -> JSONResponse:
+    async def create_batch(self, request: Request, store: JobStore) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = CreateBatchRequest.model_validate(payload)
         try:
@@ -281,7 +302,7 @@ class BatchApi:
         except ValueError as error:
             raise UnprocessableError(str(error), "metadata") from None
         tenant = principal_of(request).tenant
-        record = await self._store.get_file(body.input_file_id, tenant)
+        record = await store.get_file(body.input_file_id, tenant)
         if record is None:
             raise NotFoundError(f"no file with id {body.input_file_id!r}", "input_file_id")
         if record.file.purpose != "batch":
@@ -300,29 +321,33 @@ class BatchApi:
             created_at=now,
             expires_at=expiry_of(now, body.completion_window),
             metadata=body.metadata,
+            output_expires_after=body.output_expires_after,
+            traceparent=str(
+                TraceParent.parse(request.headers.get(TRACE_HEADER)) or TraceParent.new()
+            ),
         )
-        await self._store.create_batch(batch, tenant)
+        await store.create_batch(batch, tenant)
         self._wake_runner()
         return JSONResponse(batch.model_dump(mode="json"))
 
-    async def list_batches(self, request: Request) -> JSONResponse:
+    async def list_batches(self, request: Request, store: JobStore) -> JSONResponse:
         query = BatchListQuery.model_validate(dict(request.query_params))
-        batches, has_more = await self._store.list_batches(
+        batches, has_more = await store.list_batches(
             query.limit, query.after, principal_of(request).tenant
         )
         listing = BatchList(data=batches, has_more=has_more)
         return JSONResponse(listing.model_dump(mode="json"))
 
-    async def get_batch(self, request: Request) -> JSONResponse:
+    async def get_batch(self, request: Request, store: JobStore) -> JSONResponse:
         batch_id = request.path_params["batch_id"]
-        batch = await self._store.get_batch(batch_id, principal_of(request).tenant)
+        batch = await store.get_batch(batch_id, principal_of(request).tenant)
         if batch is None:
             raise NotFoundError(f"no batch with id {batch_id!r}", "batch_id")
         return JSONResponse(batch.model_dump(mode="json"))
 
-    async def cancel_batch(self, request: Request) -> JSONResponse:
+    async def cancel_batch(self, request: Request, store: JobStore) -> JSONResponse:
         batch_id = request.path_params["batch_id"]
-        if await self._store.get_batch(batch_id, principal_of(request).tenant) is None:
+        if await store.get_batch(batch_id, principal_of(request).tenant) is None:
             raise NotFoundError(f"no batch with id {batch_id!r}", "batch_id")
         now = int(time.time())
 
@@ -331,7 +356,7 @@ class BatchApi:
                 return None
             return current.model_copy(update={"status": "cancelling", "cancelling_at": now})
 
-        batch = await self._store.update_batch(batch_id, cancel)
+        batch = await store.update_batch(batch_id, cancel)
         if batch is None:
             raise NotFoundError(f"no batch with id {batch_id!r}", "batch_id")
         if batch.terminal and batch.status != "cancelled":

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 
 from batchjobs.files import FileTooLargeError
 from batchjobs.json_depth import JsonTooDeepError
+from batchjobs.store import StoreUnavailableError
 from capabilities.errors import EngineUnavailableError, ExamplesError, InvalidRequestError
 
 logger = logging.getLogger("capserve")
@@ -119,7 +120,8 @@ class NotReadyError(RetryLaterError):
 
 
 class ServiceUnavailableError(RetryLaterError):
-    """The engine or a runner is overloaded or down; the circuit breaker answers for it."""
+    """An engine, a runner or the job store is overloaded or down (for engines and runners,
+    the circuit breaker answers)."""
 
     status_code, type, code = 503, "server_error", "service_unavailable"
 
@@ -158,7 +160,7 @@ def api_error_for(error: Exception, where: str) -> ApiError:
         return BadRequestError(str(error), error.param)
     if isinstance(error, ExamplesError):
         return BadRequestError(str(error))
-    if isinstance(error, EngineUnavailableError):
+    if isinstance(error, EngineUnavailableError | StoreUnavailableError):
         return ServiceUnavailableError(str(error), error.retry_after_s)
     if isinstance(error, FileTooLargeError):
         return PayloadTooLargeError(str(error), "file")

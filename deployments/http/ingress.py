@@ -8,6 +8,7 @@ in input order. Every error becomes a JSON body in `errors.py`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -27,10 +28,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Lifespan
 
 from batchjobs.files import FileStorage
-from batchjobs.sql_store import open_store
+from batchjobs.store import StoreUnavailableError
+from batchjobs.store_opener import StoreOpener
 from capabilities.errors import CapabilityError
+from capserve.tracing import HEADER as TRACE_HEADER
+from capserve.tracing import TraceParent
 from deployments.config import AppConfig
-from deployments.dag.capability_clients import configure_inline
+from deployments.dag.capability_clients import close_inline, configure_inline
 from deployments.dag.classify_service import ClassifyWiring
 from deployments.http.api_docs import docs_routes
 from deployments.http.auth import Authenticator, principal_of
@@ -50,7 +54,7 @@ from deployments.http.openai_api import (
     OpenAIEndpoints,
 )
 from deployments.http.openapi import OPENAPI_PATH, OpenApiDocument, openapi_endpoint
-from deployments.http.rate_limit import RateLimiter
+from deployments.http.rate_limit import RateLimiter, Usage
 from deployments.http.readiness import Readiness
 from deployments.http.request_body import read_json
 from deployments.http.request_timing import RequestObserver, RequestTimingMiddleware
@@ -69,6 +73,8 @@ from deployments.telemetry.replica_telemetry import IngressTelemetry
 from deployments.telemetry.stats import StatsSnapshot, stats_reader
 
 REQUEST_ID_HEADER = "x-request-id"
+# Serve's logger: its lines go to the replica's log with the request id and route.
+serve_logger = logging.getLogger("ray.serve")
 
 
 def request_id_of(request: Request) -> str:
@@ -132,6 +138,7 @@ def build_http_app(
     handlers = {
         ApiError: handle_error,
         CapabilityError: handle_error,
+        StoreUnavailableError: handle_error,
         ValidationError: handle_error,
         HTTPException: _http_error,
     }
@@ -169,14 +176,15 @@ class Ingress:
         self._started = int(time.time())
         self._authenticator = Authenticator(config.auth.all_keys())
         self._rate_limiter = RateLimiter(config.rate_limits)
-        self._openai = OpenAIEndpoints(config.models, self._engines)
+        self._openai = OpenAIEndpoints(config.models, self._engines, config.limits)
         self._readiness = Readiness(
             {name: engine.ready for name, engine in self._engines.items()},
             {name: capability.describe for name, capability in self._capabilities.items()},
         )
+        # Opened by the first batch route that needs it: online routes never wait on it.
         self._batch_api = BatchApi(
             config,
-            open_store(config.batch_store_url),
+            StoreOpener(config.batch_store_url, config.batch.store_retry_s),
             FileStorage(config.batch_dir),
             wake_runner=lambda: batch_runner.wake.remote(),
         )
@@ -198,13 +206,15 @@ class Ingress:
     @asynccontextmanager
     async def _reporting(self, app: Starlette) -> AsyncIterator[None]:
         """Serve runs the app's lifespan in the replica once it is built: the replica reports
-        itself and flushes request latencies to /v1/stats for as long as it serves."""
+        itself and flushes request latencies to /v1/stats for as long as it serves. Its end,
+        as the replica shuts down, waits for pending alert deliveries."""
         tasks = self._telemetry.start()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            await close_inline(self._inline)
 
     def api_routes(self) -> list[ApiRoute]:
         return [
@@ -281,25 +291,30 @@ class Ingress:
     async def classify(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = ClassifyRequest.model_validate(payload, context={"limits": self._config.limits})
-        await self._admit_texts(request, len(body.all_texts()))
-        response = await self._classify.classify(body, request_id_of(request))
+        await self._admit(request, body.usage())
+        request_id = request_id_of(request)
+        trace = TraceParent.parse(request.headers.get(TRACE_HEADER))
+        if trace is not None:
+            # Serve stamps the line with the request id, so the caller's trace id finds it.
+            serve_logger.info("classify: %d texts, traceparent %s", len(body.all_texts()), trace)
+        response = await self._classify.classify(body, request_id, str(trace) if trace else None)
         return JSONResponse(response.model_dump(mode="json"))
 
     async def chat_completions(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = ChatCompletionRequest.model_validate(payload)
-        await self._admit_texts(request, 1)
+        await self._admit(request, self._openai.chat_usage(body))
         return JSONResponse(await self._openai.chat_completions(body, request_id_of(request)))
 
     async def embeddings(self, request: Request) -> JSONResponse:
         payload = await read_json(request, self._config.limits)
         body = EmbeddingRequest.model_validate(payload)
-        await self._admit_texts(request, len(body.texts()))
+        await self._admit(request, self._openai.embeddings_usage(body))
         return JSONResponse(await self._openai.embeddings(body, request_id_of(request)))
 
-    async def _admit_texts(self, request: Request, texts: int) -> None:
+    async def _admit(self, request: Request, usage: Usage) -> None:
         caller = principal_of(request)
-        await self._rate_limiter.admit(caller.name, caller.rate_limits, "texts", texts)
+        await self._rate_limiter.admit_usage(caller.name, caller.rate_limits, usage)
 
     async def capabilities(self, request: Request) -> JSONResponse:
         infos = await asyncio.gather(*(c.describe() for c in self._capabilities.values()))
@@ -313,7 +328,9 @@ class Ingress:
             )
             for info in infos
         ]
-        listing = CapabilityList(data=cards, levels=self._registry.levels)
+        listing = CapabilityList(
+            data=cards, levels=self._registry.levels, limits=self._config.limits
+        )
         return JSONResponse(listing.model_dump(mode="json"))
 
     async def stats(self, request: Request) -> JSONResponse:

@@ -3,7 +3,9 @@
 `OpenAIEndpoints` is what the ingress answers online and what the batch runner answers for each
 such line: it validates a parsed JSON body, picks the configured model, calls that model's engine
 and returns the body OpenAI would. A subset of OpenAI's request fields is honoured; unknown ones
-are ignored, as OpenAI-compatible servers do, so SDKs that send newer fields keep working.
+are ignored, as OpenAI-compatible servers do, so SDKs that send newer fields keep working. The
+app's limits cap what one request may ask for (`max_chat_tokens`, `max_items_per_request`), and
+each request's `usage` is what it takes from its key's rate-limit buckets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.config import ModelConfig
+from deployments.config import LimitsConfig, ModelConfig
 from deployments.engine.calls import (
     ChatCall,
     ChatMessage,
@@ -28,8 +30,10 @@ from deployments.engine.calls import (
 from deployments.http.errors import (
     BadRequestError,
     ModelNotFoundError,
+    PayloadTooLargeError,
     StreamNotSupportedError,
 )
+from deployments.http.rate_limit import Usage
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -104,7 +108,20 @@ class ChatCompletionRequest(OpenAIRequest):
     response_format: ResponseFormat | None = None
     stream: bool | None = None
 
-    def call(self) -> ChatCall:
+    def output_tokens(self, cap: int) -> int:
+        """The tokens the completion may generate: what it asks for, at most `cap`; `cap`
+        when it asks for nothing."""
+        field = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+        asked = self.max_completion_tokens or self.max_tokens
+        if asked is not None and asked > cap:
+            raise BadRequestError(
+                f"{field}: {asked} is over this server's cap of {cap} generated tokens per "
+                f"completion; send {field} of at most {cap}",
+                field,
+            )
+        return asked or cap
+
+    def call(self, max_tokens: int) -> ChatCall:
         json_output = None
         if isinstance(self.response_format, JsonObjectFormat):
             json_output = JsonOutput()
@@ -112,7 +129,7 @@ class ChatCompletionRequest(OpenAIRequest):
             json_output = JsonOutput(json_schema=self.response_format.json_schema.json_schema)
         return ChatCall(
             messages=[message.plain() for message in self.messages],
-            max_tokens=self.max_completion_tokens or self.max_tokens,
+            max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             stop=[self.stop] if isinstance(self.stop, str) else self.stop or [],
@@ -128,10 +145,16 @@ class EmbeddingRequest(OpenAIRequest):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(default=None, ge=1)
 
-    def texts(self) -> list[str]:
+    def texts(self, max_inputs: int) -> list[str]:
         texts = [self.input] if isinstance(self.input, str) else self.input
         if not texts:
             raise BadRequestError("input: send at least one string", "input")
+        if len(texts) > max_inputs:
+            raise PayloadTooLargeError(
+                f"input: {len(texts)} entries; the limit is {max_inputs} per request (split "
+                "it, or use /v1/batches)",
+                "input",
+            )
         strings = [text for text in texts if isinstance(text, str)]
         if len(strings) != len(texts):
             raise BadRequestError(
@@ -196,9 +219,23 @@ class OpenAIEndpoints:
     """Both endpoints over the configured models' engines, given validated requests; each
     returns a JSON-ready body and raises typed errors (`errors.py`)."""
 
-    def __init__(self, models: Sequence[ModelConfig], engines: Mapping[str, OpenAIEngine]) -> None:
+    def __init__(
+        self,
+        models: Sequence[ModelConfig],
+        engines: Mapping[str, OpenAIEngine],
+        limits: LimitsConfig,
+    ) -> None:
         self._runners: dict[str, Runner] = {model.name: model.runner for model in models}
         self._engines = engines
+        self._limits = limits
+
+    def chat_usage(self, request: ChatCompletionRequest) -> Usage:
+        """What the completion takes from its key's buckets; a 400 over the tokens cap."""
+        return Usage(texts=1, tokens=request.output_tokens(self._limits.max_chat_tokens))
+
+    def embeddings_usage(self, request: EmbeddingRequest) -> Usage:
+        """What the embeddings take from their key's buckets; a 413 over the inputs cap."""
+        return Usage(texts=len(request.texts(self._limits.max_items_per_request)))
 
     async def chat_completions(
         self, request: ChatCompletionRequest, request_id: str
@@ -210,7 +247,8 @@ class OpenAIEndpoints:
         if request.n not in (None, 1):
             raise BadRequestError(f"n: only n=1 is supported, got {request.n}", "n")
         model = self._model(request.model, "generate", CHAT_COMPLETIONS)
-        output = await self._engines[model].chat(request.call())
+        max_tokens = request.output_tokens(self._limits.max_chat_tokens)
+        output = await self._engines[model].chat(request.call(max_tokens))
         if isinstance(output, Rejection):
             raise BadRequestError(output.message)
         completion = ChatCompletion(
@@ -233,7 +271,7 @@ class OpenAIEndpoints:
         return completion.model_dump(mode="json")
 
     async def embeddings(self, request: EmbeddingRequest, request_id: str) -> dict[str, Any]:
-        texts = request.texts()
+        texts = request.texts(self._limits.max_items_per_request)
         model = self._model(request.model, "pooling", EMBEDDINGS)
         embedded = await self._engines[model].embeddings(texts)
         dimensions = embedded.vectors.shape[1]

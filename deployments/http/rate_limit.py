@@ -1,8 +1,10 @@
-"""Per-key rate limits: a token bucket on requests and one on texts.
+"""Per-key rate limits: token buckets on requests, on texts and on generated tokens.
 
 A bucket holds up to `burst` tokens and refills at `per_s` tokens a second; a request takes one
-token from the requests bucket and one token per text from the texts bucket, or is refused with
-the seconds until enough tokens are back. With one ingress replica the buckets live in it; with
+token from the requests bucket, one per text from the texts bucket and its `max_tokens` from the
+tokens bucket (its `Usage`), or is refused with the seconds until enough tokens are back. Batch
+lines take from their key's buckets the same way, but wait for the tokens instead of being
+refused, so a key's batches run at its rate. With one ingress replica the buckets live in it; with
 several they live in Redis, updated by one Lua script that reads Redis's own clock, so replicas
 whose clocks differ still share one bucket. When Redis fails the replica falls back to its own
 buckets (limits then count per replica) rather than refusing everyone.
@@ -10,10 +12,11 @@ buckets (limits then count per replica) rather than refusing everyone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +27,12 @@ from deployments.http.errors import PayloadTooLargeError, RateLimitedError
 
 logger = logging.getLogger("capserve")
 
-Counted = Literal["requests", "texts"]
+Counted = Literal["requests", "texts", "tokens"]
+COUNTED_AS: dict[Counted, str] = {
+    "requests": "",
+    "texts": " (each classify item, ad-hoc label and embedding input is one text)",
+    "tokens": " (a chat completion counts its max_tokens)",
+}
 
 
 class Bucket(BaseModel):
@@ -51,11 +59,31 @@ class RateLimits(BaseModel):
     requests: Bucket | None = Field(default=None, description="Requests, whatever their size.")
     texts: Bucket | None = Field(
         default=None,
-        description="Texts: classify items, embedding inputs, chat completions (1 each).",
+        description="Texts: classify items and ad-hoc labels, embedding inputs, chat "
+        "completions (1 each).",
+    )
+    tokens: Bucket | None = Field(
+        default=None,
+        description="Generated tokens: a chat completion takes its max_tokens "
+        "(limits.max_chat_tokens when it sends none) when it is admitted.",
     )
 
     def bucket(self, counted: Counted) -> Bucket | None:
-        return self.requests if counted == "requests" else self.texts
+        buckets: dict[Counted, Bucket | None] = {
+            "requests": self.requests,
+            "texts": self.texts,
+            "tokens": self.tokens,
+        }
+        return buckets[counted]
+
+
+class Usage(BaseModel):
+    """What one call takes from its key's texts and tokens buckets (besides one request)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    texts: int = Field(default=0, ge=0)
+    tokens: int = Field(default=0, ge=0)
 
 
 class RateLimitConfig(BaseModel):
@@ -146,24 +174,25 @@ class RedisBuckets:
 class RateLimiter:
     """Applies each caller's limits (or the default ones) to what it asks for."""
 
-    def __init__(self, config: RateLimitConfig, buckets: TokenBuckets | None = None) -> None:
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        buckets: TokenBuckets | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._default = config.default
         if buckets is None:
             local = LocalBuckets()
             buckets = local if config.redis_url is None else RedisBuckets(config.redis_url, local)
         self._buckets = buckets
+        self._sleep = sleep
 
     async def admit(self, caller: str, limits: RateLimits | None, counted: Counted, n: int) -> None:
         """Takes `n` from the caller's `counted` bucket, or raises a 429 saying when to retry
         (413 when `n` is more than the bucket ever holds: waiting would not help)."""
-        bucket = (limits or self._default or RateLimits()).bucket(counted)
-        if bucket is None or n <= 0:
+        bucket = self._bucket(caller, limits, counted, n)
+        if bucket is None:
             return
-        if n > bucket.capacity:
-            raise PayloadTooLargeError(
-                f"{n} {counted} in one request exceed this key's {counted} burst of "
-                f"{bucket.capacity:g}; send at most that many at once"
-            )
         wait_s = await self._buckets.take(f"{caller}:{counted}", bucket, n)
         if wait_s > 0:
             raise RateLimitedError(
@@ -171,3 +200,37 @@ class RateLimiter:
                 f"{bucket.capacity:g}; retry in {wait_s:.1f} s",
                 retry_after_s=wait_s,
             )
+
+    async def admit_usage(self, caller: str, limits: RateLimits | None, usage: Usage) -> None:
+        """`admit` of the usage's texts, then of its tokens."""
+        await self.admit(caller, limits, "texts", usage.texts)
+        await self.admit(caller, limits, "tokens", usage.tokens)
+
+    async def wait_for(self, caller: str, limits: RateLimits | None, usage: Usage) -> None:
+        """Takes one request and the usage from the caller's buckets, waiting as long as it
+        takes for them to refill (a 413 where a bucket never holds that many)."""
+        counts: tuple[tuple[Counted, int], ...] = (
+            ("requests", 1),
+            ("texts", usage.texts),
+            ("tokens", usage.tokens),
+        )
+        for counted, n in counts:
+            bucket = self._bucket(caller, limits, counted, n)
+            if bucket is None:
+                continue
+            while (wait_s := await self._buckets.take(f"{caller}:{counted}", bucket, n)) > 0:
+                await self._sleep(wait_s)
+
+    def _bucket(
+        self, caller: str, limits: RateLimits | None, counted: Counted, n: int
+    ) -> Bucket | None:
+        """The bucket `n` is taken from, if any; a 413 where it never holds `n`."""
+        bucket = (limits or self._default or RateLimits()).bucket(counted)
+        if bucket is None or n <= 0:
+            return None
+        if n > bucket.capacity:
+            raise PayloadTooLargeError(
+                f"{n} {counted} in one request exceed this key's {counted} burst of "
+                f"{bucket.capacity:g}; send at most that many at once{COUNTED_AS[counted]}"
+            )
+        return bucket

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-Scope = Literal["classify", "batch", "admin"]
-SCOPES: tuple[Scope, ...] = ("classify", "batch", "admin")
+from capserve.keys import Scope
+
 Access = Literal["public", "any_key"] | Scope
 """`public`: no key needed (health checks); `any_key`: any valid key; else the scope a key needs."""
 

@@ -24,6 +24,7 @@ from capabilities.classification import (
 )
 from capabilities.engine import ChoiceDecoding
 from deployments.config import LimitsConfig
+from deployments.http.rate_limit import Usage
 
 CapabilityNames = list[StrictStr]
 
@@ -68,6 +69,11 @@ class ClassifyRequest(BaseModel):
                 f"'{field}' has {len(texts)} entries; the limit is "
                 f"{limits.max_items_per_request} per request (split it, or use /v1/batches)"
             )
+        if self.labels is not None and len(self.labels) > limits.max_labels_per_request:
+            raise ValueError(
+                f"'labels' has {len(self.labels)} entries; the limit is "
+                f"{limits.max_labels_per_request} per request (send fewer labels)"
+            )
         for index, text in enumerate(texts):
             if not text.strip():
                 raise ValueError(f"{field}[{index}] is empty or whitespace")
@@ -82,6 +88,10 @@ class ClassifyRequest(BaseModel):
         if self.texts is not None:
             return list(self.texts)
         return [item.text for item in self.items or []]
+
+    def usage(self) -> Usage:
+        """One text per item and per ad-hoc label: a new label set is embedded (or prompted)."""
+        return Usage(texts=len(self.all_texts()) + len(self.labels or []))
 
     def all_ids(self) -> list[str | None]:
         if self.items is not None:
@@ -165,6 +175,9 @@ class CapabilityList(BaseModel):
     levels: list[list[str]] = Field(
         description="Capabilities in dependency order; each level's "
         "members are independent of each other and run concurrently."
+    )
+    limits: LimitsConfig = Field(
+        description="What one request may hold: a client splits its input by these."
     )
 
 

@@ -18,6 +18,7 @@ from cluster.serve_flags import ray_env, selected_flags
 from loadtests.apps import default_app, deploy_config, generative_app
 from tests.e2e.api_keys import ADMIN_KEY, TEST_API_KEYS, bearer
 from tests.http_receiver import HttpReceiver
+from tests.redis_server import redis_server
 
 pytestmark = pytest.mark.e2e
 # Wide enough that requests sent together meet in one batch on a busy 2-core machine.
@@ -27,7 +28,7 @@ WEBHOOK_SECRET = "e2e-webhook-secret"
 # The replicas find the signing secrets in these variables of the app's runtime_env, as they
 # would in a mounted secret's.
 WEBHOOK_SECRET_ENV = "CAPSERVE_E2E_WEBHOOK_SECRET"
-ALERTS_SECRET_ENV = "CAPSERVE_E2E_ALERTS_SECRET"
+ALERTS_SECRET_ENV, ALERTS_WEBHOOK_SECRET = "CAPSERVE_E2E_ALERTS_SECRET", "e2e-alerts-secret"
 ALERTS_WEBHOOK_TOKEN = "e2e-alerts-t0ken"
 # Small chunks and a short lease, so a test sees several checkpoints and a crashed runner's
 # batch is taken over within seconds.
@@ -60,13 +61,22 @@ class ServeCluster:
         wait_running(self.config, DEPLOY_TIMEOUT_S)
 
 
+# The generative app's cap on generated tokens, small enough that a test can ask for more.
+TEST_MAX_CHAT_TOKENS = 64
+
+
 def e2e_deploy_config(
-    cache_dir: str, tiny_llama_path: Path, port: int, webhook_url: str, alerts_url: str
+    cache_dir: str,
+    tiny_llama_path: Path,
+    port: int,
+    webhook_url: str,
+    alerts_url: str,
+    redis_url: str,
 ) -> dict[str, Any]:
     app = default_app(cache_dir)
     app["runtime_env"]["env_vars"] |= {
         WEBHOOK_SECRET_ENV: WEBHOOK_SECRET,
-        ALERTS_SECRET_ENV: "e2e-alerts-secret",
+        ALERTS_SECRET_ENV: ALERTS_WEBHOOK_SECRET,
     }
     # Inline capabilities coalesce in the ingress; runners (the generative app's) on their own.
     batching = {"max_batch_size": 64, "batch_wait_timeout_s": TEST_BATCH_WAIT_S}
@@ -87,6 +97,8 @@ def e2e_deploy_config(
         {"type": "webhook", "url": alerts_url, "secret_env": ALERTS_SECRET_ENV}
     )
     app["args"]["auth"] = {"api_keys": TEST_API_KEYS}
+    # Batch lines take from their key's buckets in the batch runner: the ingress shares them.
+    app["args"]["rate_limits"] = {"redis_url": redis_url}
     generative = generative_app(app, tiny_llama_path, cache_dir)
     # The default app runs its capabilities inline; this one in a runner deployment, so the
     # suite covers both placements.
@@ -94,6 +106,7 @@ def e2e_deploy_config(
         capability["placement"] = "deployment"
         capability["batching"] = batching
     generative["args"]["batch"] = {**TEST_BATCH_SETTINGS, "dir": f"{cache_dir}/batches-generative"}
+    generative["args"]["limits"] = {"max_chat_tokens": TEST_MAX_CHAT_TOKENS}
     return deploy_config([app, generative], port)
 
 
@@ -127,25 +140,29 @@ def serve_cluster(
     # Serve's modes (CAPSERVE_SERVE_FLAGS) reach the controller, proxy and replicas only through
     # the environment of the process that starts Ray.
     os.environ.update(ray_env(selected_flags(), free_port))
-    ray.init(include_dashboard=False, namespace="capserve-tests", _metrics_export_port=metrics_port)
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))
-    cluster = ServeCluster(
-        e2e_deploy_config(
-            cache_dir,
-            tiny_llama_path,
-            port,
-            webhook_receiver.url,
-            f"{alerts_receiver.url}/{ALERTS_WEBHOOK_TOKEN}?token={ALERTS_WEBHOOK_TOKEN}",
-        ),
-        f"http://127.0.0.1:{port}",
-        metrics_port,
-    )
-    cluster.deploy(cluster.config)
-    cluster.wait_running()
-    yield cluster
-    serve.shutdown()
-    ray.shutdown()
+    with redis_server() as redis_url:
+        ray.init(
+            include_dashboard=False, namespace="capserve-tests", _metrics_export_port=metrics_port
+        )
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+        cache_dir = str(tmp_path_factory.mktemp("capserve-cache"))
+        cluster = ServeCluster(
+            e2e_deploy_config(
+                cache_dir,
+                tiny_llama_path,
+                port,
+                webhook_receiver.url,
+                f"{alerts_receiver.url}/{ALERTS_WEBHOOK_TOKEN}?token={ALERTS_WEBHOOK_TOKEN}",
+                redis_url,
+            ),
+            f"http://127.0.0.1:{port}",
+            metrics_port,
+        )
+        cluster.deploy(cluster.config)
+        cluster.wait_running()
+        yield cluster
+        serve.shutdown()
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

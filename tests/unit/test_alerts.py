@@ -13,7 +13,7 @@ from capabilities.alerts import (
     Condition,
     parse_rules,
 )
-from capabilities.base import Resources, RunContext
+from capabilities.base import BatchLine, Resources, RunContext, TextSource
 from capabilities.classification import Classification
 from capabilities.host import CapabilityHost
 from capabilities.webhooks import SIGNATURE_HEADER, verify
@@ -363,7 +363,9 @@ async def test_log_sink_writes_one_json_line_per_alert(caplog):
         )
     [record] = [r for r in caplog.records if r.name == "capserve.alerts"]
     assert record.levelno == logging.WARNING
-    assert json.loads(record.getMessage()) == {
+    logged = json.loads(record.getMessage())
+    assert logged.pop("id").startswith("evt_")
+    assert logged == {
         "rule": "r",
         "severity": "medium",
         "message": "a seen",
@@ -379,7 +381,7 @@ def receiver():
         yield server
 
 
-async def test_webhook_sink_delivers_one_signed_event_per_run_in_the_background(
+async def test_webhook_sink_delivers_one_signed_event_per_alert_in_the_background(
     receiver, monkeypatch
 ):
     monkeypatch.setenv("ALERTS_TEST_SECRET", "s3cret")
@@ -389,16 +391,80 @@ async def test_webhook_sink_delivers_one_signed_event_per_run_in_the_background(
     )
     await alerts_for(capability, [("x", classified("a", 0.3)), ("y", classified("a"))])
     assert receiver.requests == [], "the run must not wait for the delivery"
-    await capability.drain()
-    [request] = receiver.requests
-    assert verify("s3cret", request.headers[SIGNATURE_HEADER.lower()], request.body)
-    event = json.loads(request.body)
-    assert event["type"] == "alerts.fired"
-    assert [(a["rule"], a["confidence"]) for a in event["data"]["alerts"]] == [
+    await capability.close()
+    for request in receiver.requests:
+        assert verify("s3cret", request.headers[SIGNATURE_HEADER.lower()], request.body)
+    events = [json.loads(request.body) for request in receiver.requests]
+    assert {event["type"] for event in events} == {"alerts.fired"}
+    assert sorted((e["data"]["rule"], e["data"]["confidence"]) for e in events) == [
         ("is_a", 0.3),
-        ("unsure", 0.3),
         ("is_a", 0.9),
+        ("unsure", 0.3),
     ]
+    assert len({event["id"] for event in events}) == 3
+
+
+def sources(*items: tuple[str, int, str | None, BatchLine | None]) -> list[TextSource]:
+    return [
+        TextSource(request_id=request_id, item_index=index, item_id=item_id, batch_line=line)
+        for request_id, index, item_id, line in items
+    ]
+
+
+async def test_a_batch_line_run_again_fires_events_with_the_same_ids(receiver, monkeypatch):
+    # A batch line re-run after a crash has a new request id; its batch id, custom_id, item and
+    # rule are the same, and so are its events' ids: a receiver drops the repeats.
+    monkeypatch.setenv("ALERTS_TEST_SECRET", "s3cret")
+    capability = await loaded(
+        rules=[rule("is_a", "high", label_in=["a"]), rule("unsure", "low", confidence_below=0.5)],
+        sinks=[{"type": "webhook", "url": receiver.url, "secret_env": "ALERTS_TEST_SECRET"}],
+    )
+    line = BatchLine(batch_id="batch_1", custom_id="line-7")
+    runs = []
+    for attempt in ("req_first", "req_after_the_crash"):
+        context = RunContext(
+            parents={"classification": [classified("a", 0.3)]},
+            sources=[sources((attempt, 0, "ticket-9", line))],
+        )
+        await capability.run(["x"], context)
+        await capability.close()
+        runs.append([json.loads(request.body) for request in receiver.requests[len(runs) * 2 :]])
+    first, again = runs
+    assert {e["id"] for e in first} == {e["id"] for e in again}
+    assert len({e["id"] for e in first}) == 2, "one id per rule"
+    for request in receiver.requests:
+        assert request.headers["x-capserve-event-id"] == json.loads(request.body)["id"]
+    data = first[0]["data"]
+    assert data["batch_id"] == "batch_1" and data["custom_id"] == "line-7"
+    assert (data["request_id"], data["item_id"], data["item_index"]) == (
+        "req_first",
+        "ticket-9",
+        0,
+    )
+
+
+async def test_each_item_sharing_a_text_gets_its_own_event_with_its_request_and_item(
+    receiver, monkeypatch
+):
+    monkeypatch.setenv("ALERTS_TEST_SECRET", "s3cret")
+    capability = await loaded(
+        rules=[rule("is_a", "high", label_in=["a"])],
+        sinks=[{"type": "webhook", "url": receiver.url, "secret_env": "ALERTS_TEST_SECRET"}],
+    )
+    # Two requests coalesced into one run sent the same text: one run, two items fired.
+    context = RunContext(
+        parents={"classification": [classified("a")]},
+        sources=[sources(("req_a", 0, "a-1", None), ("req_b", 2, None, None))],
+    )
+    [result] = await capability.run(["same text"], context)
+    await capability.close()
+    assert [alert.rule for alert in result.alerts] == ["is_a"]
+    events = [json.loads(request.body) for request in receiver.requests]
+    assert sorted((e["data"]["request_id"], e["data"]["item_id"]) for e in events) == [
+        ("req_a", "a-1"),
+        ("req_b", None),
+    ]
+    assert len({e["id"] for e in events}) == 2
 
 
 async def test_webhook_sink_sends_nothing_when_nothing_fired(receiver, monkeypatch):
@@ -408,7 +474,7 @@ async def test_webhook_sink_sends_nothing_when_nothing_fired(receiver, monkeypat
         sinks=[{"type": "webhook", "url": receiver.url, "secret_env": "ALERTS_TEST_SECRET"}],
     )
     await alerts_for(capability, [("x", classified("b"))])
-    await capability.drain()
+    await capability.close()
     assert receiver.requests == []
 
 
@@ -434,7 +500,7 @@ async def test_webhook_sink_reads_its_secret_from_a_file(receiver, tmp_path):
         sinks=[{"type": "webhook", "url": receiver.url, "secret_file": str(tmp_path / "secret")}],
     )
     await alerts_for(capability, [("x", classified("a"))])
-    await capability.drain()
+    await capability.close()
     [request] = receiver.requests
     assert verify("from-a-file", request.headers[SIGNATURE_HEADER.lower()], request.body)
 

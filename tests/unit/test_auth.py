@@ -1,4 +1,4 @@
-"""API keys: config, the key check's 401/403 answers, and the key-making CLI."""
+"""API keys: config and the key check's 401/403 answers."""
 
 from pathlib import Path
 
@@ -6,18 +6,16 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.http.auth import (
-    ANONYMOUS,
-    ApiKey,
-    AuthConfig,
-    Authenticator,
-    key_hash,
-    main,
-    new_key_entry,
-)
+from capserve.keys import key_hash, new_key
+from deployments.http.auth import ANONYMOUS, ApiKey, AuthConfig, Authenticator
 from deployments.http.errors import AuthenticationError, PermissionDeniedError
 
 KEY = "sk-capserve-test"
+
+
+def new_entry(name: str, scopes: list[str]) -> ApiKey:
+    _, entry = new_key(name, scopes)
+    return ApiKey.model_validate(entry.model_dump())
 
 
 def authenticator(*scopes: str) -> Authenticator:
@@ -57,8 +55,8 @@ def test_a_valid_key_is_its_holder() -> None:
 
 
 def test_keys_come_from_config_and_file(tmp_path: Path) -> None:
-    _, in_config = new_key_entry("team-a", ["classify"])
-    _, in_file = new_key_entry("team-b", ["batch"])
+    in_config = new_entry("team-a", ["classify"])
+    in_file = new_entry("team-b", ["batch"])
     path = tmp_path / "keys.yaml"
     path.write_text(yaml.safe_dump({"api_keys": [in_file.model_dump()]}))
     config = AuthConfig(api_keys=[in_config], api_keys_file=path)
@@ -66,7 +64,7 @@ def test_keys_come_from_config_and_file(tmp_path: Path) -> None:
 
 
 def test_a_key_listed_twice_is_refused() -> None:
-    _, entry = new_key_entry("team-a", ["classify"])
+    entry = new_entry("team-a", ["classify"])
     with pytest.raises(ValidationError, match="appears twice"):
         AuthConfig(api_keys=[entry, entry.model_copy(update={"name": "team-b"})])
 
@@ -95,17 +93,6 @@ def test_a_bad_keys_file_names_the_problem(tmp_path: Path, content: str | None, 
 def test_bad_key_entries_are_refused(entry: dict) -> None:
     with pytest.raises(ValidationError):
         ApiKey.model_validate(entry)
-
-
-def test_the_cli_prints_a_key_and_the_entry_that_admits_it(capsys) -> None:
-    main(["new", "--name", "team-a", "--scopes", "classify", "batch"])
-    out = capsys.readouterr().out
-    key = out.split(": ", 1)[1].split("\n", 1)[0]
-    entry = ApiKey.model_validate(yaml.safe_load(out.split("args.auth.api_keys:\n", 1)[1])[0])
-    assert key.startswith("sk-capserve-") and entry.sha256 == key_hash(key)
-    assert Authenticator([entry]).authenticate(f"Bearer {key}", "batch").name == "team-a"
-    main(["hash", key])
-    assert capsys.readouterr().out.strip() == key_hash(key)
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,7 @@ async def hold_lease(args: JobArgs, owner: str, lease_s: float) -> None:
     store = open_store(f"sqlite:///{args.state_dir / 'job.db'}")
     try:
         batch_id = job_batch_id(args.input, args.output)
-        assert await store.claim_batch(batch_id, owner, lease_s, time.time())
+        assert await store.claim_batch(batch_id, owner, lease_s)
     finally:
         await store.close()
 

@@ -77,6 +77,23 @@ async def test_local_cache_expires_entries_after_ttl_and_drops_them():
     assert len(cache) == 0
 
 
+async def test_a_lookup_sees_one_time_while_the_clock_moves_under_it():
+    class Ticking(FakeClock):
+        """Moves half a second each time it is read."""
+
+        def __call__(self) -> float:
+            self.now += 0.5
+            return self.now
+
+    cache = LocalCache(max_entries=10, ttl_s=1.25, clock=Ticking())
+    for ttl_reads in range(3):
+        await cache.set_many({"k": b"v"})
+        # The entry expires between reads of the clock: checking it and reading it must agree.
+        for _ in range(ttl_reads):
+            await cache.get_many(["k"])
+        assert await cache.get_many(["k"]) in ({}, {"k": b"v"})
+
+
 async def test_setting_again_restarts_the_ttl():
     clock = FakeClock()
     cache = LocalCache(max_entries=10, ttl_s=60, clock=clock)

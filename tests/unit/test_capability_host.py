@@ -8,6 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from capabilities.alerts import AlertsCapability
 from capabilities.base import Resources
 from capabilities.batching import RunCall
 from capabilities.embedding_memo import EmbeddingMemo
@@ -19,7 +20,8 @@ from deployments.dag.capability_clients import (
     configure_inline,
     inline_settings,
 )
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, classified
+from tests.http_receiver import HttpReceiver
 from tests.unit.test_config import check_config, default_args  # noqa: F401 - fixture
 from tests.unit.test_dag import Upper
 
@@ -119,3 +121,27 @@ async def test_the_memo_embeds_each_text_once_and_stays_bounded():
     await memo.embed(["d", "e", "f"], engine.embed)
     await memo.embed(["a b"], engine.embed)
     assert engine.embedded == ["a b", "c", "d", "e", "f", "a b"]
+
+
+async def test_alert_deliveries_of_a_replaced_instance_finish_and_close_waits_for_them(
+    monkeypatch,
+):
+    monkeypatch.setenv("HOST_TEST_SECRET", "s3cret")
+    with HttpReceiver() as receiver:
+        webhook = {"type": "webhook", "url": receiver.url, "secret_env": "HOST_TEST_SECRET"}
+        settings = {
+            "rules": [
+                {"name": "r", "severity": "high", "message": "m", "when": {"label_in": ["a"]}}
+            ],
+            "sinks": [webhook],
+        }
+        host = CapabilityHost(AlertsCapability, Resources(), None)
+        await host.configure(settings)
+        # The receiver fails the first attempt: the delivery is waiting to retry when a reload
+        # replaces the instance that started it.
+        receiver.fail_next(1)
+        await host.run([RunCall(texts=["x"], parents={"classification": [classified("a")]})])
+        await host.configure({**settings, "sinks": [webhook, {"type": "log"}]})
+        await host.close()
+        assert len(receiver.requests) == 2
+        assert receiver.requests[0].body == receiver.requests[1].body

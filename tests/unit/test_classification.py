@@ -1,3 +1,4 @@
+import asyncio
 import csv
 from pathlib import Path
 
@@ -134,6 +135,18 @@ async def test_ad_hoc_labels_run_zero_shot_and_are_cached():
     engine.embedded.clear()
     await classifier.classify(["refund please"], labels=labels)
     assert engine.embedded == ["refund please"]
+
+
+async def test_requests_bringing_one_new_label_set_together_embed_it_once():
+    config = ClassificationSettings(
+        strategy="zero_shot", embedding_model="fake", labels=[LabelSpec(name="a"), "b"]
+    )
+    engine = FakeEngine()
+    classifier = await loaded(config, engine)
+    engine.embedded.clear()
+    labels = [LabelSpec(name="refund"), LabelSpec(name="greeting")]
+    await asyncio.gather(*(classifier.classify([f"text {i}"], labels=labels) for i in range(5)))
+    assert engine.embedded.count("refund") == 1
 
 
 async def test_ad_hoc_labels_with_knn_are_refused(examples_csv):

@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.runtime_env import RuntimeEnv
 from ray.serve.schema import ServeDeploySchema
 
+from capserve.keys import new_key
 from deployments.app import batch_runner_options, check_config, ingress_options, runner_options
 from deployments.config import AppConfig
 from deployments.engine.placement import distributed_executor_backend, engine_deployment_options
-from deployments.http.auth import is_loopback, new_key_entry
+from deployments.http.auth import is_loopback
 from deployments.ray_compat import check_cluster_launcher_config
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
@@ -177,7 +178,7 @@ def checked_serve_config(
 @pytest.fixture()
 def keys_file(tmp_path: Path) -> Path:
     """A valid api_keys_file, standing in for the one a cluster mounts from its secret."""
-    _, entry = new_key_entry("team-a", ["classify"])
+    _, entry = new_key("team-a", ["classify"])
     path = tmp_path / "api_keys.yaml"
     path.write_text(yaml.safe_dump({"api_keys": [entry.model_dump(exclude_none=True)]}))
     return path

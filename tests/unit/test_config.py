@@ -269,6 +269,38 @@ def test_rate_limits_across_ingress_replicas_need_redis(default_args):
     assert check_config(default_args).rate_limits.redis_url == "redis://cache:6379/0"
 
 
+@pytest.mark.parametrize(
+    ("keys", "default"),
+    [
+        ([{"scopes": ["batch"], "rate_limits": {"texts": {"per_s": 10}}}], None),
+        ([{"scopes": ["classify", "batch"]}], {"requests": {"per_s": 10}}),
+        ([], {"requests": {"per_s": 10}}),
+    ],
+)
+def test_rate_limited_batch_keys_need_redis(default_args, keys, default):
+    """Batch lines take from their key's buckets in the batch runner, another process."""
+    default_args["auth"] = {
+        "api_keys": [{"name": "team", "sha256": "a" * 64, **key} for key in keys]
+    }
+    default_args["rate_limits"] = {"default": default}
+    with pytest.raises(ConfigError, match=r"rate_limits\.redis_url: batch lines count"):
+        check_config(default_args)
+    default_args["rate_limits"]["redis_url"] = "redis://cache:6379/0"
+    check_config(default_args)
+
+
+def test_limits_of_keys_without_the_batch_scope_need_no_redis(default_args):
+    default_args["auth"] = {
+        "api_keys": [
+            {"name": "team", "sha256": "a" * 64, "scopes": ["classify"]},
+            {"name": "jobs", "sha256": "b" * 64, "scopes": ["batch"]},
+        ]
+    }
+    default_args["rate_limits"] = {"default": None}
+    default_args["auth"]["api_keys"][0]["rate_limits"] = {"requests": {"per_s": 1}}
+    assert check_config(default_args).rate_limits.redis_url is None
+
+
 def test_api_keys_are_read_from_config(default_args):
     default_args["auth"] = {
         "api_keys": [{"name": "team-a", "sha256": "a" * 64, "scopes": ["classify", "batch"]}]

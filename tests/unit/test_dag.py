@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
-from capabilities.base import Capability, NoOptions, Resources, RunContext
+from capabilities.base import Capability, NoOptions, Resources, RunContext, TextSource
 from capabilities.batching import RunCall, run_batch
 from capabilities.cache import CacheConfig
 from capabilities.errors import InvalidRequestError
@@ -41,9 +41,11 @@ class Upper(Capability[NoOptions, Echo]):
     def __init__(self, settings: NoOptions = NO_SETTINGS, resources: Resources = NO_RESOURCES):
         super().__init__(settings, resources)
         self.runs: list[list[str]] = []
+        self.sources: list[list[list[TextSource]]] = []
 
     async def run(self, texts: Sequence[str], context: RunContext) -> list[Echo]:
         self.runs.append(list(texts))
+        self.sources.append([list(sources) for sources in context.sources])
         suffix = context.options.suffix  # type: ignore[attr-defined]
         if suffix == "!bad":
             raise InvalidRequestError("suffix '!bad' is refused", "suffix")
@@ -110,8 +112,10 @@ async def test_plan_gives_each_item_exactly_what_it_asked_for():
     registry = Registry({"upper": (), "child": ("upper",)})
     upper, child = Upper(), Child()
     plan = Plan.of(registry, [["upper"], ["child"], ["upper", "child"]])
+    items_of: dict[str, list[list[int]]] = {}
 
-    async def run(name, texts, parents):
+    async def run(name, texts, parents, items):
+        items_of[name] = items
         capability = upper if name == "upper" else child
         return await capability.run(texts, RunContext(parents=parents, options=EchoOptions()))
 
@@ -120,12 +124,14 @@ async def test_plan_gives_each_item_exactly_what_it_asked_for():
     assert outputs[1]["child"].value == "B>b"
     assert upper.runs == [["a", "b"]]  # deduplicated: "a" appears twice
     assert child.runs == [["b", "a"]]
+    # Each run says which items its texts are for: "a" stands for items 0 and 2.
+    assert items_of == {"upper": [[0, 2], [1]], "child": [[1], [2]]}
 
 
 async def test_a_failing_capability_fails_the_request_with_its_own_error():
     registry = Registry({"upper": (), "child": ("upper",)})
 
-    async def run(name, texts, parents):
+    async def run(name, texts, parents, items):
         raise InvalidRequestError("nope", "labels")
 
     with pytest.raises(InvalidRequestError, match="nope"):
@@ -157,6 +163,23 @@ async def test_a_batch_runs_once_per_distinct_options_and_dedupes_texts():
     assert [[o.value for o in r.outputs] for r in replies] == [["A", "B"], ["B", "A", "A"], ["A?"]]
     assert report.runs == 2 and report.texts == 6 and report.unique_texts == 3
     assert sorted(upper.runs) == [["a"], ["a", "b"]]
+
+
+def source(request_id: str, item_index: int) -> TextSource:
+    return TextSource(request_id=request_id, item_index=item_index)
+
+
+async def test_a_deduplicated_input_carries_the_sources_of_every_caller():
+    upper = Upper()
+    calls = [
+        RunCall(texts=["a", "b"], sources=[[source("r1", 0)], [source("r1", 1)]]),
+        RunCall(texts=["a"], sources=[[source("r2", 0), source("r2", 3)]]),
+    ]
+    await run_batch(upper, calls)
+    assert upper.runs == [["a", "b"]]
+    assert upper.sources == [
+        [[source("r1", 0), source("r2", 0), source("r2", 3)], [source("r1", 1)]]
+    ]
 
 
 async def test_same_text_with_different_parents_is_two_inputs():
@@ -211,8 +234,9 @@ def test_plans_run_each_needed_capability_once_after_its_parents(requests):
     plan = Plan.of(registry, [sorted(names) for _, names in requests])
     started: list[str] = []
 
-    async def run(name, run_texts, parents):
+    async def run(name, run_texts, parents, items):
         assert set(parents) == set(DIAMOND[name])
+        assert [texts[index] for indexes in items for index in indexes[:1]] == run_texts
         assert all(parent in started for parent in DIAMOND[name])
         assert len(run_texts) == len(set(run_texts))
         started.append(name)

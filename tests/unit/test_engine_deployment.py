@@ -20,7 +20,7 @@ from deployments.engine.client import EngineClient
 from deployments.engine.deployment import EngineDeployment
 from deployments.engine.vllm_engine import VLLMEngine
 from tests.fakes import FakeEngine, serving
-from tests.local_serve import ReplicaHandle, replica, serve_replicas  # noqa: F401
+from tests.local_serve import ReplicaHandle, replica, serve_replicas, shut_down  # noqa: F401
 
 CALLS = CallGuardConfig(timeout_s=5, accept_timeout_s=5)
 TOO_LONG = "too long"
@@ -46,7 +46,7 @@ class PickyEngine(FakeEngine):
 
 @pytest.fixture
 async def served(serve_replicas: None) -> AsyncIterator[Any]:  # noqa: F811
-    """Builds replicas of the deployment class over a given engine; stops their reporting."""
+    """Builds replicas of the deployment class over a given engine; shuts them down after."""
     built: list[Any] = []
 
     async def build(engine: FakeEngine, config: ModelConfig | None = None) -> Any:
@@ -61,7 +61,7 @@ async def served(serve_replicas: None) -> AsyncIterator[Any]:  # noqa: F811
 
     yield build
     for instance in built:
-        instance._reporting.cancel()
+        await shut_down(instance)
 
 
 def client_of(instance: Any) -> EngineClient:

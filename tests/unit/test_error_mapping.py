@@ -20,7 +20,7 @@ from starlette.requests import Request
 from batchjobs.files import FileTooLargeError
 from batchjobs.json_depth import JsonTooDeepError
 from batchjobs.lines import InputChangedError
-from batchjobs.store import LeaseLostError
+from batchjobs.store import LeaseLostError, StoreUnavailableError
 from capabilities.alerts import AlertsConfigError
 from capabilities.egress import EgressRefusedError
 from capabilities.errors import (
@@ -86,6 +86,7 @@ ANSWERS = [
     Answer(EngineUnavailableError("x", 3), 503, SERVER, "service_unavailable", retry_after="3"),
     Answer(FileTooLargeError("x"), 413, CALLER, "payload_too_large"),
     Answer(JsonTooDeepError(32), 400, CALLER, "invalid_json"),
+    Answer(StoreUnavailableError("x"), 503, SERVER, "service_unavailable", retry_after="5"),
     internal(CapabilityError("x")),
     internal(CapabilitySettingsError("x")),
     internal(CatalogError("x")),

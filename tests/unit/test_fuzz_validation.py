@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from batchjobs.lines import check_input, read_tasks
 from batchjobs.schemas import BatchError
 from deployments.config import LimitsConfig
-from deployments.http.errors import BadRequestError
+from deployments.http.errors import BadRequestError, PayloadTooLargeError
 from deployments.http.openai_api import ChatCompletionRequest, EmbeddingRequest
 from deployments.http.schemas import ClassifyRequest
 
@@ -179,7 +179,10 @@ def test_classify_requests_validate_or_raise_validation_error(payload: Any) -> N
 def test_chat_requests_validate_or_raise_validation_error(payload: Any) -> None:
     request = validated(ChatCompletionRequest, payload)
     if isinstance(request, ChatCompletionRequest):
-        request.call()
+        try:
+            request.call(request.output_tokens(LimitsConfig().max_chat_tokens))
+        except BadRequestError as error:
+            assert error.param in ("max_tokens", "max_completion_tokens")
 
 
 @FUZZ
@@ -188,8 +191,8 @@ def test_embedding_requests_validate_or_raise_a_typed_error(payload: Any) -> Non
     request = validated(EmbeddingRequest, payload)
     if isinstance(request, EmbeddingRequest):
         try:
-            texts = request.texts()
-        except BadRequestError as error:
-            assert error.status_code == 400
+            texts = request.texts(LimitsConfig().max_items_per_request)
+        except (BadRequestError, PayloadTooLargeError) as error:
+            assert error.param == "input"
         else:
             assert texts and all(isinstance(text, str) for text in texts)

@@ -9,10 +9,11 @@ import openai.types.chat
 import pytest
 from pydantic import ValidationError
 
-from deployments.config import ModelConfig
+from deployments.config import LimitsConfig, ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, JsonOutput, Rejection
 from deployments.http.errors import ApiError
 from deployments.http.openai_api import ChatCompletionRequest, EmbeddingRequest, OpenAIEndpoints
+from deployments.http.rate_limit import Usage
 from tests.fakes import FakeEngine
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -42,7 +43,7 @@ def model(name: str, runner: str) -> ModelConfig:
 
 def endpoints(*models: ModelConfig, reply: ChatOutput | Rejection | None = None):
     engines = {m.name: FakeOpenAIEngine(reply) for m in models}
-    return OpenAIEndpoints(models, engines), engines
+    return OpenAIEndpoints(models, engines, LimitsConfig()), engines
 
 
 async def chat(api: OpenAIEndpoints, payload: object, request_id: str) -> dict:
@@ -117,7 +118,9 @@ async def test_chat_defaults_are_openai_defaults_and_nulls_mean_unset():
     api, engines = endpoints(model("llama", "generate"))
     await chat(api, {"messages": USER, "temperature": None, "stop": None}, "req")
     [call] = engines["llama"].calls
-    assert (call.max_tokens, call.temperature, call.top_p, call.stop) == (None, 1.0, 1.0, [])
+    # No max_tokens: the server's cap, as OpenAI fills in what the model allows.
+    assert call.max_tokens == LimitsConfig().max_chat_tokens
+    assert (call.temperature, call.top_p, call.stop) == (1.0, 1.0, [])
 
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -289,3 +292,44 @@ def test_embeddings_split_back_per_caller_in_order():
     assert [part.prompt_tokens for part in parts] == [[1, 2], [], [3, 4, 5]]
     assert [part.vectors.shape for part in parts] == [(2, 2), (0, 2), (3, 2)]
     assert np.array_equal(np.concatenate([part.vectors for part in parts]), vectors)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_chat_tokens_over_the_cap_are_refused_naming_it(field):
+    limits = LimitsConfig(max_chat_tokens=64)
+    engine = FakeOpenAIEngine()
+    api = OpenAIEndpoints([model("llama", "generate")], {"llama": engine}, limits)
+    request = ChatCompletionRequest.model_validate({"messages": USER, field: 65})
+    with pytest.raises(ApiError) as error:
+        await api.chat_completions(request, "req")
+    status, _, message = raised(error)
+    assert status == 400 and error.value.param == field
+    assert "cap of 64" in message and f"send {field} of at most 64" in message
+    assert engine.calls == []
+    at_cap = ChatCompletionRequest.model_validate({"messages": USER, field: 64})
+    await api.chat_completions(at_cap, "req")
+    assert engine.calls[0].max_tokens == 64
+
+
+async def test_chat_usage_counts_one_text_and_the_tokens_it_may_generate():
+    api = OpenAIEndpoints([model("llama", "generate")], {}, LimitsConfig(max_chat_tokens=100))
+    asked = ChatCompletionRequest.model_validate({"messages": USER, "max_tokens": 30})
+    unset = ChatCompletionRequest.model_validate({"messages": USER})
+    assert api.chat_usage(asked) == Usage(texts=1, tokens=30)
+    assert api.chat_usage(unset) == Usage(texts=1, tokens=100)
+
+
+async def test_embedding_inputs_over_the_cap_are_413_naming_it():
+    limits = LimitsConfig(max_items_per_request=3)
+    api = OpenAIEndpoints([model("minilm", "pooling")], {"minilm": FakeOpenAIEngine()}, limits)
+    request = EmbeddingRequest.model_validate({"input": ["a", "b", "c", "d"]})
+    with pytest.raises(ApiError) as error:
+        await api.embeddings(request, "req")
+    status, code, message = raised(error)
+    assert (status, code, error.value.param) == (413, "payload_too_large", "input")
+    assert "4 entries; the limit is 3 per request" in message
+    with pytest.raises(ApiError):
+        api.embeddings_usage(request)
+    three = EmbeddingRequest.model_validate({"input": ["a", "b", "c"]})
+    assert api.embeddings_usage(three) == Usage(texts=3)
+    assert len((await api.embeddings(three, "req"))["data"]) == 3

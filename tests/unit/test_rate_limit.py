@@ -13,6 +13,7 @@ from deployments.http.rate_limit import (
     RateLimiter,
     RateLimits,
     RedisBuckets,
+    Usage,
 )
 from tests import redis_server as redis_fixtures
 from tests.fakes import FakeClock
@@ -90,3 +91,34 @@ async def test_a_down_redis_falls_back_to_local_buckets() -> None:
     with pytest.raises(RateLimitedError):
         await limiter.admit("a", limits, "requests", 1)
     await buckets.close()
+
+
+async def test_chat_tokens_are_a_bucket_of_their_own() -> None:
+    limiter = RateLimiter(RateLimitConfig(), LocalBuckets(FakeClock()))
+    limits = RateLimits(tokens=Bucket(per_s=100, burst=300))
+    await limiter.admit_usage("a", limits, Usage(texts=1, tokens=200))
+    with pytest.raises(RateLimitedError, match="tokens/s"):
+        await limiter.admit_usage("a", limits, Usage(texts=1, tokens=200))
+    with pytest.raises(PayloadTooLargeError, match="counts its max_tokens"):
+        await limiter.admit_usage("a", limits, Usage(texts=1, tokens=301))
+
+
+async def test_batch_lines_wait_for_their_keys_tokens_instead_of_failing() -> None:
+    clock = FakeClock()
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    limiter = RateLimiter(RateLimitConfig(), LocalBuckets(clock), sleep=sleep)
+    limits = RateLimits(requests=Bucket(per_s=2, burst=2), texts=Bucket(per_s=10, burst=10))
+    start = clock.now
+    for _ in range(6):
+        await limiter.wait_for("team-a", limits, Usage(texts=1))
+    # Two requests at once, then one every half second.
+    assert clock.now - start == pytest.approx(2.0)
+    for _ in range(3):
+        await limiter.wait_for("team-a", limits, Usage(texts=10))
+    # The texts bucket is the narrower one now: 10 texts a second.
+    assert clock.now - start == pytest.approx(4.5)
+    with pytest.raises(PayloadTooLargeError, match="each classify item, ad-hoc label"):
+        await limiter.wait_for("team-a", limits, Usage(texts=11))

@@ -33,26 +33,28 @@ RAY_FREE = [
     "deployments.engine.calls",
     "deployments.engine.choice_tokens",
     "deployments.engine.choice_probabilities",
+    "capserve.cli",
 ]
 
 
-@pytest.mark.parametrize("module", RAY_FREE)
-def test_imports_without_ray_or_vllm(module: str, project_root: Path) -> None:
+def run_refusing(project_root: Path, refused: str, statement: str) -> None:
+    """Runs `statement` in a fresh Python in which every module whose top-level name `top`
+    makes the expression `refused` true cannot be imported, as if it were not installed."""
     script = textwrap.dedent(
         f"""
-        import importlib, sys
+        import sys
 
         class Refuse:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("ray", "vllm"):
+                top = name.split(".")[0]
+                if {refused}:
                     raise ImportError(f"{{name}} is not installed here")
 
         sys.meta_path.insert(0, Refuse())
-        importlib.import_module({module!r})
         """
     )
     run = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script + statement],
         cwd=project_root,
         capture_output=True,
         text=True,
@@ -61,10 +63,37 @@ def test_imports_without_ray_or_vllm(module: str, project_root: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+@pytest.mark.parametrize("module", RAY_FREE)
+def test_imports_without_ray_or_vllm(module: str, project_root: Path) -> None:
+    run_refusing(project_root, 'top in ("ray", "vllm")', f"import {module}")
+
+
+def test_the_client_needs_only_httpx_and_pydantic(project_root: Path) -> None:
+    # httpx's and pydantic's own dependencies, and the pydantic models of batch files.
+    allowed = {
+        *("httpx", "httpcore", "h11", "anyio", "sniffio", "idna", "certifi"),
+        *("pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection"),
+        *("capserve", "batchjobs"),
+    }
+    stdlib = 'top in sys.stdlib_module_names or top.startswith("_sysconfigdata")'
+    run_refusing(
+        project_root,
+        f"not ({stdlib}) and top not in {sorted(allowed)!r}",
+        "from capserve.client import AsyncClient, Client",
+    )
+
+
+def test_a_bare_install_is_the_client_and_command_without_ray_or_vllm(project_root: Path) -> None:
+    project = tomllib.loads((project_root / "pyproject.toml").read_text())["project"]
+    assert not [dep for dep in project["dependencies"] if dep.startswith(("ray", "vllm"))]
+    assert project["scripts"] == {"capserve": "capserve.cli:app"}
+    assert "capserve[server]" in project["optional-dependencies"]["cpu"]
+
+
 def test_the_private_ray_apis_were_written_against_the_pinned_ray(project_root: Path) -> None:
     assert ray.__version__ == PINNED_RAY_VERSION
     project = tomllib.loads((project_root / "pyproject.toml").read_text())["project"]
-    assert f"ray[serve]=={PINNED_RAY_VERSION}" in project["dependencies"]
+    assert f"ray[serve]=={PINNED_RAY_VERSION}" in project["optional-dependencies"]["server"]
 
 
 # Ray's private modules (ray._private, ray.serve._private, ray.autoscaler._private, ...),

@@ -54,6 +54,10 @@ def make_batch(status: str = "completed", **overrides) -> BatchObject:
     return BatchObject.model_validate(fields | overrides)
 
 
+# Every output line is a span of its batch's trace.
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
 def ok_line(custom_id: str, labels: list[str | None]) -> dict:
     results = [{"index": i, "id": None} | ({"label": x} if x else {}) for i, x in enumerate(labels)]
     return {
@@ -62,6 +66,7 @@ def ok_line(custom_id: str, labels: list[str | None]) -> dict:
         "response": {
             "status_code": 200,
             "request_id": f"req_{custom_id}",
+            "traceparent": TRACEPARENT,
             "body": {"id": f"req_{custom_id}", "object": "classification.list", "results": results},
         },
         "error": None,
@@ -80,6 +85,7 @@ ERROR_LINES = [
         "response": {
             "status_code": 400,
             "request_id": "req_d",
+            "traceparent": TRACEPARENT,
             "body": {"error": {"message": "items must not be empty", "code": "invalid_items"}},
         },
         "error": None,

@@ -5,6 +5,7 @@ from capabilities.classification import Classification, LabelScore
 from deployments.config import LimitsConfig
 from deployments.dag.classify_service import item_result
 from deployments.http.errors import validation_error
+from deployments.http.rate_limit import Usage
 from deployments.http.schemas import ClassifyRequest
 
 LIMITS = LimitsConfig(max_items_per_request=3, max_text_chars=10)
@@ -63,3 +64,22 @@ def test_a_result_says_how_generative_classification_decoded_and_only_then():
     assert dumped[0]["decoding"] == "one_step"
     assert "decoding" not in dumped[1]
     assert {key: value for key, value in dumped[0].items() if key != "decoding"} == dumped[1]
+
+
+def test_ad_hoc_labels_have_a_cap_and_count_as_texts():
+    limits = LimitsConfig(max_labels_per_request=3)
+    labels = ["card", "fee", "transfer"]
+    request = ClassifyRequest.model_validate(
+        {"texts": ["a", "b"], "labels": labels}, context={"limits": limits}
+    )
+    # Each label is embedded (zero-shot) or prompted (generative) like a text.
+    assert request.usage() == Usage(texts=5)
+    assert ClassifyRequest.model_validate({"texts": ["a"]}).usage() == Usage(texts=1)
+    with pytest.raises(ValidationError) as raised:
+        ClassifyRequest.model_validate(
+            {"texts": ["a"], "labels": [*labels, "refund"]}, context={"limits": limits}
+        )
+    assert (
+        "'labels' has 4 entries; the limit is 3 per request"
+        in validation_error(raised.value).message
+    )

@@ -53,10 +53,11 @@ def test_bad_input_exits_2_before_ray_starts(
     assert f"{METRICS_PORT_VARIABLE}='http' is not a port number" in capsys.readouterr().err
 
 
-def test_make_run_runs_it(project_root: Path) -> None:
+def test_make_run_runs_it_through_capserve_serve(project_root: Path) -> None:
+    """`make run` is `capserve serve`, which runs this module (tests/unit/test_cli.py)."""
     makefile = (project_root / "Makefile").read_text()
     [recipe] = re.findall(r"^run:.*\n\t(.*)", makefile, re.MULTILINE)
-    assert "-m cluster.serve_run serve_config.yaml" in recipe
+    assert recipe.endswith("-m capserve serve serve_config.yaml")
 
 
 def test_the_readmes_metrics_section_starts_with_the_command_on_that_port(

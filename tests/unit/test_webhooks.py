@@ -3,8 +3,10 @@ import logging
 import socket
 import time
 
+import httpx
 import pytest
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState
 
 from capabilities.egress import PublicAddressTransport
 from capabilities.webhooks import (
@@ -102,10 +104,20 @@ async def test_retry_after_is_capped(receiver):
     assert time.monotonic() - started < 5
 
 
+def after_attempt(number: int, response: httpx.Response) -> RetryCallState:
+    state = RetryCallState(retry_object=AsyncRetrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = number
+    state.set_result(response)
+    return state
+
+
 def test_backoff_doubles_per_attempt_up_to_the_cap():
     backoff = WebhookSender("http://127.0.0.1/hook", SECRET, backoff_s=0.5, max_backoff_s=3)
-    assert [backoff._delay_s(attempt, None) for attempt in range(4)] == [0.5, 1, 2, 3]
-    assert backoff._delay_s(0, 2.5) == 2.5
+    unavailable = httpx.Response(503)
+    delays = [backoff._delay_s(after_attempt(n, unavailable)) for n in range(1, 5)]
+    assert delays == [0.5, 1, 2, 3]
+    told = httpx.Response(503, headers={"Retry-After": "2.5"})
+    assert backoff._delay_s(after_attempt(1, told)) == 2.5
 
 
 async def test_connection_errors_are_retried_then_given_up_without_raising(caplog):

@@ -1,0 +1,3 @@
+from capserve.cli import app
+
+app(prog_name="capserve")
