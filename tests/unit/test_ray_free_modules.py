@@ -31,6 +31,7 @@ RAY_FREE = [
     "deployments.http.api_docs",
     "deployments.calls.circuit_breaker",
     "deployments.engine.calls",
+    "deployments.engine.protocol",
     "deployments.engine.choice_tokens",
     "deployments.engine.choice_probabilities",
     "capserve.cli",
