@@ -17,7 +17,9 @@ class JsonTooDeepError(ValueError):
     """The JSON nests arrays and objects deeper than `max_depth` levels."""
 
     def __init__(self, max_depth: int) -> None:
-        super().__init__(f"JSON nests arrays and objects deeper than {max_depth} levels")
+        super().__init__(
+            f"JSON nests arrays and objects deeper than the limit of {max_depth} levels"
+        )
         self.max_depth = max_depth
 
 

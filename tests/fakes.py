@@ -1,5 +1,5 @@
-"""A deterministic fake engine honouring the engine protocol, and a clock set by hand; for unit
-tests of logic only."""
+"""A deterministic fake engine honouring the engine protocol (and, served by `EngineDeployment`,
+the deployment's), and a clock set by hand; for unit tests of logic only."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ import numpy as np
 
 from capabilities.classification import Classification, LabelScore
 from capabilities.engine import ChoiceResult
+from capabilities.errors import InvalidRequestError
+from capabilities.priority import DEFAULT_PRIORITY, Priority
+from deployments.config import ModelConfig
+from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.engine.protocol import EngineClass, TokenCounter
 
 DIMENSIONS = 64
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
 
 
 def _word_vector(word: str) -> np.ndarray:
@@ -33,12 +42,19 @@ class FakeEngine:
         self.chosen: list[str] = []
         self.keys_asked: list[tuple[list[str], str]] = []
         self.keys_given: list[list[str] | None] = []
+        self.healthy = True
+        self.shut_down = False
+        self.priorities: list[Priority] = []
+        """The priority of each call, in order."""
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+    async def embed(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> np.ndarray:
         self.embedded.extend(texts)
+        self.priorities.append(priority)
         rows = []
         for text in texts:
-            words = re.findall(r"[a-z]+", text.lower()) or ["<empty>"]
+            words = _words(text) or ["<empty>"]
             vector = np.sum([_word_vector(word) for word in words], axis=0)
             rows.append(vector / np.linalg.norm(vector))
         return np.array(rows, dtype=np.float32)
@@ -48,9 +64,14 @@ class FakeEngine:
         return [f"K{i}" for i in range(len(choices))] if self.keyed else None
 
     async def choose(
-        self, prompts: Sequence[str], choices: Sequence[str], keys: Sequence[str] | None = None
+        self,
+        prompts: Sequence[str],
+        choices: Sequence[str],
+        keys: Sequence[str] | None = None,
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> list[ChoiceResult]:
         self.chosen.extend(prompts)
+        self.priorities.append(priority)
         self.keys_given.append(None if keys is None else list(keys))
         results = []
         for prompt in prompts:
@@ -75,9 +96,60 @@ class FakeEngine:
         return results
 
     async def generate_json(
-        self, prompts: Sequence[str], json_schema: dict[str, Any]
+        self,
+        prompts: Sequence[str],
+        json_schema: dict[str, Any],
+        priority: Priority = DEFAULT_PRIORITY,
     ) -> list[dict[str, Any]]:
+        self.priorities.append(priority)
         return [{} for _ in prompts]
+
+    async def embeddings(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> Embeddings:
+        return Embeddings(await self.embed(texts, priority), [len(_words(t)) for t in texts])
+
+    async def classify(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> np.ndarray:
+        raise InvalidRequestError(f"model {self.name!r} cannot classify", "classifier_model")
+
+    async def class_labels(self) -> list[str]:
+        raise InvalidRequestError(f"model {self.name!r} cannot classify", "classifier_model")
+
+    async def chat(
+        self, calls: Sequence[ChatCall], priority: Priority = DEFAULT_PRIORITY
+    ) -> list[ChatOutput | Rejection]:
+        """Echoes each conversation's last message."""
+        self.priorities.append(priority)
+        return [
+            ChatOutput(
+                text=call.messages[-1].content,
+                finish_reason="stop",
+                prompt_tokens=sum(len(_words(m.content)) for m in call.messages),
+                completion_tokens=len(_words(call.messages[-1].content)),
+            )
+            for call in calls
+        ]
+
+    async def check_health(self) -> None:
+        if not self.healthy:
+            raise RuntimeError(f"engine {self.name!r} is down")
+
+    async def ready(self) -> None:
+        await self.check_health()
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+def serving(engine: FakeEngine) -> EngineClass:
+    """An `engine_cls` for `EngineDeployment`: its replica serves `engine`."""
+
+    def build(config: ModelConfig, count_tokens: TokenCounter) -> FakeEngine:
+        return engine
+
+    return build
 
 
 class FakeClassifierEngine:
@@ -92,7 +164,9 @@ class FakeClassifierEngine:
     async def class_labels(self) -> list[str]:
         return list(self.labels)
 
-    async def classify(self, texts: Sequence[str]) -> np.ndarray:
+    async def classify(
+        self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
+    ) -> np.ndarray:
         self.classified.extend(texts)
         return np.array(
             [

@@ -24,6 +24,7 @@ from deployments.calls.guarded_handle import GuardedCallee
 from deployments.coalescing import PriorityBatches
 from deployments.config import ModelConfig
 from deployments.engine.calls import ChatCall, ChatOutput, Embeddings, Rejection
+from deployments.engine.protocol import EngineClass
 from deployments.engine.vllm_engine import VLLMEngine
 from deployments.telemetry import metrics
 from deployments.telemetry.replica_telemetry import CallCounter, ReplicaReporter
@@ -56,10 +57,14 @@ def answer(outcome: Result | Exception) -> Result:
 
 @serve.deployment
 class EngineDeployment(GuardedCallee):
-    async def __init__(self, config: ModelConfig, stats: DeploymentHandle) -> None:
+    async def __init__(
+        self, config: ModelConfig, stats: DeploymentHandle, *, engine_cls: EngineClass = VLLMEngine
+    ) -> None:
+        """`engine_cls` builds the replica's engine, as Ray Serve LLM's `LLMServer` takes it:
+        vLLM's unless a unit test serves a fake through this class."""
         self._config = config
         self._model_tags = {"model": config.name}
-        self._engine = VLLMEngine(config, self._count_tokens)
+        self._engine = engine_cls(config, self._count_tokens)
         runs: dict[str, Callable[..., Awaitable[Any]]] = {
             "embed": self._engine.embed,
             "embeddings": self._engine.embeddings,

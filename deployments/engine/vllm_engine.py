@@ -12,7 +12,7 @@ import difflib
 import functools
 import json
 import uuid
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,10 +34,9 @@ from deployments.engine.choice_decoding import choice_decoder
 from deployments.engine.choice_tokens import choice_keys
 from deployments.engine.placement import distributed_executor_backend
 from deployments.engine.priority_gate import PriorityGate
+from deployments.engine.protocol import TokenCounter
 from deployments.http.errors import EngineOutputError
 
-TokenCounter = Callable[[int, int], None]
-"""Told each finished request's prompt and generated token counts."""
 # Label sets (with the cue their prompts end in) whose tokenisation an engine remembers.
 CHOICE_SETS_KEPT = 256
 

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from batchjobs.files import FileStorage, FileTooLargeError, new_file_id, sortable_id
+from batchjobs.files import FileStorage, new_file_id, sortable_id
 from batchjobs.handlers import check_batch_metadata
 from batchjobs.schemas import (
     MAX_EXPIRES_AFTER_S,
@@ -241,10 +241,7 @@ class BatchApi:
             upload_form = UploadForm.model_validate(fields)
             expires_after = upload_form.expires_after()
             file_id = new_file_id()
-            try:
-                path, size = await self._storage.save_upload(file_id, _chunks(upload), max_bytes)
-            except FileTooLargeError as error:
-                raise PayloadTooLargeError(str(error), "file") from None
+            path, size = await self._storage.save_upload(file_id, _chunks(upload), max_bytes)
         now = int(time.time())
         file = FileObject(
             id=file_id,

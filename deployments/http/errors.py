@@ -13,6 +13,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from batchjobs.files import FileTooLargeError
+from batchjobs.json_depth import JsonTooDeepError
 from batchjobs.store import StoreUnavailableError
 from capabilities.errors import EngineUnavailableError, ExamplesError, InvalidRequestError
 
@@ -150,7 +152,8 @@ class InternalError(ApiError):
 
 def api_error_for(error: Exception, where: str) -> ApiError:
     """The typed error an exception is answered as; unexpected ones are logged here, with
-    `where` they happened, and become an InternalError."""
+    `where` they happened, and become an InternalError. Every error class of capabilities/,
+    batchjobs/ and deployments/ has its answer pinned in tests/unit/test_error_mapping.py."""
     if isinstance(error, ValidationError):
         return validation_error(error)
     if isinstance(error, InvalidRequestError):
@@ -159,6 +162,10 @@ def api_error_for(error: Exception, where: str) -> ApiError:
         return BadRequestError(str(error))
     if isinstance(error, EngineUnavailableError | StoreUnavailableError):
         return ServiceUnavailableError(str(error), error.retry_after_s)
+    if isinstance(error, FileTooLargeError):
+        return PayloadTooLargeError(str(error), "file")
+    if isinstance(error, JsonTooDeepError):
+        return InvalidJsonError(f"{error}; flatten it")
     if isinstance(error, ApiError):
         return error
     logger.error("unhandled error in %s", where, exc_info=error)

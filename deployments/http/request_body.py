@@ -28,11 +28,8 @@ async def read_json(request: Request, limits: LimitsConfig) -> Any:
         raise InvalidJsonError("request body is empty; send a JSON object")
     try:
         return loads_within_depth(body, limits.max_json_depth)
-    except JsonTooDeepError as error:
-        raise InvalidJsonError(
-            f"request body nests arrays and objects deeper than the limit of {error.max_depth} "
-            "levels; flatten it"
-        ) from None
+    except JsonTooDeepError:
+        raise  # a ValueError too, answered by api_error_for as an InvalidJsonError
     except ValueError as error:
         # Besides malformed JSON and bad UTF-8: integers past Python's 4300-digit limit.
         raise InvalidJsonError(f"request body is not valid JSON: {error}") from None

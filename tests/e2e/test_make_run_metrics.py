@@ -17,8 +17,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -83,12 +85,11 @@ def _is_ready(base_url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def made_run(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MadeRun]:
-    workdir = tmp_path_factory.mktemp("make-run")
+@contextmanager
+def made_run_of(project_root: Path, workdir: Path, config: dict[str, Any]) -> Iterator[MadeRun]:
+    """`make run` serving `config` (a parsed serve config) from `workdir`, on free ports."""
     http_port, metrics_port = free_port(), free_port()
-    config = yaml.safe_load((project_root / CONFIG).read_text())
-    config["http_options"]["port"] = http_port
+    config = {**config, "http_options": {**config["http_options"], "port": http_port}}
     config_path = workdir / CONFIG
     config_path.write_text(yaml.safe_dump(config))
     # Short: Ray's sockets live under it, and a socket's path has at most 107 characters.
@@ -118,6 +119,13 @@ def made_run(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             yield MadeRun(base_url, metrics_port, ray_tmp / "ray" / RAY_SD_FILE_NAME)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def made_run(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MadeRun]:
+    config = yaml.safe_load((project_root / CONFIG).read_text())
+    with made_run_of(project_root, tmp_path_factory.mktemp("make-run"), config) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")

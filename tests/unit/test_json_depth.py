@@ -10,7 +10,7 @@ from starlette.requests import Request
 from batchjobs.json_depth import JsonTooDeepError, loads_within_depth
 from batchjobs.lines import check_input
 from deployments.config import LimitsConfig
-from deployments.http.errors import InvalidJsonError
+from deployments.http.errors import InvalidJsonError, api_error_for
 from deployments.http.request_body import read_json
 
 ENDPOINT = "/v1/classify"
@@ -45,7 +45,7 @@ def test_depth_is_the_nesting_of_arrays_and_objects(text: str, depth: int) -> No
 @pytest.mark.parametrize("depth", [33, 900, 5_000, VERY_DEEP])
 def test_deep_nesting_is_refused_without_recursion_error(depth: int) -> None:
     for opening, closing, core in (("[", "]", ""), ('{"a":', "}", "1")):
-        with pytest.raises(JsonTooDeepError, match="deeper than 32 levels"):
+        with pytest.raises(JsonTooDeepError, match="deeper than the limit of 32 levels"):
             loads_within_depth(nested(depth, opening, closing, core).encode(), 32)
 
 
@@ -58,9 +58,11 @@ async def test_a_deep_request_body_is_a_400_naming_the_limit() -> None:
     limits = LimitsConfig(max_json_depth=4)
     assert await read_json(request_with(b'{"texts": [["a"]]}'), limits) == {"texts": [["a"]]}
     for body in (nested(5), nested(VERY_DEEP)):
-        with pytest.raises(InvalidJsonError, match="deeper than the limit of 4 levels") as raised:
+        with pytest.raises(JsonTooDeepError) as raised:
             await read_json(request_with(body.encode()), limits)
-        assert raised.value.status_code == 400
+        answer = api_error_for(raised.value, "POST /")
+        assert isinstance(answer, InvalidJsonError) and answer.status_code == 400
+        assert "deeper than the limit of 4 levels; flatten it" in answer.message
 
 
 async def test_a_huge_integer_is_invalid_json_not_a_crash() -> None:

@@ -36,6 +36,7 @@ RAY_FREE = [
     "deployments.calls.circuit_breaker",
     "deployments.engine.calls",
     "deployments.engine.priority_gate",
+    "deployments.engine.protocol",
     "deployments.engine.choice_tokens",
     "deployments.engine.choice_probabilities",
     "capserve.cli",
