@@ -133,7 +133,7 @@ def _handler_class(type_: str) -> type:
             ) from None
     if not isinstance(found, type):
         # A configuration fault like the others, hence ValueError rather than TypeError.
-        raise ValueError(f"result handler {type_!r} is not a class")  # noqa: TRY004
+        raise ValueError(f"result handler {type_!r} is not a class")
     return found
 
 

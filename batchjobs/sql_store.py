@@ -190,7 +190,9 @@ def _postgres(url: str) -> _Dialect:
         begin_schema=("BEGIN", f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})"),
         columns_of="SELECT column_name FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND table_name = ?",
-        lock_tenant=f"SELECT pg_advisory_xact_lock({_TENANT_LOCK_CLASS}, hashtext(COALESCE(?, '')))",
+        lock_tenant=(
+            f"SELECT pg_advisory_xact_lock({_TENANT_LOCK_CLASS}, hashtext(COALESCE(?, '')))"
+        ),
         same="IS NOT DISTINCT FROM",
         now="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
         json_integer=lambda path: f"(record::jsonb #>> '{{{','.join(path)}}}')::bigint",

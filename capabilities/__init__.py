@@ -1,1 +1,4 @@
-"""Capability logic of capserve. Nothing here imports Ray; engines are reached through a protocol."""
+"""Capability logic of capserve.
+
+Nothing here imports Ray; engines are reached through a protocol.
+"""

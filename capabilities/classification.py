@@ -302,7 +302,10 @@ def generative_prompt(
     caching pays. With keys, the model answers with a label's key instead of its name. Examples,
     (text, label name) pairs, show a base model the task: each answered as the model should."""
     names = [label.name for label in labels]
-    entries = [f"{l.name}: {l.description}" if l.description else l.name for l in labels]
+    entries = [
+        f"{label.name}: {label.description}" if label.description else label.name
+        for label in labels
+    ]
     if keys is None:
         lines = [instruction, "Labels:", *(f"- {entry}" for entry in entries)]
     else:
@@ -444,7 +447,8 @@ class Classifier:
 
     async def _build_label_index(self, labels: Sequence[LabelSpec]) -> LabelIndex:
         vectors = await self._embed([label.embedding_text for label in labels])
-        return LabelIndex(vectors, [l.name for l in labels], self.settings.zero_shot_temperature)
+        names = [label.name for label in labels]
+        return LabelIndex(vectors, names, self.settings.zero_shot_temperature)
 
     async def _ad_hoc_index(self, labels: Sequence[LabelSpec]) -> LabelIndex:
         return await self._ad_hoc(tuple(labels))

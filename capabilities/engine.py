@@ -16,7 +16,9 @@ class ChoiceResult(BaseModel):
 
     choice: str
     probabilities: dict[str, float] = Field(
-        description="Normalised probability per allowed choice, from the engine's log-probabilities."
+        description=(
+            "Normalised probability per allowed choice, from the engine's log-probabilities."
+        )
     )
     decoding: ChoiceDecoding = Field(
         description="one_step: one decode step over each choice's own first token, so the "

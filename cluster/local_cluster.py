@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -128,10 +128,8 @@ class RunningNode:
 
 def _signal_all(processes: Sequence[psutil.Process], signum: int) -> None:
     for process in processes:
-        try:
+        with suppress(psutil.NoSuchProcess):
             process.send_signal(signum)
-        except psutil.NoSuchProcess:
-            pass
 
 
 class LocalCluster:
@@ -429,10 +427,8 @@ def main() -> None:
     with running_app(args.workers, args.engine_replicas, args.pin_cores) as cluster:
         print(f"capserve on {args.workers} worker nodes: {cluster.base_url}", flush=True)
         print(f"ray address {cluster.address}; logs in {cluster.logs}", flush=True)
-        try:
+        with suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

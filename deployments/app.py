@@ -1,4 +1,7 @@
-"""The application builder named by `serve_config.yaml` (`import_path: deployments.app:build_app`)."""
+"""The application builder named by `serve_config.yaml`.
+
+`import_path: deployments.app:build_app` there.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ from deployments.telemetry.stats import StatsRecorder
 
 
 def check_config(args: dict[str, Any]) -> AppConfig:
-    """Validates the config and the files it names, failing with one message that names the fault."""
+    """Validates the config and the files it names.
+
+    Fails with one message that names the fault.
+    """
     config = parse_app_config(args)
     for index, model in enumerate(config.models):
         check_engine_args(model, f"models.{index}.engine_args")

@@ -74,8 +74,9 @@ def _default_app_template() -> dict[str, Any]:
 
 
 def use_app_environment() -> None:
-    """Sets the default app's `runtime_env` variables in this process where unset, so that what a
-    script runs outside Serve (the raw engine, `vllm serve`) runs with the settings the replicas get."""
+    """Sets the default app's `runtime_env` variables in this process where unset, so that what
+    a script runs outside Serve (the raw engine, `vllm serve`) runs with the settings the replicas
+    get."""
     for name, value in _default_app_template()["runtime_env"]["env_vars"].items():
         os.environ.setdefault(name, str(value))
 

@@ -8,8 +8,8 @@
   d. the naive baseline (one engine call per text per capability: every `@serve.batch` set to 1)
      against capability-aware batching, on a mixed-capability workload.
 
-    .venv/bin/python loadtests/bench.py                 # writes loadtests/results/bench.{json,md,png}
-    .venv/bin/python loadtests/bench.py --quick         # small workloads; writes bench-quick.*
+    .venv/bin/python loadtests/bench.py          # writes loadtests/results/bench.{json,md,png}
+    .venv/bin/python loadtests/bench.py --quick  # small workloads; writes bench-quick.*
     .venv/bin/python loadtests/bench.py --variants default,haproxy,throughput,both
 
 capserve's workloads (b. and d.) run once per variant, each in a fresh local Ray cluster: a variant
@@ -51,8 +51,8 @@ import httpx
 import numpy as np
 import psutil
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+# Run as a script: the project's packages sit beside this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from capabilities.classification import KnnIndex, LabelSpec, generative_prompt
 from cluster.processes import free_port, stop_process
@@ -60,6 +60,7 @@ from cluster.serve_flags import ray_env
 from deployments.config import ModelConfig
 from loadtests.apps import (
     GENERATIVE_LABELS,
+    PROJECT_ROOT,
     default_app,
     deploy_config,
     generative_app,

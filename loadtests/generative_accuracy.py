@@ -61,7 +61,9 @@ def few_shot_examples(labels: Sequence[str], per_label: int) -> list[tuple[str, 
     """The first `per_label` examples.csv texts of each label, as (text, label), in rounds of one
     per label: grouped by label, the label of the last group would pull every answer its way."""
     by_label: dict[str, list[str]] = {label: [] for label in labels}
-    for text, label in zip(read_texts("examples.csv"), read_texts("examples.csv", "category")):
+    for text, label in zip(
+        read_texts("examples.csv"), read_texts("examples.csv", "category"), strict=True
+    ):
         if label in by_label and len(by_label[label]) < per_label:
             by_label[label].append(text)
     return [(by_label[label][i], label) for i in range(per_label) for label in labels]
@@ -118,7 +120,9 @@ def main() -> None:
     use_app_environment()
     from deployments.engine.vllm_engine import VLLMEngine
 
-    held_out = list(zip(read_texts("heldout.csv"), read_texts("heldout.csv", "category")))
+    held_out = list(
+        zip(read_texts("heldout.csv"), read_texts("heldout.csv", "category"), strict=True)
+    )
     sample = random.Random(args.seed).sample(held_out, min(args.texts, len(held_out)))
     texts, truth = [text for text, _ in sample], [label for _, label in sample]
     labels = sorted(set(read_texts("examples.csv", "category")))

@@ -22,7 +22,8 @@ Against a local `make run` (from the repository root):
     CAPSERVE_PROFILE=steady .venv/bin/locust -f loadtests/locustfile.py --headless \\
         --host http://127.0.0.1:8000 --csv results/locust-steady --csv-full-history
     CAPSERVE_PROFILE=burst CAPSERVE_USERS=64 CAPSERVE_DURATION_S=300 .venv/bin/locust \\
-        -f loadtests/locustfile.py --headless --host http://127.0.0.1:8000 --csv results/locust-burst
+        -f loadtests/locustfile.py --headless --host http://127.0.0.1:8000 \\
+        --csv results/locust-burst
     CAPSERVE_PROFILE=wave .venv/bin/locust -f loadtests/locustfile.py --headless \\
         --host http://127.0.0.1:8000 --csv results/locust-wave --csv-full-history
 
@@ -47,9 +48,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-if str(PROJECT_ROOT) not in sys.path:  # locust imports this file by path, not as a package
-    sys.path.insert(0, str(PROJECT_ROOT))
+# Locust imports this file by path, not as a package: the project's packages sit beside it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locust import HttpUser, LoadTestShape, constant, task
 
@@ -64,7 +64,7 @@ from loadtests.profiles import (
 )
 
 SETTINGS = LoadSettings.from_env()
-TEXTS = load_texts(PROJECT_ROOT / "data" / "banking77" / "heldout.csv")
+TEXTS = load_texts(Path(__file__).resolve().parents[1] / "data" / "banking77" / "heldout.csv")
 
 
 class ClassifyUser(HttpUser):

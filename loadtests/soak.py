@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -394,10 +395,8 @@ class MemorySampler:
     async def run(self, every_s: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.to_thread(self.sample)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
-            except TimeoutError:
-                pass
         await asyncio.to_thread(self.sample)
 
     def series(self) -> list[MemorySeries]:

@@ -1,8 +1,9 @@
 """Builds a tiny random BERT sequence classifier with a locally trained WordPiece tokenizer.
 
-Nothing is fetched from a hub: the weights are random and the tokenizer is trained on the Banking77 texts shipped
-in data/. It is useless for quality but runs the real vLLM pooling runner's classify task, with
-labels from its `id2label`, in seconds. Heads are 64 wide: vLLM's CPU attention refuses 16.
+Nothing is fetched from a hub: the weights are random and the tokenizer is trained on the
+Banking77 texts shipped in data/. It is useless for quality but runs the real vLLM pooling
+runner's classify task, with labels from its `id2label`, in seconds. Heads are 64 wide: vLLM's
+CPU attention refuses 16.
 """
 
 from __future__ import annotations

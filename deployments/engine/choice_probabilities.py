@@ -40,7 +40,8 @@ class StepAlternative(BaseModel):
 
 
 class DecodeStep(BaseModel):
-    """One generated position: the token taken and the allowed alternatives with log-probabilities."""
+    """One generated position: the token taken, and the allowed alternatives with their
+    log-probabilities."""
 
     token_id: int
     text: str

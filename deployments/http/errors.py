@@ -133,7 +133,10 @@ class EngineOutputError(ApiError):
 
 
 def validation_error(error: ValidationError) -> UnprocessableError:
-    """One readable message naming every field at fault, e.g. `texts.2: Input should be a string`."""
+    """One readable message naming every field at fault.
+
+    For example `texts.2: Input should be a string`.
+    """
     problems, params = [], []
     for issue in error.errors(include_url=False):
         location = ".".join(str(part) for part in issue["loc"])

@@ -33,7 +33,10 @@ Clock = Callable[[], float]
 
 
 class CapabilityStats(BaseModel):
-    """Totals since start: a run is one `Capability.run`; a call is one request's share of a batch."""
+    """Totals since start.
+
+    A run is one `Capability.run`; a call is one request's share of a batch.
+    """
 
     runs: int = 0
     batches: int = 0

@@ -69,7 +69,7 @@ async def test_one_step_probabilities_are_the_models_own(tiny_llama, tiny_llama_
 async def test_colliding_labels_are_scored_in_one_step_through_keys(tiny_llama):
     keys = await tiny_llama.choice_keys(COLLIDING, "Label:")
     assert keys is not None and len(set(keys)) == len(COLLIDING)
-    listed = "".join(f"{key}. {label}\n" for key, label in zip(keys, COLLIDING))
+    listed = "".join(f"{key}. {label}\n" for key, label in zip(keys, COLLIDING, strict=True))
     [keyed] = await tiny_llama.choose([f"{listed}Text: my card\nLabel:"], COLLIDING, keys)
     [unkeyed] = await tiny_llama.choose(["Text: my card\nLabel:"], COLLIDING)
     for result, decoding in ((keyed, "one_step"), (unkeyed, "multi_step")):

@@ -596,7 +596,8 @@ from batchjobs.sql_store import open_store
 
 def count_completed(batch):
     counts = batch.request_counts
-    return batch.model_copy(update={"request_counts": counts.model_copy(update={"completed": counts.completed + 1})})
+    counts = counts.model_copy(update={"completed": counts.completed + 1})
+    return batch.model_copy(update={"request_counts": counts})
 
 async def main(url: str, count: int) -> None:
     store = open_store(url)

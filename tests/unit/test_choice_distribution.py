@@ -81,7 +81,7 @@ def test_any_first_step_distribution_sums_to_one(weights):
     ids = {choice: i + 1 for i, choice in enumerate(choices)} | {"</s>": EOS}
     total = sum(weights)
     steps = [
-        step(choices[0], {c: w / total for c, w in zip(choices, weights)}, ids),
+        step(choices[0], {c: w / total for c, w in zip(choices, weights, strict=True)}, ids),
         step("</s>", {"</s>": 1.0}, ids),
     ]
     probabilities = choice_distribution(choices, steps, {EOS})
@@ -113,7 +113,7 @@ def test_one_step_gives_a_token_without_a_log_probability_nothing():
 def test_any_one_step_distribution_sums_to_one(logprobs):
     choices = [f"label{i}" for i in range(len(logprobs))]
     tokens = list(range(len(logprobs)))
-    probabilities = one_step_distribution(choices, tokens, dict(zip(tokens, logprobs)))
+    probabilities = one_step_distribution(choices, tokens, dict(zip(tokens, logprobs, strict=True)))
     assert list(probabilities) == choices
     assert sum(probabilities.values()) == pytest.approx(1.0)
     assert all(0 <= p <= 1 for p in probabilities.values())

@@ -225,7 +225,9 @@ async def test_each_item_is_its_own_call_so_one_failure_fails_one_item(config):
     body = request(texts=["a b", TOO_LONG, "c d"])
     lines = [line.root async for line in service.stream(body, "req-2", "normal")]
     assert sorted(call.texts[0] for call in classify.calls) == sorted(body.all_texts())
-    assert [getattr(line, "status", 200) for line in sorted(lines[:3], key=lambda l: l.index)] == [  # type: ignore[union-attr]
+    assert [
+        getattr(line, "status", 200) for line in sorted(lines[:3], key=lambda line: line.index)
+    ] == [  # type: ignore[union-attr]
         200,
         400,
         200,

@@ -40,7 +40,8 @@ def test_jsonl_rows_keep_unicode_separators(tmp_path):
     path = tmp_path / "tickets.jsonl"
     # ensure_ascii=False writes U+2028 and U+0085 raw, as JSON allows inside strings.
     lines = [
-        json.dumps({"text": t, "label": lab}, ensure_ascii=False) for t, lab in zip(TEXTS, LABELS)
+        json.dumps({"text": t, "label": lab}, ensure_ascii=False)
+        for t, lab in zip(TEXTS, LABELS, strict=True)
     ]
     path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     examples = load_examples(ExamplesSource(path=path))

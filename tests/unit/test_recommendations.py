@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from capabilities.base import Resources, RunContext
 from capabilities.classification import Classification
@@ -46,13 +47,8 @@ actions:
     labels: [top_up]
 """
 
-CATALOG_ACTIONS = [
-    {"id": "freeze", "title": "Freeze card", "description": "Freeze a stolen wallet card.", "labels": ["lost_card"]},
-    {"id": "replace", "title": "Replace card", "description": "Order replacement plastic.", "labels": ["lost_card", "card_arrival"]},
-    {"id": "agent", "title": "Talk to an agent", "description": "Chat with support staff."},
-    {"id": "track", "title": "Track delivery", "description": "Follow the courier parcel.", "labels": ["card_arrival"]},
-    {"id": "topup", "title": "Top up", "description": "Add money by bank transfer.", "labels": ["top_up"]},
-]  # fmt: skip
+# The same catalog as records, as a JSONL catalog holds it.
+CATALOG_ACTIONS: list[dict[str, Any]] = yaml.safe_load(CATALOG_YAML)["actions"]
 
 
 class RecordingEngine(FakeEngine):
@@ -228,9 +224,21 @@ def test_a_null_labels_key_means_every_label(tmp_path):
         ("list.yaml", "- id: a\n", "needs a top-level 'actions:' list"),
         ("extra.yaml", "actions: []\nother: 1\n", "unknown top-level keys ['other']"),
         ("broken.yaml", "actions:\n  - id: [a\n", "line 3: invalid YAML"),
-        ("broken.jsonl", '{"id": "a", "title": "A", "description": "d"}\n{"id": \n', "line 2: invalid JSON"),
-        ("missing_title.yaml", "actions:\n  - id: a\n    description: d\n", "action 1 (id 'a'): title: Field required"),
-        ("unknown_field.jsonl", '{"id": "a", "title": "A", "description": "d", "url": "x"}\n', "line 1: url: Extra inputs"),
+        (
+            "broken.jsonl",
+            '{"id": "a", "title": "A", "description": "d"}\n{"id": \n',
+            "line 2: invalid JSON",
+        ),
+        (
+            "missing_title.yaml",
+            "actions:\n  - id: a\n    description: d\n",
+            "action 1 (id 'a'): title: Field required",
+        ),
+        (
+            "unknown_field.jsonl",
+            '{"id": "a", "title": "A", "description": "d", "url": "x"}\n',
+            "line 1: url: Extra inputs",
+        ),
         ("not_object.jsonl", "[1, 2]\n", "line 1: action: Input should be a valid dictionary"),
         (
             "duplicate.yaml",

@@ -41,7 +41,8 @@ def test_texts_and_items_both_work_and_keep_order():
         ({"texts": ["a"] * 4}, "'texts' has 4 entries; the limit is 3"),
         (
             {"texts": ["a"], "strategy": "magic"},
-            "strategy: Input should be 'knn', 'zero_shot', 'generative', 'trained_head' or 'classifier'",
+            "strategy: Input should be 'knn', 'zero_shot', 'generative', 'trained_head' "
+            "or 'classifier'",
         ),
         ({"texts": ["a"], "colour": "red"}, "colour: Extra inputs are not permitted"),
         ({"items": [{"id": 1, "text": "a"}]}, "items.0.id: Input should be a valid string"),
