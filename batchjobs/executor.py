@@ -302,6 +302,7 @@ class BatchExecutor:
             Path(input_record.path), start=done, max_depth=self._settings.max_json_depth
         )
         index = len(chunks)
+        stop: str | None
         while done < batch.request_counts.total:
             if batch.expires_at is not None and self._clock() >= batch.expires_at:
                 result, stop = ChunkResult(expired=list(tasks)), StopReason.EXPIRED
@@ -361,8 +362,8 @@ class BatchExecutor:
                 if stop is not None:
                     break
         finally:
-            for task in running:
-                task.cancel()
+            for pending in running:
+                pending.cancel()
             await asyncio.gather(*running, return_exceptions=True)
         result = ChunkResult()
         for task in chunk_tasks:
@@ -423,7 +424,7 @@ class BatchExecutor:
             return transient or server_error
 
         retrying = AsyncRetrying(retry=retried, wait=LINE_BACKOFF)
-        outcome = await retrying(
+        outcome: LineOutcome = await retrying(
             self._answer, batch.endpoint, task, request_id, tenant, line, traceparent
         )
         succeeded = 200 <= outcome.status_code < 300

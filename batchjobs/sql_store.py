@@ -105,7 +105,8 @@ _INDEXES = ("CREATE INDEX IF NOT EXISTS files_by_expiry ON files (expires_at)",)
 
 
 class _Cursor(Protocol):
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
 

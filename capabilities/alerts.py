@@ -268,6 +268,10 @@ class WebhookSink(WebhookSecret):
 SinkConfig = Annotated[LogSink | MetricsSink | WebhookSink, Field(discriminator="type")]
 
 
+def _default_sinks() -> list[SinkConfig]:
+    return [LogSink(), MetricsSink()]
+
+
 class AlertsSettings(BaseModel):
     """Configuration of the alerts capability: rules inline or in a file, and where alerts go."""
 
@@ -277,7 +281,7 @@ class AlertsSettings(BaseModel):
     rules_path: Path | None = Field(
         default=None, description="YAML file with a top-level `rules:` list; read at load."
     )
-    sinks: list[SinkConfig] = Field(default_factory=lambda: [LogSink(), MetricsSink()])
+    sinks: list[SinkConfig] = Field(default_factory=_default_sinks)
 
     @field_validator("rules")
     @classmethod
@@ -376,7 +380,9 @@ class AlertsCapability(Capability[AlertsSettings, AlertList]):
             outputs.append(AlertList(alerts=alerts))
             # One event per item the text stands for: requests coalesced into this run may
             # share a text, and each of their items fired. (A caller may not say where.)
-            sources = (context.sources[position] if context.sources else None) or [None]
+            sources: Sequence[TextSource | None] = (
+                context.sources[position] if context.sources else None
+            ) or [None]
             fired += [
                 alert_event(alert, classification, source) for alert in alerts for source in sources
             ]

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -155,7 +155,10 @@ class RedisCache:
         if not unique:
             return {}
         try:
-            values = await self._client.mget([self.prefix + key for key in unique])
+            # The client decodes nothing (no decode_responses): values come back as bytes.
+            values = cast(
+                list[bytes | None], await self._client.mget([self.prefix + key for key in unique])
+            )
         except (RedisError, OSError) as error:
             self._warn("read", error)
             values = [None] * len(unique)

@@ -251,7 +251,8 @@ def _rank(
 class VectorScorer(Protocol):
     """Turns query embeddings into a probability per label of `names` (rows sum to 1)."""
 
-    names: list[str]
+    @property
+    def names(self) -> list[str]: ...
 
     def scores(self, queries: np.ndarray) -> np.ndarray: ...
 

@@ -268,6 +268,7 @@ def _add_paths(nodes: dict[str, _Node], entries: list[object]) -> None:
         if description is not None:
             if not isinstance(description, str):
                 raise _Problem(f"{where}: description must be a string")
-            descriptions[parent] = description  # type: ignore[index]
+            assert parent is not None  # the path named one node at least
+            descriptions[parent] = description
     for name, description in descriptions.items():
         nodes[name].description = description

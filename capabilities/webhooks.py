@@ -196,7 +196,7 @@ class WebhookSender:
                 return await client.post(self.url, content=body, headers=headers)
 
             try:
-                response = await retrying(post)
+                response: httpx.Response = await retrying(post)
             except EgressRefusedError as error:
                 problem = f"refused: {error}"
             except httpx.TransportError as error:

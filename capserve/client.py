@@ -412,6 +412,8 @@ def _http_options(
 class Client(_Calls):
     """A blocking client. `transport` is httpx's (tests pass an `httpx.MockTransport`)."""
 
+    _http: httpx.Client
+
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
@@ -513,6 +515,8 @@ class Client(_Calls):
 
 class AsyncClient(_Calls):
     """The same calls as `Client`, awaited."""
+
+    _http: httpx.AsyncClient
 
     def __init__(
         self,

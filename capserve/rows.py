@@ -179,7 +179,7 @@ class Output:
                     f"{path} has the columns {rows[0]}, not {self.columns}: it is the output of "
                     "another command; write to a new file"
                 )
-            last = rows[-1][0] if len(rows) > 1 else None
+            last: object = rows[-1][0] if len(rows) > 1 else None
             done = max(0, len(rows) - 1)
         else:
             lines = text.splitlines()

@@ -396,7 +396,8 @@ def cluster_serve_config(
             "max_replicas_per_node": 1,
         }
     on_head = {"num_cpus": 0, "resources": {HEAD_RESOURCE: 1}}
-    head_deployments = [Ingress.name, StatsRecorder.name, BatchRunner.name] + [
+    # `@serve.deployment` classes are `Deployment`s, which type checkers cannot follow.
+    head_deployments = [Ingress.name, StatsRecorder.name, BatchRunner.name] + [  # type: ignore[attr-defined]
         runner_name(capability.name)
         for capability in map(CapabilityConfig.model_validate, app["args"]["capabilities"])
         if capability.placement == "deployment"

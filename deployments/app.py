@@ -103,17 +103,21 @@ def check_exposure(config: AppConfig, http_host: str | None) -> None:
 def build_app(args: dict[str, Any]) -> Application:
     config = check_config(args)
     check_exposure(config, serve_http_host())
-    stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind(
+    # `@serve.deployment` makes each class a `Deployment`, which type checkers cannot follow
+    # (they keep a decorated class's type, and Ray types the decorator as returning a Callable).
+    stats = StatsRecorder.options(logging_config=INTERNAL_LOGGING).bind(  # type: ignore[attr-defined]
         [model.name for model in config.models]
     )
     engines = {
-        model.name: EngineDeployment.options(
+        model.name: EngineDeployment.options(  # type: ignore[attr-defined]
             **engine_deployment_options(model), logging_config=INTERNAL_LOGGING
         ).bind(model, stats)
         for model in config.models
     }
     runners = {
-        capability.name: CapabilityRunner.options(**runner_options(capability)).bind(
+        capability.name: CapabilityRunner.options(  # type: ignore[attr-defined]
+            **runner_options(capability)
+        ).bind(
             capability.name,
             capability.import_path,
             engines,
@@ -125,11 +129,11 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         for capability in config.deployed_capabilities
     }
-    batch_runner = BatchRunner.options(
+    batch_runner = BatchRunner.options(  # type: ignore[attr-defined]
         **batch_runner_options(config.batch), user_config=inline_settings(config)
     ).bind(config, engines, runners, stats)
     # The ingress and the batch runner run the inline capabilities: their settings are both
     # replicas' user_config, so a live reload names both deployments.
-    return Ingress.options(
+    return Ingress.options(  # type: ignore[attr-defined]
         **ingress_options(config.ingress), user_config=inline_settings(config)
     ).bind(config, engines, runners, stats, batch_runner)

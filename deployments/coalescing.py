@@ -48,6 +48,7 @@ def _queue(
     async def coalesced(calls: list[Any]) -> list[Any]:
         return await run(calls)
 
-    coalesced.set_max_batch_size(batching.max_batch_size)
-    coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+    # Ray types the decorated function as a plain Callable, without these documented setters.
+    coalesced.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
+    coalesced.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
     return coalesced

@@ -59,7 +59,8 @@ def session_dir() -> str:
     """The running Ray node's session folder (logs, the metrics service discovery file)."""
     import ray
 
-    return ray._private.worker._global_node.get_session_dir_path()
+    # Ray declares `_global_node = None` unannotated, so type checkers take it to be always None.
+    return ray._private.worker._global_node.get_session_dir_path()  # type: ignore[attr-defined]
 
 
 def check_cluster_launcher_config(config: dict[str, Any]) -> None:

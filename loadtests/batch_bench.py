@@ -56,7 +56,7 @@ def submit_job(sdk: Any, texts: list[str]) -> Any:
     upload = sdk.files.create(file=("job.jsonl", job_file(texts)), purpose="batch")
     return sdk.batches.create(
         input_file_id=upload.id,
-        endpoint="/v1/classify",  # type: ignore[arg-type]
+        endpoint="/v1/classify",
         completion_window="24h",
     )
 

@@ -480,7 +480,7 @@ def variant_named(name: str) -> Variant:
     if unknown:
         known = ", ".join(VARIANTS)
         raise ValueError(f"unknown variant {unknown[0]!r}; known: {known}, joined by +")
-    placements = {VARIANTS[part].placement for part in parts} - {None}
+    placements = {p for part in parts if (p := VARIANTS[part].placement) is not None}
     if len(placements) > 1:
         raise ValueError(f"variant {name!r} asks for more than one placement: {sorted(placements)}")
     flags = frozenset().union(*(VARIANTS[part].flags for part in parts))
@@ -808,10 +808,13 @@ def report(
         "",
         *ratios_table(ratios),
     ]
-    failed = [run for run in runs if run.error is not None]
+    failed = [
+        f"- {run.variant.name}: {run.error.splitlines()[0][:300]}"
+        for run in runs
+        if run.error is not None
+    ]
     if failed:
-        lines += ["", "Variants that failed:", ""]
-        lines += [f"- {run.variant.name}: {run.error.splitlines()[0][:300]}" for run in failed]
+        lines += ["", "Variants that failed:", "", *failed]
     lines += ["", CPU_NOTE, *cpu_tables(results)]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     plot(results, out / f"{stem}.png")
@@ -834,7 +837,8 @@ def plot(results: list[Measurement], path: Path) -> None:
     for label, points in series.items():
         axes.plot(
             [m.texts_per_s for m in points],
-            [m.percentile_ms(95) for m in points],
+            # A point without latencies (None) is a gap (NaN), as matplotlib draws None.
+            np.array([m.percentile_ms(95) for m in points], dtype=float),
             marker="o",
             label=f"{label} p95",
         )

@@ -80,7 +80,7 @@ def role(name: str, owner: str | None) -> str:
 def replica_owner(pid: int, names: Mapping[int, str], parents: Mapping[int, int]) -> str | None:
     """The Serve replica (`<app>:<deployment>`) that `pid` descends from, if any."""
     ancestor = parents.get(pid)
-    while ancestor in names:
+    while ancestor is not None and ancestor in names:
         if names[ancestor].startswith(REPLICA_PREFIX):
             return names[ancestor].removeprefix(REPLICA_PREFIX)
         ancestor = parents.get(ancestor)
@@ -116,7 +116,9 @@ def processes_by_role(
     for process in processes:
         try:
             with process.oneshot():
-                names[process.pid] = root_role if process == root else process_name(process)
+                names[process.pid] = (
+                    root_role if root_role and process == root else process_name(process)
+                )
                 parents[process.pid] = process.ppid()
                 found[process.pid] = (process, process.create_time())
         except (psutil.NoSuchProcess, psutil.AccessDenied):

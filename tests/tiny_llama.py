@@ -59,7 +59,7 @@ def build_tiny_llama(target: Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(target, safe_serialization=True)

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import (
@@ -27,7 +27,7 @@ from ray.serve.exceptions import (
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from capabilities.errors import CapabilityError
 from deployments.calls.circuit_breaker import CircuitBreaker, CircuitOpenError, Outcome
@@ -127,7 +127,10 @@ class GuardedHandle:
     async def _send(
         self, method: str, args: Sequence[Any], accept_s: float, timeout_s: float
     ) -> Any:
-        response = self._handle.guarded_call.remote(method, *args)
+        # A stream (the handle's options): Ray's `remote` is typed for either kind of response.
+        response = cast(
+            DeploymentResponseGenerator[Any], self._handle.guarded_call.remote(method, *args)
+        )
         try:
             async with asyncio.timeout(timeout_s):
                 try:

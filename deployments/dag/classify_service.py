@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import cast
 
 from pydantic import BaseModel
 from ray.serve.handle import DeploymentHandle
@@ -40,7 +41,14 @@ from deployments.http.schemas import (
 
 def strategy_of(outputs: Sequence[Mapping[str, BaseModel]]) -> Strategy | None:
     """The strategy classification ran with: the same for every item of one request."""
-    return next((o["classification"].strategy for o in outputs if "classification" in o), None)
+    return next(
+        (
+            cast(Classification, o["classification"]).strategy
+            for o in outputs
+            if "classification" in o
+        ),
+        None,
+    )
 
 
 def item_result(
@@ -244,7 +252,7 @@ async def run_per_capability(
     for index, name in enumerate(names):
         by_capability.setdefault(name, []).append(index)
 
-    async def run(name: str, indexes: list[int]) -> list[CallOutcome]:
+    async def run(name: str, indexes: list[int]) -> Sequence[CallOutcome]:
         try:
             return await capabilities[name].run_many([calls[index] for index in indexes])
         except Exception as error:  # noqa: BLE001 - the outcome of these calls alone

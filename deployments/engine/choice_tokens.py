@@ -18,7 +18,7 @@ ANSWER_SEPARATOR = " "
 
 
 class Tokenizer(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, *, add_special_tokens: bool = ...) -> list[int]: ...
 
 
 def first_tokens(tokenizer: Tokenizer, cue: str, answers: Sequence[str]) -> list[int] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from ray import serve
@@ -46,7 +46,7 @@ async def per_call(
     for outcome in outcomes:
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
             raise outcome  # cancellation ends the whole batch
-    return outcomes
+    return cast(list[Result | Exception], outcomes)
 
 
 def answer(outcome: Result | Exception) -> Result:
@@ -57,7 +57,8 @@ def answer(outcome: Result | Exception) -> Result:
 
 @serve.deployment
 class EngineDeployment(GuardedCallee):
-    async def __init__(
+    # Serve awaits an async constructor; Python's typing knows of no such thing.
+    async def __init__(  # type: ignore[misc]
         self, config: ModelConfig, stats: DeploymentHandle, *, engine_cls: EngineClass = VLLMEngine
     ) -> None:
         """`engine_cls` builds the replica's engine, as Ray Serve LLM's `LLMServer` takes it:

@@ -13,7 +13,7 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import vllm
@@ -31,7 +31,7 @@ from capabilities.priority import DEFAULT_PRIORITY, Priority, engine_priority
 from deployments.config import ConfigError, ModelConfig
 from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput, Embeddings, Rejection
 from deployments.engine.choice_decoding import choice_decoder
-from deployments.engine.choice_tokens import choice_keys
+from deployments.engine.choice_tokens import Tokenizer, choice_keys
 from deployments.engine.placement import distributed_executor_backend
 from deployments.engine.priority_gate import PriorityGate
 from deployments.engine.protocol import TokenCounter
@@ -146,15 +146,17 @@ class VLLMEngine:
         self._max_len = self._llm.model_config.max_model_len
         tokenizer = self._llm.tokenizer
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+        # None only with engine_args.skip_tokenizer_init: choice calls fail on first use then.
+        choice_tokenizer = cast(Tokenizer, tokenizer)
         most = config.engine_args.max_logprobs
         # Every prompt of a classification shares its cue and label set: tokenise them once.
         self._choice_keys = functools.lru_cache(CHOICE_SETS_KEPT)(
-            functools.partial(choice_keys, tokenizer, most=most)
+            functools.partial(choice_keys, choice_tokenizer, most=most)
         )
         self._choice_decoder = functools.lru_cache(CHOICE_SETS_KEPT)(
             functools.partial(
                 choice_decoder,
-                tokenizer,
+                choice_tokenizer,
                 max_logprobs=most,
                 stop_token_ids=frozenset({eos} if eos is not None else ()),
             )
@@ -225,7 +227,8 @@ class VLLMEngine:
                 "classification head to a causal LM that was fine-tuned with one)",
                 "classifier_model",
             )
-        id2label = self._llm.model_config.hf_config.id2label
+        # A checkpoint that classifies names its labels by id.
+        id2label = cast(dict[int, str], self._llm.model_config.hf_config.id2label)
         return [str(id2label[i]) for i in sorted(id2label)]
 
     async def classify(

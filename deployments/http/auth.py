@@ -157,7 +157,7 @@ ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES), rate_limits=No
 
 def principal_of(request: Request) -> Principal:
     """The caller the key check found for this request."""
-    return request.state.principal  # type: ignore[no-any-return]
+    return request.state.principal
 
 
 class Authenticator:

@@ -116,7 +116,7 @@ class BatchApi:
         config: AppConfig,
         stores: StoreOpener,
         storage: FileStorage,
-        wake_runner: Callable[[], None],
+        wake_runner: Callable[[], object],
     ) -> None:
         self._config = config
         self._stores = stores

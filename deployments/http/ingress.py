@@ -151,7 +151,7 @@ def build_http_app(
             Middleware(RequestTimingMiddleware, observer=observer),
             Middleware(CatchAllMiddleware),
         ],
-        exception_handlers=handlers,  # type: ignore[arg-type]
+        exception_handlers=handlers,
         lifespan=lifespan,
     )
 

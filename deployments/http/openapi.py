@@ -58,7 +58,8 @@ class OpenApiDocument(BaseModel):
 def openapi_document(routes: Sequence[ApiRoute], root_path: str = "") -> dict[str, Any]:
     """The document of `routes`, whose paths are relative to the app served at `root_path`."""
     keys = _model_keys(routes)
-    refs, top = models_json_schema(keys, ref_template=SCHEMA_REF)
+    refs_by_key, top = models_json_schema(keys, ref_template=SCHEMA_REF)
+    refs = {key: refs_by_key[key] for key in keys}
     schemas: dict[str, Any] = top.get("$defs", {})
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
@@ -171,7 +172,7 @@ def _content(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _definition(ref: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
     """The component a `$ref` names; query and form fields are spelled out, not referenced."""
-    return schemas[ref["$ref"].rsplit("/", 1)[-1]]  # type: ignore[no-any-return]
+    return schemas[ref["$ref"].rsplit("/", 1)[-1]]
 
 
 def _form_schema(form: dict[str, Any]) -> dict[str, Any]:

@@ -111,12 +111,17 @@ BATCHES_IN_PROGRESS = Metric(
 @functools.cache
 def counter(name: str, description: str, tag_keys: tuple[str, ...]) -> metrics.Counter:
     """The process's counter of `name`; also the `Resources.counter` factory of capabilities."""
-    return metrics.Counter(name, description=description, tag_keys=tag_keys)
+    # Ray types tag_keys as `tuple[str]` (one key); it takes any number.
+    return metrics.Counter(name, description=description, tag_keys=tag_keys)  # type: ignore[arg-type]
 
 
 @functools.cache
 def _gauge(metric: Metric) -> metrics.Gauge:
-    return metrics.Gauge(metric.name, description=metric.description, tag_keys=metric.tag_keys)
+    return metrics.Gauge(
+        metric.name,
+        description=metric.description,
+        tag_keys=metric.tag_keys,  # type: ignore[arg-type] # see counter
+    )
 
 
 @functools.cache
@@ -125,7 +130,7 @@ def _histogram(metric: HistogramMetric) -> metrics.Histogram:
         metric.name,
         description=metric.description,
         boundaries=list(metric.boundaries),
-        tag_keys=metric.tag_keys,
+        tag_keys=metric.tag_keys,  # type: ignore[arg-type] # see counter
     )
 
 

@@ -45,19 +45,19 @@ class CapabilityStats(BaseModel):
     unique_texts: int = 0
     cache_hits: int = 0
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def mean_batch_size(self) -> float:
         """Texts per batch: how well concurrent requests coalesce."""
         return round(self.texts / self.batches, 3) if self.batches else 0.0
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def mean_calls_per_batch(self) -> float:
         """Requests' calls per batch."""
         return round(self.calls / self.batches, 3) if self.batches else 0.0
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def cache_hit_rate(self) -> float:
         """Share of distinct inputs answered by the result cache instead of a run."""
