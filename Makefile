@@ -1,5 +1,6 @@
 # `make run` serves the default app on 127.0.0.1:8000, its Prometheus series on 127.0.0.1:8080
-# (CAPSERVE_METRICS_PORT picks another port); `make test` runs the whole suite.
+# (CAPSERVE_METRICS_PORT picks another port); `make test` runs the gates (`make lint`: ruff's
+# lint rules and format check, mypy; all configured in pyproject.toml), then the whole suite.
 # Both (re)build .venv first, and skip that in a second when pyproject.toml has not changed.
 # CAPSERVE_SERVE_FLAGS picks Ray Serve's high-throughput modes for both, e.g.
 # `make run CAPSERVE_SERVE_FLAGS=haproxy,throughput`; unset, cluster/serve_flags.py's default.
@@ -14,7 +15,7 @@ CUDA_ONLY := torchvision torchaudio torchcodec
 # (prometheus's postinst may try to start a system service: the tests run the binary themselves.)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv services
+.PHONY: run test lint venv services
 
 $(INSTALLED): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -42,5 +43,11 @@ services:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(INSTALLED) services
+lint: $(INSTALLED)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
+
+# The gates first: they fail in a minute where the suite takes twenty.
+test: $(INSTALLED) lint services
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
