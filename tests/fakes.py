@@ -44,6 +44,7 @@ class FakeEngine:
         self.keys_given: list[list[str] | None] = []
         self.healthy = True
         self.shut_down = False
+        self.readied = 0
         self.priorities: list[Priority] = []
         """The priority of each call, in order."""
 
@@ -138,6 +139,7 @@ class FakeEngine:
 
     async def ready(self) -> None:
         await self.check_health()
+        self.readied += 1
 
     def shutdown(self) -> None:
         self.shut_down = True

@@ -29,6 +29,7 @@ from deployments.http.openapi import openapi_document
 from deployments.http.schemas import ClassifyRequest
 from deployments.http.streaming import NDJSON, wants_stream
 from tests.unit.test_dag import Child, EchoOptions, Upper
+from tests.unit.test_guarded_handle import FakeHandle, echo
 
 TOO_LONG = "a text longer than the model's context"
 
@@ -99,7 +100,7 @@ async def test_each_item_comes_out_when_its_own_capabilities_are_done():
     child_may_run = asyncio.Event()
     upper, child = Upper(), Child()
 
-    async def run(name, texts, parents):
+    async def run(name, texts, parents, items):
         if name == "child":
             await child_may_run.wait()
         capability = upper if name == "upper" else child
@@ -122,7 +123,7 @@ async def test_each_item_comes_out_when_its_own_capabilities_are_done():
 async def test_a_failing_item_is_its_own_outcome_and_the_others_complete():
     registry = Registry({"upper": (), "child": ("upper",)})
 
-    async def run(name, texts, parents):
+    async def run(name, texts, parents, items):
         if texts == ["poison"]:
             raise InvalidRequestError("poison is refused", "texts")
         return await Upper().run(texts, RunContext(parents=parents, options=EchoOptions()))
@@ -140,7 +141,7 @@ async def test_closing_the_stream_early_cancels_the_items_still_running():
     started: list[str] = []
     cancelled: list[str] = []
 
-    async def run(name, texts, parents):
+    async def run(name, texts, parents, items):
         started.append(texts[0])
         if texts == ["slow"]:
             try:
@@ -208,6 +209,7 @@ async def test_lines_are_results_and_errors_as_items_complete_then_the_summary(c
         "object": "classification.summary",
         "model": "minilm",
         "strategy": "knn",
+        "priority": "normal",
         "capability_versions": {
             "classification": "v-classification",
             "recommendations": "v-recommendations",
@@ -252,6 +254,7 @@ async def test_every_item_failing_still_ends_with_a_summary(config):
         "object": "classification.summary",
         "model": None,
         "strategy": None,
+        "priority": "normal",
         "capability_versions": {},
         "succeeded": 0,
         "failed": 1,
@@ -276,7 +279,7 @@ def test_the_body_decides_and_else_the_accept_header(stream, accept, streams):
 @pytest.fixture(scope="module")
 def http(config: AppConfig) -> TestClient:
     # The class serve.ingress wrapped, built without Ray, its classify service over fakes.
-    ingress = Ingress.func_or_class.__bases__[0](config, {}, {}, None, None)
+    ingress = Ingress.func_or_class.__bases__[0](config, {}, {}, FakeHandle(echo), None)
     ingress._classify = service_of(config)
     return TestClient(ingress.__serve_build_asgi_app__())
 
@@ -322,7 +325,7 @@ def test_http_refuses_a_bad_streamed_request_with_plain_json(http, body, status,
 
 
 def test_the_document_shows_the_streamed_answer_beside_the_json_one(config: AppConfig):
-    ingress = Ingress.func_or_class.__bases__[0](config, {}, {}, None, None)
+    ingress = Ingress.func_or_class.__bases__[0](config, {}, {}, FakeHandle(echo), None)
     document = openapi_document(ingress.api_routes())
     ok = document["paths"]["/v1/classify"]["post"]["responses"]["200"]["content"]
     assert set(ok) == {"application/json", NDJSON}

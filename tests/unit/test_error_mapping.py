@@ -21,6 +21,7 @@ from batchjobs.files import FileTooLargeError
 from batchjobs.json_depth import JsonTooDeepError
 from batchjobs.lines import InputChangedError
 from batchjobs.store import LeaseLostError, StoreUnavailableError
+from capabilities import label_tree
 from capabilities.alerts import AlertsConfigError
 from capabilities.egress import EgressRefusedError
 from capabilities.errors import (
@@ -30,6 +31,7 @@ from capabilities.errors import (
     InvalidRequestError,
 )
 from capabilities.host import CapabilitySettingsError
+from capabilities.label_tree import LabelTreeError
 from capabilities.recommendations import CatalogError
 from capabilities.registry import RegistryError
 from deployments.batch.job import JobError
@@ -97,6 +99,9 @@ ANSWERS = [
     internal(LeaseLostError("x")),
     internal(ConfigError("x")),
     internal(JobError("x")),
+    internal(LabelTreeError("x")),
+    # Never leaves load_label_tree, which raises it as the LabelTreeError naming the file.
+    internal(label_tree._Problem("x")),
     # The guarded handle answers these as an engine's or runner's unavailability itself.
     internal(CircuitOpenError("engine 'minilm'", 5)),
     internal(NotAcceptedError()),

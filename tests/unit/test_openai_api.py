@@ -333,7 +333,7 @@ async def test_embedding_inputs_over_the_cap_are_413_naming_it():
     api = OpenAIEndpoints([model("minilm", "pooling")], {"minilm": FakeOpenAIEngine()}, limits)
     request = EmbeddingRequest.model_validate({"input": ["a", "b", "c", "d"]})
     with pytest.raises(ApiError) as error:
-        await api.embeddings(request, "req")
+        await api.embeddings(request, "req", "normal")
     status, code, message = raised(error)
     assert (status, code, error.value.param) == (413, "payload_too_large", "input")
     assert "4 entries; the limit is 3 per request" in message
@@ -341,4 +341,4 @@ async def test_embedding_inputs_over_the_cap_are_413_naming_it():
         api.embeddings_usage(request)
     three = EmbeddingRequest.model_validate({"input": ["a", "b", "c"]})
     assert api.embeddings_usage(three) == Usage(texts=3)
-    assert len((await api.embeddings(three, "req"))["data"]) == 3
+    assert len((await api.embeddings(three, "req", "normal"))["data"]) == 3

@@ -15,7 +15,8 @@ import pytest
 from pydantic import ValidationError
 from ray import serve
 
-from capabilities.base import RunContext
+from batchjobs.executor import LineOutcome
+from capabilities.base import BatchLine, RunContext
 from capabilities.batching import RunCall, run_batch
 from capabilities.cache import CacheConfig
 from capabilities.priority import (
@@ -35,6 +36,7 @@ from deployments.http.errors import BadRequestError, PermissionDeniedError, api_
 from deployments.http.openai_api import OpenAIEndpoints
 from deployments.http.schemas import ClassifyRequest
 from tests.fakes import FakeEngine
+from tests.unit.test_batch_lines import TRACEPARENT
 from tests.unit.test_config import default_args  # noqa: F401 - fixture
 from tests.unit.test_dag import Echo, Upper
 from tests.unit.test_guarded_handle import FakeResponse
@@ -223,6 +225,9 @@ def small_app(default_args, tmp_path: Path) -> dict:  # noqa: F811
     classification = default_args["capabilities"][0]["settings"]
     classification["examples"]["path"] = str(examples)
     classification["k"] = 3
+    # Three labels of their own: no Banking77 tree over them, and a kNN vote is enough here.
+    classification.pop("label_tree", None)
+    classification["strategy"] = "knn"
     default_args["cache"] = {"enabled": False}
     default_args["cache_dir"] = str(tmp_path / "cache")
     return default_args
@@ -254,12 +259,16 @@ async def test_every_engine_call_of_a_request_carries_its_priority(small_app):
 async def test_batch_lines_reach_the_engine_at_low_priority(small_app):
     wiring, engine = await wired(small_app)
     config = parse_app_config(small_app)
-    lines = BatchLines(config, wiring.service, OpenAIEndpoints(config.models, wiring.engines))
-    outcome = await lines.run("/v1/classify", {"texts": ["top up failed again"]}, "line-1")
+    endpoints = OpenAIEndpoints(config.models, wiring.engines, config.limits)
+    lines = BatchLines(config, wiring.service, endpoints, None)
+    line = BatchLine(batch_id="batch_1", custom_id="row-1")
+
+    async def run(body: dict[str, Any], request_id: str) -> LineOutcome:
+        return await lines.run("/v1/classify", body, request_id, None, line, TRACEPARENT)
+
+    outcome = await run({"texts": ["top up failed again"]}, "line-1")
     assert outcome.status_code == 200 and outcome.body["priority"] == "low"
     assert engine.calls and {priority for _, priority in engine.calls} == {"low"}
-    refused = await lines.run(
-        "/v1/classify", {"texts": ["top up failed"], "priority": "high"}, "line-2"
-    )
+    refused = await run({"texts": ["top up failed"], "priority": "high"}, "line-2")
     assert refused.status_code == 400
     assert "batch lines run at priority 'low'" in refused.body["error"]["message"]
