@@ -38,7 +38,8 @@ def test_each_item_gets_exactly_what_it_asked_for(client):
     response = client.post("/v1/classify", json={"items": items})
     assert response.status_code == 200, response.text
     plain, alerts_only, recs = response.json()["results"]
-    assert set(plain) == {"index", "id", "label", "confidence", "top_k"}
+    # The default app's labels form a tree, so classification answers the label's path too.
+    assert set(plain) == {"index", "id", "label", "confidence", "top_k", "path"}
     assert set(alerts_only) == {"index", "id", "alerts"}
     assert alerts_only["alerts"][0]["severity"] in {"high", "critical"}
     assert set(recs) == {"index", "id", "recommendations"}
