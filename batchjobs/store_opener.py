@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from batchjobs.sql_store import open_store
 from batchjobs.store import JobStore, StoreUnavailableError
@@ -27,7 +27,7 @@ class StoreOpener:
         url: str,
         retry_s: float,
         clock: Callable[[], float] = time.monotonic,
-        opener: Callable[[str], JobStore] = open_store,
+        opener: Callable[[str], Awaitable[JobStore]] = open_store,
     ) -> None:
         self._url = url
         self._retry_s = retry_s
@@ -48,7 +48,7 @@ class StoreOpener:
             if wait_s > 0:
                 raise self._unavailable(wait_s)
             try:
-                self._store = await asyncio.to_thread(self._opener, self._url)
+                self._store = await self._opener(self._url)
             except StoreUnavailableError as error:
                 self._failed_at = self._clock()
                 logger.warning(

@@ -147,7 +147,7 @@ async def run_job(args: JobArgs, lines: LineHandler, settings: ExecutionSettings
     """Runs (or resumes) the job's batch to its end and writes its output and error files."""
     started = time.monotonic()
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(f"sqlite:///{args.state_dir / 'job.db'}")
+    store = await open_store(f"sqlite:///{args.state_dir / 'job.db'}")
     try:
         batch = await _job_batch(store, args)
         done_before = _done(batch.request_counts)

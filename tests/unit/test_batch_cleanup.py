@@ -18,7 +18,7 @@ from tests.unit.test_batch_store import batch_object, store_url  # noqa: F401 - 
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[SqlJobStore]:  # noqa: F811
-    opened = open_store(store_url)
+    opened = await open_store(store_url)
     yield opened
     await opened.close()
 

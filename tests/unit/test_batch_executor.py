@@ -101,9 +101,9 @@ def settings(**changes: Any) -> ExecutionSettings:
 
 
 class Setup:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store: JobStore) -> None:
         self.tmp_path = tmp_path
-        self.store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+        self.store = store
         self.storage = FileStorage(tmp_path / "files")
         self.handled = Handled()
 
@@ -172,7 +172,7 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path):
-    environment = Setup(tmp_path)
+    environment = Setup(tmp_path, await open_store(f"sqlite:///{tmp_path / 'jobs.db'}"))
     yield environment
     await environment.store.close()
 

@@ -130,7 +130,7 @@ async def stop_midway(args: JobArgs, lines: FakeLines, chunks: int) -> None:
     run = asyncio.create_task(run_job(args, lines, SETTINGS))
     while not (args.state_dir / "job.db").exists():
         await asyncio.sleep(0.02)
-    observer = open_store(f"sqlite:///{args.state_dir / 'job.db'}")
+    observer = await open_store(f"sqlite:///{args.state_dir / 'job.db'}")
     try:
         while (
             (batch := await observer.get_batch(batch_id)) is None
@@ -147,7 +147,7 @@ async def stop_midway(args: JobArgs, lines: FakeLines, chunks: int) -> None:
 
 async def hold_lease(args: JobArgs, owner: str, lease_s: float) -> None:
     """What a run killed with SIGKILL leaves: its lease on the batch."""
-    store = open_store(f"sqlite:///{args.state_dir / 'job.db'}")
+    store = await open_store(f"sqlite:///{args.state_dir / 'job.db'}")
     try:
         batch_id = job_batch_id(args.input, args.output)
         assert await store.claim_batch(batch_id, owner, lease_s)

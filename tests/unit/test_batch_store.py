@@ -13,9 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from batchjobs import sql_store
 from batchjobs.schemas import BatchObject, ChunkRecord, FileObject, FileRecord, RequestCounts
 from batchjobs.sql_store import SqlJobStore, open_store
-from batchjobs.store import Lease, LeaseLostError, WaitingBatch
+from batchjobs.store import Lease, LeaseLostError, StoreUnavailableError, WaitingBatch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 60.0
@@ -40,7 +41,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[SqlJobStore]:
-    opened = open_store(store_url)
+    opened = await open_store(store_url)
     yield opened
     await opened.close()
 
@@ -157,6 +158,41 @@ async def test_expired_files_are_not_listed_and_are_found_for_deletion(
     assert ids(await store.expired_files(10)) == ["file-in-use", "file-older", "file-old"]
 
 
+# What placeholder rewriting and format-style drivers trip on: SQLite's `?`, psycopg's `%s` and
+# `%(name)s`, SQLAlchemy's `:name`, a lone `%`, and quotes.
+AWKWARD = "why? 100% %s %(x)s :name ?? '; --"
+
+
+async def test_records_with_placeholder_characters_round_trip(store: SqlJobStore) -> None:
+    tenant, owner = f"team {AWKWARD}", f"runner {AWKWARD}"
+    record = file_record(f"file {AWKWARD}", 100, tenant=tenant)
+    record = record.model_copy(
+        update={
+            "file": record.file.model_copy(update={"filename": AWKWARD}),
+            "path": f"/data/{AWKWARD}",
+        }
+    )
+    batch = batch_object(f"batch {AWKWARD}", input_file_id=record.file.id).model_copy(
+        update={"metadata": {AWKWARD: AWKWARD}}
+    )
+    stored_chunk = chunk(0)
+
+    await store.create_file(record)
+    await store.create_batch(batch, tenant)
+    assert await store.claim_batch(batch.id, owner, LEASE_S) == Lease(batch.id, tenant, 1)
+    await store.add_chunk(batch.id, owner, stored_chunk, lambda batch: None)
+
+    assert await store.get_file(record.file.id, tenant) == record
+    assert await store.list_files("batch", 10, "asc", record.file.id, tenant) == ([], False)
+    assert await store.list_files("batch", 10, "asc", None, tenant) == ([record], False)
+    assert await store.get_batch(batch.id, tenant) == batch
+    assert await store.list_batches(10, None, tenant) == ([batch], False)
+    assert await store.batches_using_file(record.file.id) == [batch]
+    assert await store.chunks(batch.id) == [stored_chunk]
+    await store.release_batch(batch.id, owner)
+    assert [(b.id, b.tenant) for b in await store.claimable_batches()] == [(batch.id, tenant)]
+
+
 async def test_list_limit_must_leave_room_for_an_item(store: SqlJobStore) -> None:
     with pytest.raises(ValueError, match="limit"):
         await store.list_files(None, 0, "asc", None)
@@ -231,7 +267,7 @@ async def test_update_batch_rolls_back_when_the_change_raises(store: SqlJobStore
 
 async def test_concurrent_updates_are_all_kept(store_url: str, store: SqlJobStore) -> None:
     # A second store stands for a second process: its own connection, its own transactions.
-    other = open_store(store_url)
+    other = await open_store(store_url)
     try:
         await store.create_batch(batch_object("batch-1"))
         await asyncio.gather(
@@ -409,7 +445,7 @@ async def test_a_tenants_lines_in_flight_keep_to_its_quota_over_every_runner(
 async def test_concurrent_claims_of_one_tenant_never_exceed_its_quota(
     store_url: str, store: SqlJobStore
 ) -> None:
-    others = [open_store(store_url) for _ in range(3)]
+    others = [await open_store(store_url) for _ in range(3)]
     try:
         for index in range(8):
             await store.create_batch(batch_object(f"a-{index}"), tenant="team-a")
@@ -508,7 +544,7 @@ async def test_a_store_made_before_tenants_gains_the_columns(store_url: str) -> 
     old.commit()
     old.close()
 
-    upgraded = open_store(store_url)
+    upgraded = await open_store(store_url)
     try:
         assert (await upgraded.get_file("file-old")).file.id == "file-old"
         await upgraded.create_file(file_record("file-new", 2, tenant="team-a"))
@@ -556,7 +592,7 @@ async def test_a_store_made_before_expiry_gains_it_from_its_records(store_url: s
                     rows,
                 )
 
-    upgraded = open_store(store_url)
+    upgraded = await open_store(store_url)
     try:
         assert ids(await upgraded.expired_files(10)) == ["file-old"]
         page, _ = await upgraded.list_files(None, 10, "asc", None)
@@ -566,7 +602,7 @@ async def test_a_store_made_before_expiry_gains_it_from_its_records(store_url: s
 
 
 async def test_a_reopened_store_sees_everything(store_url: str) -> None:
-    first = open_store(store_url)
+    first = await open_store(store_url)
     await first.create_file(file_record("file-in", 100))
     await first.create_batch(batch_object("batch-1", input_file_id="file-in"))
     await first.create_batch(batch_object("batch-2", status="completed"))
@@ -575,7 +611,7 @@ async def test_a_reopened_store_sees_everything(store_url: str) -> None:
     await first.mark_handled("batch-2", "runner-a")
     await first.close()
 
-    second = open_store(store_url)
+    second = await open_store(store_url)
     try:
         assert await second.get_file("file-in") == file_record("file-in", 100)
         batch = await second.get_batch("batch-1")
@@ -600,7 +636,7 @@ def count_completed(batch):
     return batch.model_copy(update={"request_counts": counts})
 
 async def main(url: str, count: int) -> None:
-    store = open_store(url)
+    store = await open_store(url)
     print("open", flush=True)
     for _ in range(count):
         await store.update_batch("batch-1", count_completed)
@@ -627,7 +663,7 @@ async def test_two_processes_share_the_store(store_url: str, store: SqlJobStore)
         await store.update_batch("batch-1", count_completed)
     assert await asyncio.wait_for(child.wait(), timeout=60) == -9
 
-    reopened = open_store(store_url)
+    reopened = await open_store(store_url)
     try:
         assert (await reopened.get_batch("batch-1")).request_counts.completed == 200
     finally:
@@ -643,14 +679,14 @@ async def test_sqlite_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "plain-relative.db": tmp_path / "plain-relative.db",
     }
     for url, path in forms.items():
-        await open_store(url).close()
+        await (await open_store(url)).close()
         assert path.is_file(), url
 
 
 @pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
 async def test_postgres_url_forms(store_url: str) -> None:
-    first = open_store(store_url)
-    second = open_store(store_url.replace("postgresql://", "postgres://", 1))
+    first = await open_store(store_url)
+    second = await open_store(store_url.replace("postgresql://", "postgres://", 1))
     try:
         await first.create_batch(batch_object("batch-1"))
         assert await second.get_batch("batch-1") is not None
@@ -660,13 +696,13 @@ async def test_postgres_url_forms(store_url: str) -> None:
 
 
 @pytest.mark.parametrize("url", ["mysql://host/db", "sqlite://jobs.db", "sqlite:jobs.db"])
-def test_unknown_url_forms_are_refused(url: str) -> None:
+async def test_unknown_url_forms_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="postgresql://"):
-        open_store(url)
+        await open_store(url)
 
 
 async def test_a_closed_store_refuses_calls(store_url: str) -> None:
-    closed = open_store(store_url)
+    closed = await open_store(store_url)
     await closed.close()
     with pytest.raises(RuntimeError, match="closed"):
         await closed.get_batch("batch-1")
@@ -691,3 +727,26 @@ async def test_a_cut_postgres_connection_is_replaced(
     cut_connections()
     assert await store.update_batch("batch-1", count_completed) is not None
     assert (await store.get_batch("batch-1")).request_counts.completed == 1
+
+
+async def test_a_sqlite_store_locked_past_its_busy_timeout_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_store, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "jobs.db"
+    store = await open_store(str(path))
+    # Another process holds the database's write lock longer than the store waits for it.
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailableError, match="database failed"):
+            await store.create_batch(batch_object("batch-1"))
+        assert await store.get_batch("batch-1") is None, "readers are not held up"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    try:
+        await store.create_batch(batch_object("batch-1"))
+        assert await store.get_batch("batch-1") is not None
+    finally:
+        await store.close()

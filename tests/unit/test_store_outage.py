@@ -34,9 +34,9 @@ class Opening:
         self.attempts = 0
         self.store = object()
 
-    def __call__(self, url: str) -> Any:
+    async def __call__(self, url: str) -> Any:
         self.attempts += 1
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
         if not self.up:
             raise StoreUnavailableError("the job store's database cannot be reached")
         return self.store
