@@ -9,13 +9,14 @@ import pytest
 
 from batchjobs.executor import BatchExecutor
 from batchjobs.scheduler import BatchScheduler
+from batchjobs.sql_store import open_store
 from batchjobs.store import StoreUnavailableError
 from tests.unit.test_batch_executor import FakeLines, Setup, settings
 
 
 @pytest.fixture
 async def setup(tmp_path: Path):
-    environment = Setup(tmp_path)
+    environment = Setup(tmp_path, await open_store(f"sqlite:///{tmp_path / 'jobs.db'}"))
     yield environment
     await environment.store.close()
 
