@@ -45,14 +45,11 @@ class FakeEngine:
         self.healthy = True
         self.shut_down = False
         self.readied = 0
-        self.priorities: list[Priority] = []
-        """The priority of each call, in order."""
 
     async def embed(
         self, texts: Sequence[str], priority: Priority = DEFAULT_PRIORITY
     ) -> np.ndarray:
         self.embedded.extend(texts)
-        self.priorities.append(priority)
         rows = []
         for text in texts:
             words = _words(text) or ["<empty>"]
@@ -72,7 +69,6 @@ class FakeEngine:
         priority: Priority = DEFAULT_PRIORITY,
     ) -> list[ChoiceResult]:
         self.chosen.extend(prompts)
-        self.priorities.append(priority)
         self.keys_given.append(None if keys is None else list(keys))
         results = []
         for prompt in prompts:
@@ -102,7 +98,6 @@ class FakeEngine:
         json_schema: dict[str, Any],
         priority: Priority = DEFAULT_PRIORITY,
     ) -> list[dict[str, Any]]:
-        self.priorities.append(priority)
         return [{} for _ in prompts]
 
     async def embeddings(
@@ -122,7 +117,6 @@ class FakeEngine:
         self, calls: Sequence[ChatCall], priority: Priority = DEFAULT_PRIORITY
     ) -> list[ChatOutput | Rejection]:
         """Echoes each conversation's last message."""
-        self.priorities.append(priority)
         return [
             ChatOutput(
                 text=call.messages[-1].content,
