@@ -1,5 +1,6 @@
 """Serve deploy configs the benchmark and the end-to-end tests start: the default app from
-`serve_config.yaml` and a generative app on a tiny Llama, side by side on one port."""
+`serve_config.yaml` and a generative app (a tiny Llama or Gemma 3 270M), side by side on one
+port."""
 
 from __future__ import annotations
 
@@ -102,26 +103,27 @@ def set_placement(app: dict[str, Any], placement: str) -> None:
 
 
 def generative_app(
-    template: dict[str, Any], tiny_llama_path: Path, cache_dir: str
+    template: dict[str, Any], model: ModelConfig, cache_dir: str, answer_keys: bool = False
 ) -> dict[str, Any]:
+    """An app classifying GENERATIVE_LABELS with `model`'s generative strategy, with
+    `template`'s code and environment. `answer_keys` where the labels' first tokens collide
+    under the model's tokenizer, so that one decode step still scores them all."""
     return {
         "name": "generative",
         "route_prefix": "/generative",
         "import_path": template["import_path"],
         "runtime_env": template["runtime_env"],
         "args": {
-            "models": [tiny_llama_model(tiny_llama_path).model_dump(mode="json")],
+            "models": [model.model_dump(mode="json")],
             "capabilities": [
                 {
                     "name": "classification",
                     "settings": {
                         "strategy": "generative",
-                        "generative_model": "tiny-llama",
+                        "generative_model": model.name,
                         "labels": GENERATIVE_LABELS,
                         "top_k": 3,
-                        # These labels share first tokens under the tiny Llama's tokenizer:
-                        # keys let one decode step score them all (it is no judge of accuracy).
-                        "answer_keys": True,
+                        "answer_keys": answer_keys,
                     },
                 }
             ],

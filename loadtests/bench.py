@@ -11,6 +11,12 @@
     .venv/bin/python loadtests/bench.py          # writes loadtests/results/bench.{json,md,png}
     .venv/bin/python loadtests/bench.py --quick  # small workloads; writes bench-quick.*
     .venv/bin/python loadtests/bench.py --variants default,haproxy,throughput,both
+    .venv/bin/python loadtests/bench.py --generative-model gemma --generative-only
+
+The generative workload runs on a tiny random Llama by default (the mechanics, in seconds), or
+with `--generative-model gemma` on Gemma 3 270M (real weights, built by tests/gemma.py);
+`--generative-only` runs the generative contenders alone (raw `generate`, `vllm serve`
+structured choice, capserve) and writes bench-generative.*.
 
 capserve's workloads (b. and d.) run once per variant, each in a fresh local Ray cluster: a variant
 sets environment variables of the cluster (Ray Serve flags such as RAY_SERVE_ENABLE_HA_PROXY) and
@@ -63,6 +69,7 @@ from loadtests.apps import (
     PROJECT_ROOT,
     default_app,
     deploy_config,
+    gemma_model,
     generative_app,
     serve_cluster,
     set_batching,
@@ -80,6 +87,31 @@ MIXED_CAPABILITIES = [
     ["classification", "alerts"],
     ["classification", "recommendations", "alerts"],
 ]
+
+
+@dataclass(frozen=True)
+class GenerativeModel:
+    """A model for the generative workload, and whether GENERATIVE_LABELS need answer keys under
+    its tokenizer (`ClassificationSettings.answer_keys`) for one decode step to score them."""
+
+    config: ModelConfig
+    answer_keys: bool
+
+
+def generative_model(name: str, scratch: Path) -> GenerativeModel:
+    if name == "gemma":
+        from tests.gemma import build_gemma
+
+        # The labels' first tokens differ under Gemma's tokenizer: prompts the same as the peer's.
+        return GenerativeModel(gemma_model(build_gemma()), answer_keys=False)
+    from tests.tiny_llama import build_tiny_llama
+
+    return GenerativeModel(
+        tiny_llama_model(build_tiny_llama(scratch / "tiny-llama")), answer_keys=True
+    )
+
+
+GENERATIVE_MODELS = ("tiny-llama", "gemma")
 
 
 @dataclass
@@ -243,7 +275,7 @@ def _raw_engine(
                 dtype=np.float32,
             )
             np.save(vectors_path, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-        results.put(("embed", len(texts), seconds, cpu_ms))
+        results.put((f"embed ({config.name})", len(texts), seconds, cpu_ms))
         return
     labels = [LabelSpec(name=name) for name in GENERATIVE_LABELS]
     prompts = [generative_prompt(INSTRUCTION, labels, text) for text in texts]
@@ -255,7 +287,7 @@ def _raw_engine(
     )
     llm.generate(prompts[:8], params, use_tqdm=False)
     seconds, cpu_ms = _measured(lambda: llm.generate(prompts, params, use_tqdm=False))
-    results.put(("generate", len(texts), seconds, cpu_ms))
+    results.put((f"generate ({config.name})", len(texts), seconds, cpu_ms))
 
 
 def raw_engine(
@@ -434,15 +466,19 @@ def peer_generative(model: ModelConfig, workloads: Workloads) -> Measurement:
     server = VllmServe(model)
     try:
         server.wait_ready()
-        return asyncio.run(_generative_workload("vllm serve", server.base_url, workloads, send))
+        return asyncio.run(
+            _generative_workload("vllm serve", model.name, server.base_url, workloads, send)
+        )
     finally:
         server.stop()
 
 
-async def _generative_workload(system, base_url, workloads: Workloads, send) -> Measurement:
+async def _generative_workload(
+    system, model: str, base_url, workloads: Workloads, send
+) -> Measurement:
     await closed_loop(system, "warm-up", chunks(workloads.warm_up[:32], 8), 4, send, base_url)
     batches = chunks(workloads.generative, 8)
-    workload = "generative, 8-text requests, 8 clients"
+    workload = f"generative ({model}), 8-text requests, 8 clients"
     return await closed_loop(system, workload, batches, 8, send, base_url)
 
 
@@ -531,7 +567,11 @@ class VariantRun:
 
 
 def run_variant(
-    variant: Variant, workloads: Workloads, tiny_llama: Path, cache_dir: str
+    variant: Variant,
+    workloads: Workloads,
+    generative: GenerativeModel,
+    cache_dir: str,
+    generative_only: bool,
 ) -> VariantRun:
     """capserve's workloads under `variant`, in a Ray cluster of its own."""
     print(
@@ -542,7 +582,7 @@ def run_variant(
     run = VariantRun(variant)
     try:
         with environment(cluster_environment(variant)):
-            capserve(variant, workloads, tiny_llama, cache_dir, run.measurements)
+            capserve(variant, workloads, generative, cache_dir, generative_only, run.measurements)
     except Exception as error:  # noqa: BLE001 - reported; the other variants still run
         run.error = f"{type(error).__name__}: {error}"
         print(f"capserve variant {variant.name} failed: {run.error}", flush=True)
@@ -554,8 +594,9 @@ def run_variant(
 def capserve(
     variant: Variant,
     workloads: Workloads,
-    tiny_llama: Path,
+    generative: GenerativeModel,
     cache_dir: str,
+    generative_only: bool,
     results: list[Measurement],
 ) -> None:
     """Appends to `results` as each phase ends, so a variant that fails part-way keeps what it
@@ -575,8 +616,18 @@ def capserve(
 
     with serve_cluster("capserve-bench", port):
         default = default_app(cache_dir)
-        run_apps(default, generative_app(default, tiny_llama, cache_dir))
-        results += asyncio.run(_capserve_workloads(base_url, workloads))
+        generative_apps = [
+            generative_app(default, generative.config, cache_dir, generative.answer_keys)
+        ]
+        if generative_only:
+            run_apps(*generative_apps)
+        else:
+            run_apps(default, *generative_apps)
+            results += asyncio.run(_capserve_workloads(base_url, workloads))
+        name = generative.config.name
+        results.append(asyncio.run(_capserve_generative(base_url, name, workloads)))
+        if generative_only:
+            return
         naive = default_app(cache_dir)
         set_batching(naive, max_batch_size=1, batch_wait_timeout_s=0)
         naive["args"]["cache"] = {"enabled": False}
@@ -619,12 +670,16 @@ async def _capserve_workloads(base_url: str, workloads: Workloads) -> list[Measu
     hits = after["cache_hits"] - before["cache_hits"]
     cached.extra["cache_hit_rate"] = round(hits / len(repeats), 3)
     results.append(cached)
-
-    async def send_generative(http: httpx.AsyncClient, batch: list[str]) -> int:
-        return await classify_sender("/generative/v1/classify")(http, {"texts": batch})
-
-    results.append(await _generative_workload(system, base_url, workloads, send_generative))
     return results
+
+
+async def _capserve_generative(base_url: str, model: str, workloads: Workloads) -> Measurement:
+    send = classify_sender("/generative/v1/classify")
+
+    async def send_texts(http: httpx.AsyncClient, batch: list[str]) -> int:
+        return await send(http, {"texts": batch})
+
+    return await _generative_workload("capserve", model, base_url, workloads, send_texts)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -822,6 +877,7 @@ def report(
 
 
 def plot(results: list[Measurement], path: Path) -> None:
+    """Latency against throughput of the single-text workloads, where the run had them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -833,6 +889,8 @@ def plot(results: list[Measurement], path: Path) -> None:
         if single and m.system in ("capserve", "vllm serve + client kNN"):
             label = m.system if m.variant is None else f"capserve [{m.variant}]"
             series.setdefault(label, []).append(m)
+    if not series:
+        return
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for label, points in series.items():
         axes.plot(
@@ -871,6 +929,18 @@ def main() -> None:
     )
     parser.add_argument("--generative-texts", type=int, help=f"default {FULL.generative}")
     parser.add_argument(
+        "--generative-model",
+        choices=GENERATIVE_MODELS,
+        default="tiny-llama",
+        help="the generative workload's model: a tiny random Llama (mechanics, fast) or Gemma 3 "
+        "270M (real weights; built once, a few minutes)",
+    )
+    parser.add_argument(
+        "--generative-only",
+        action="store_true",
+        help="only the generative workload's contenders; writes bench-generative.*",
+    )
+    parser.add_argument(
         "--variants",
         default="default",
         help=f"capserve variants, comma-separated: {', '.join(VARIANTS)}, or several joined "
@@ -893,26 +963,29 @@ def main() -> None:
     app = default_app(str(Path.home() / ".cache" / "capserve"))
     minilm = ModelConfig.model_validate(app["args"]["models"][0])
     with tempfile.TemporaryDirectory(prefix="capserve-bench-") as scratch:
-        from tests.tiny_llama import build_tiny_llama
-
-        tiny_llama = build_tiny_llama(Path(scratch) / "tiny-llama")
-        llama = tiny_llama_model(tiny_llama)
-        vectors_path = str(Path(scratch) / "examples.npy")
-        results = [
-            raw_engine(minilm, workloads.saturation, examples, vectors_path),
-            raw_engine(llama, workloads.generative, [], ""),
-        ]
-        vectors = np.load(vectors_path)
-        results += peer_embeddings(minilm, workloads, vectors, example_labels)
-        results.append(peer_generative(llama, workloads))
+        generative = generative_model(arguments.generative_model, Path(scratch))
+        results: list[Measurement] = []
+        if not arguments.generative_only:
+            vectors_path = str(Path(scratch) / "examples.npy")
+            results.append(raw_engine(minilm, workloads.saturation, examples, vectors_path))
+            results += peer_embeddings(minilm, workloads, np.load(vectors_path), example_labels)
+        results.append(raw_engine(generative.config, workloads.generative, [], ""))
+        results.append(peer_generative(generative.config, workloads))
         cache_dir = str(Path(scratch) / "cache")
-        runs = [run_variant(v, workloads, tiny_llama, cache_dir) for v in variants]
+        runs = [
+            run_variant(v, workloads, generative, cache_dir, arguments.generative_only)
+            for v in variants
+        ]
     results += [m for run in runs for m in run.measurements]
     report(
         [m for m in results if m.workload != "warm-up"],
         runs,
         arguments.out,
-        "bench-quick" if arguments.quick else "bench",
+        "-".join(
+            ["bench"]
+            + (["quick"] if arguments.quick else [])
+            + (["generative"] if arguments.generative_only else [])
+        ),
         time.perf_counter() - started,
     )
 

@@ -87,10 +87,11 @@ async def classify_few_shot(
 
 
 def worker_rss_gib() -> float:
+    """The model's process: vLLM's worker, or its engine core where the worker runs inside it."""
     workers = [
         process.memory_info().rss
         for process in psutil.Process().children(recursive=True)
-        if process_name(process) == "VLLM::Worker"
+        if process_name(process) in ("VLLM::Worker", "VLLM::EngineCore")
     ]
     return round(max(workers) / 2**30, 2)
 

