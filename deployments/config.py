@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -331,11 +333,23 @@ class ModelConfig(StrictModel):
     priority: EnginePriorityConfig = EnginePriorityConfig()
     deployment: DeploymentConfig = DeploymentConfig()
     max_tokens: int = Field(default=256, gt=0, description="Output cap of generate_json.")
+    chat_template: str | None = Field(
+        default=None,
+        description="A Jinja chat template, inline or the path of a file holding one, as vLLM's "
+        "`--chat-template` takes it: chat completions render with it instead of the tokenizer's "
+        "own (a base model's tokenizer has none). It writes every special token itself, "
+        "`{{ bos_token }}` included. Only chat uses it, so it leaves the model's identity alone.",
+    )
 
     @field_validator("model")
     @classmethod
     def _resolve_model(cls, value: str) -> str:
         return str(resolve_model_path(value))
+
+    @field_validator("chat_template")
+    @classmethod
+    def _load_chat_template(cls, value: str | None) -> str | None:
+        return None if value is None else load_chat_template(value)
 
     # Worked out once, where the config is validated, and carried with it to the replicas.
     _identity: str = PrivateAttr(default="")
@@ -667,6 +681,32 @@ def resolve_model_path(value: str) -> Path | str:
             raise ValueError(f"model: path {value!r} does not exist")
         return folder
     return value
+
+
+# vLLM's test for a template given inline rather than as a file's path.
+JINJA_CHARS = "{}\n"
+
+
+def load_chat_template(value: str) -> str:
+    """The template `value` is, or the one in the file it names (no Jinja characters), checked
+    to parse as transformers compiles chat templates, so a broken one stops start-up."""
+    template = value
+    if not any(char in value for char in JINJA_CHARS):
+        path = Path(value).expanduser().resolve()
+        try:
+            template = path.read_text()
+        except OSError as error:
+            raise ValueError(
+                f"{value!r} is not a template (no Jinja tags) nor a readable file "
+                f"({error.strerror}: {path}); give the template inline or the path of its file"
+            ) from None
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(template)
+    except TemplateSyntaxError as error:
+        raise ValueError(
+            f"not a valid Jinja template: {error.message} (line {error.lineno})"
+        ) from None
+    return template
 
 
 def parse_app_config(args: dict[str, Any]) -> AppConfig:

@@ -1,5 +1,5 @@
 """Serve deploy configs the benchmark and the end-to-end tests start: the default app from
-`serve_config.yaml` and a generative app (a tiny Llama or Gemma 3 270M), side by side on one
+`serve_config.yaml` and generative apps (a tiny Llama, Gemma 3 270M), side by side on one
 port."""
 
 from __future__ import annotations
@@ -45,6 +45,33 @@ def tiny_bert_model(path: Path) -> ModelConfig:
     )
 
 
+# Gemma's turn format (its instruction-tuned checkpoints' template, text only): no system turn, a
+# system message opens the first user turn; the model speaks as `model`. The GGUF-built base
+# checkpoint carries no template, and chat prompts are tokenised without special tokens, so
+# the template writes <bos> itself.
+GEMMA_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+  {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+  {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+  {%- set first_user_prefix = '' -%}
+  {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+  {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+    {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+  {%- endif -%}
+  {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+  {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}
+  {{- message['content'] | trim }}
+  {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+"""
+
+
 def gemma_model(path: Path) -> ModelConfig:
     """Gemma 3 270M (tests/gemma.py) within ~2.5 GiB: its 262k-token vocabulary makes vLLM's
     share-of-memory sizing ask for ~11 GiB on a CPU, so the KV cache is sized directly."""
@@ -67,6 +94,7 @@ def gemma_model(path: Path) -> ModelConfig:
             "enforce_eager": True,
         },
         max_tokens=64,
+        chat_template=GEMMA_CHAT_TEMPLATE,
     )
 
 
@@ -102,34 +130,42 @@ def set_placement(app: dict[str, Any], placement: str) -> None:
         capability["placement"] = placement
 
 
-def generative_app(
-    template: dict[str, Any], model: ModelConfig, cache_dir: str, answer_keys: bool = False
+def classifying_app(
+    template: dict[str, Any],
+    name: str,
+    model: ModelConfig,
+    classification: dict[str, Any],
+    cache_dir: str,
 ) -> dict[str, Any]:
-    """An app classifying GENERATIVE_LABELS with `model`'s generative strategy, with
-    `template`'s code and environment. `answer_keys` where the labels' first tokens collide
-    under the model's tokenizer, so that one decode step still scores them all."""
+    """An app beside the default one (`template`), at `/<name>`: one engine on `model` and the
+    classification capability with `classification` settings."""
     return {
-        "name": "generative",
-        "route_prefix": "/generative",
+        "name": name,
+        "route_prefix": f"/{name}",
         "import_path": template["import_path"],
         "runtime_env": template["runtime_env"],
         "args": {
             "models": [model.model_dump(mode="json")],
-            "capabilities": [
-                {
-                    "name": "classification",
-                    "settings": {
-                        "strategy": "generative",
-                        "generative_model": model.name,
-                        "labels": GENERATIVE_LABELS,
-                        "top_k": 3,
-                        "answer_keys": answer_keys,
-                    },
-                }
-            ],
+            "capabilities": [{"name": "classification", "settings": classification}],
             "cache_dir": cache_dir,
         },
     }
+
+
+def generative_app(
+    template: dict[str, Any], model: ModelConfig, cache_dir: str, answer_keys: bool = False
+) -> dict[str, Any]:
+    """The app at `/generative` classifying GENERATIVE_LABELS with `model`'s generative
+    strategy. `answer_keys` where the labels' first tokens collide under the model's tokenizer,
+    so that one decode step still scores them all."""
+    settings = {
+        "strategy": "generative",
+        "generative_model": model.name,
+        "labels": GENERATIVE_LABELS,
+        "top_k": 3,
+        "answer_keys": answer_keys,
+    }
+    return classifying_app(template, "generative", model, settings, cache_dir)
 
 
 def deploy_config(applications: list[dict[str, Any]], port: int) -> dict[str, Any]:

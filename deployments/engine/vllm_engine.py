@@ -104,16 +104,21 @@ def engine_args_for(config: ModelConfig) -> AsyncEngineArgs:
         raise ConfigError(f"{where}: {error}") from None
 
 
-def chat_prompt(tokenizer: Any, messages: Sequence[ChatMessage], model: str) -> str | Rejection:
-    """The conversation as the model's chat template renders it, ready for the reply."""
-    if getattr(tokenizer, "chat_template", None) is None:
+def chat_prompt(
+    tokenizer: Any, messages: Sequence[ChatMessage], model: str, template: str | None = None
+) -> str | Rejection:
+    """The conversation rendered by `template` (the model's `chat_template` setting) or else by
+    the tokenizer's own, ready for the reply."""
+    if template is None and getattr(tokenizer, "chat_template", None) is None:
         return Rejection(
             message=f"model {model!r} has no chat template in its tokenizer config, so it cannot "
-            "serve chat completions"
+            "serve chat completions; give the model one with its `chat_template` setting "
+            "(models[].chat_template in the serve config)"
         )
     try:
         return tokenizer.apply_chat_template(
             [message.model_dump() for message in messages],
+            chat_template=template,
             add_generation_prompt=True,
             tokenize=False,
         )
@@ -314,7 +319,9 @@ class VLLMEngine:
         return list(await asyncio.gather(*(self._chat(call, priority) for call in calls)))
 
     async def _chat(self, call: ChatCall, priority: Priority) -> ChatOutput | Rejection:
-        prompt = chat_prompt(self._llm.tokenizer, call.messages, self.name)
+        prompt = chat_prompt(
+            self._llm.tokenizer, call.messages, self.name, self.config.chat_template
+        )
         if isinstance(prompt, Rejection):
             return prompt
         try:

@@ -6,6 +6,7 @@ a built app) is what lets a test change a runner's `user_config` live, as an ope
 """
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,19 @@ class ServeCluster:
         self.config = config
 
     def wait_running(self) -> None:
+        """Returns once every app of the config runs and every app it dropped is gone, so that
+        the next test meets the config's apps only, and a dropped app's memory is free."""
+        from ray import serve
+
         from deployments.deploy import wait_running
 
         wait_running(self.config, DEPLOY_TIMEOUT_S)
+        names = {app["name"] for app in self.config["applications"]}
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while dropped := set(serve.status().applications) - names:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"apps {sorted(dropped)} still there after {DEPLOY_TIMEOUT_S} s")
+            time.sleep(1)
 
 
 # The generative app's cap on generated tokens, small enough that a test can ask for more.

@@ -5,8 +5,9 @@ examples (from examples.csv) of every label."""
 import pytest
 
 from capabilities.classification import LABEL_CUE
-from deployments.engine.calls import ChatCall, ChatMessage, Rejection
-from loadtests.apps import gemma_model
+from deployments.engine.calls import ChatCall, ChatMessage, ChatOutput
+from deployments.engine.vllm_engine import chat_prompt
+from loadtests.apps import GEMMA_CHAT_TEMPLATE, gemma_model
 from loadtests.generative_accuracy import classify_few_shot, few_shot_examples
 from tests.integration.conftest import started
 
@@ -67,8 +68,19 @@ async def test_generate_json_follows_the_schema(gemma):
     assert result["label"] in LABELS and isinstance(result["urgent"], bool)
 
 
-async def test_chat_is_refused_for_a_base_model_without_chat_template(gemma):
-    # The GGUF carries no chat template, so neither does the checkpoint.
-    call = ChatCall(messages=[ChatMessage(role="user", content="Hello!")], max_tokens=8)
+async def test_chat_renders_gemmas_turns_from_the_configured_template(gemma):
+    # The GGUF carries no chat template: the config gives Gemma's, which writes <bos> first.
+    messages = [
+        ChatMessage(role="system", content="Answer briefly."),
+        ChatMessage(role="user", content="My card has not arrived. What should I do?"),
+    ]
+    call = ChatCall(messages=messages, max_tokens=8, temperature=0)
     [output] = await gemma.chat([call])
-    assert isinstance(output, Rejection) and "has no chat template" in output.message
+    assert isinstance(output, ChatOutput), output
+    assert output.text and output.completion_tokens <= 8
+    assert output.finish_reason in {"stop", "length"}
+    prompt = chat_prompt(gemma._llm.tokenizer, messages, gemma.name, GEMMA_CHAT_TEMPLATE)
+    assert isinstance(prompt, str) and prompt.startswith("<bos><start_of_turn>user\nAnswer")
+    tokens = gemma._llm.tokenizer.encode(prompt, add_special_tokens=False)
+    assert tokens.count(gemma._llm.tokenizer.bos_token_id) == 1
+    assert output.prompt_tokens == len(tokens)
