@@ -243,6 +243,18 @@ def classify_sender(
     return send
 
 
+def texts_sender(
+    path: str = "/v1/classify",
+) -> Callable[[httpx.AsyncClient, list[str]], Awaitable[int]]:
+    """Sends a batch of texts as one classify request to `path`."""
+    send = classify_sender(path)
+
+    async def send_texts(http: httpx.AsyncClient, batch: list[str]) -> int:
+        return await send(http, {"texts": batch})
+
+    return send_texts
+
+
 # --- a. the raw engine -----------------------------------------------------------------------
 
 RAW_DRIVER = "driver"
@@ -387,7 +399,7 @@ def peer_embeddings(
     try:
         server.wait_ready()
         return asyncio.run(
-            _embedding_workloads("vllm serve + client kNN", server.base_url, workloads, send)
+            embedding_workloads("vllm serve + client kNN", server.base_url, workloads, send)
         )
     finally:
         server.stop()
@@ -442,7 +454,7 @@ class Workloads:
         return cls(warm_up, saturation_texts, single, mixed, repeats, take(sizes.generative))
 
 
-async def _embedding_workloads(system, base_url, workloads: Workloads, send) -> list[Measurement]:
+async def embedding_workloads(system, base_url, workloads: Workloads, send) -> list[Measurement]:
     await closed_loop(system, "warm-up", chunks(workloads.warm_up, 64), 8, send, base_url)
     saturation = chunks(workloads.saturation, 64)
     results = [
@@ -499,12 +511,14 @@ async def _generative_workload(
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to run capserve: the Ray Serve modes of its cluster (`cluster.serve_flags`), and
-    a `placement` for every capability of the apps' args (None: as configured)."""
+    """One way to run capserve: the Ray Serve modes of its cluster (`cluster.serve_flags`), a
+    `placement` for every capability of the apps' args (None: as configured), and variables
+    added to the apps' `runtime_env`."""
 
     name: str
     flags: frozenset[str] = frozenset()
     placement: str | None = None
+    app_env: frozenset[tuple[str, str]] = frozenset()
 
 
 VARIANTS = {
@@ -516,6 +530,9 @@ VARIANTS = {
         Variant("both", frozenset({"haproxy", "throughput"})),
         Variant("inline", placement="inline"),
         Variant("deployment", placement="deployment"),
+        # vLLM's own choice on a CPU, which capserve's engines turn off: the model in a worker
+        # process beside the engine core (`vllm_engine.keep_cpu_worker_in_engine_core`).
+        Variant("worker-process", app_env=frozenset({("VLLM_ENABLE_V1_MULTIPROCESSING", "1")})),
     )
 }
 
@@ -532,7 +549,8 @@ def variant_named(name: str) -> Variant:
     if len(placements) > 1:
         raise ValueError(f"variant {name!r} asks for more than one placement: {sorted(placements)}")
     flags = frozenset().union(*(VARIANTS[part].flags for part in parts))
-    return Variant(name, flags, next(iter(placements), None))
+    app_env = frozenset().union(*(VARIANTS[part].app_env for part in parts))
+    return Variant(name, flags, next(iter(placements), None), app_env)
 
 
 def parse_variants(spec: str) -> list[Variant]:
@@ -619,9 +637,13 @@ def capserve(
     base_url = f"http://127.0.0.1:{port}"
 
     def run_apps(*apps: dict[str, Any]) -> None:
-        if variant.placement is not None:
-            for app in apps:
+        for app in apps:
+            if variant.placement is not None:
                 set_placement(app, variant.placement)
+            runtime_env = app["runtime_env"]
+            app["runtime_env"] = runtime_env | {
+                "env_vars": runtime_env["env_vars"] | dict(variant.app_env)
+            }
         config = deploy_config(list(apps), port)
         deploy(config)
         wait_running(config)
@@ -637,7 +659,7 @@ def capserve(
             run_apps(default, *generative_apps)
             results += asyncio.run(_capserve_workloads(base_url, workloads))
         name = generative.config.name
-        results.append(asyncio.run(_capserve_generative(base_url, name, workloads)))
+        results.append(asyncio.run(capserve_generative(base_url, name, workloads)))
         if generative_only:
             return
         naive = default_app(cache_dir)
@@ -665,12 +687,8 @@ async def _mixed(base_url: str, workloads: Workloads, system: str) -> Measuremen
 
 async def _capserve_workloads(base_url: str, workloads: Workloads) -> list[Measurement]:
     system = "capserve"
-    send = classify_sender()
-
-    async def send_texts(http: httpx.AsyncClient, batch: list[str]) -> int:
-        return await send(http, {"texts": batch})
-
-    results = await _embedding_workloads(system, base_url, workloads, send_texts)
+    send_texts = texts_sender()
+    results = await embedding_workloads(system, base_url, workloads, send_texts)
     results.append(await _mixed(base_url, workloads, "capserve: capability-aware batching"))
     async with httpx.AsyncClient(base_url=base_url) as http:
         before = (await http.get("/v1/stats")).json()["capabilities"]["classification"]
@@ -685,13 +703,9 @@ async def _capserve_workloads(base_url: str, workloads: Workloads) -> list[Measu
     return results
 
 
-async def _capserve_generative(base_url: str, model: str, workloads: Workloads) -> Measurement:
-    send = classify_sender("/generative/v1/classify")
-
-    async def send_texts(http: httpx.AsyncClient, batch: list[str]) -> int:
-        return await send(http, {"texts": batch})
-
-    return await _generative_workload("capserve", model, base_url, workloads, send_texts)
+async def capserve_generative(base_url: str, model: str, workloads: Workloads) -> Measurement:
+    send = texts_sender("/generative/v1/classify")
+    return await _generative_workload("capserve", model, base_url, workloads, send)
 
 
 # --- report ----------------------------------------------------------------------------------

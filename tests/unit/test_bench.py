@@ -37,6 +37,12 @@ def test_variants_join_with_plus():
     assert variant == Variant("both+inline", VARIANTS["both"].flags, "inline")
 
 
+def test_the_worker_process_variant_gives_vllm_its_cpu_worker_process_back():
+    (variant,) = parse_variants("both+worker-process")
+    assert variant.flags == VARIANTS["both"].flags
+    assert dict(variant.app_env) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
