@@ -4,10 +4,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from capabilities.classification import ClassificationSettings, Classifier
 from capabilities.examples import EmbeddingCache
+from loadtests.process_usage import process_name
 from tests.conftest import BANKING77
 from tests.integration.conftest import minilm_config, started
 
@@ -34,6 +36,13 @@ def small_examples(tmp_path_factory) -> Path:
         writer.writeheader()
         writer.writerows(chosen)
     return path
+
+
+def test_the_model_runs_inside_the_engine_core_with_no_worker_process_beside_it(minilm):
+    # vLLM's CPU default is a worker process that busy-waits with the engine core between steps.
+    names = [process_name(child) for child in psutil.Process().children(recursive=True)]
+    assert "VLLM::EngineCore" in names
+    assert "VLLM::Worker" not in names
 
 
 async def test_embeddings_are_normalised_and_semantic(minilm):
