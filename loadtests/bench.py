@@ -650,13 +650,11 @@ def capserve(
 
     with serve_cluster("capserve-bench", port):
         default = default_app(cache_dir)
-        generative_apps = [
-            generative_app(default, generative.config, cache_dir, generative.answer_keys)
-        ]
+        classifying = generative_app(default, generative.config, cache_dir, generative.answer_keys)
         if generative_only:
-            run_apps(*generative_apps)
+            run_apps(classifying)
         else:
-            run_apps(default, *generative_apps)
+            run_apps(default, classifying)
             results += asyncio.run(_capserve_workloads(base_url, workloads))
         name = generative.config.name
         results.append(asyncio.run(capserve_generative(base_url, name, workloads)))
@@ -718,10 +716,12 @@ def ratio(numerator: Measurement | None, denominator: Measurement | None) -> flo
 
 
 def find(results: list[Measurement], system: str, workload: str) -> Measurement | None:
-    return next(
-        (m for m in results if m.system.startswith(system) and m.workload.startswith(workload)),
-        None,
-    )
+    """The measurement of `system` on `workload` (both name prefixes); a system named exactly
+    wins over one that only starts so (`vllm serve` over `vllm serve, worker in engine core`)."""
+    on_workload = [m for m in results if m.workload.startswith(workload)]
+    exact = (m for m in on_workload if m.system == system)
+    prefixed = (m for m in on_workload if m.system.startswith(system))
+    return next(exact, next(prefixed, None))
 
 
 def comparisons(results: list[Measurement], variant: str) -> dict[str, float | None]:

@@ -141,5 +141,16 @@ def test_ratios_compare_each_variant_with_the_shared_contenders():
     )
 
 
+def test_each_generative_peer_is_compared_with_itself_whatever_the_order():
+    workload = "generative (gemma3-270m), 8-text requests, 8 clients"
+    tuned = Measurement("vllm serve, worker in engine core", workload, texts=20, seconds=1.0)
+    peer = Measurement("vllm serve", workload, texts=10, seconds=1.0)
+    ours = Measurement("capserve", workload, texts=30, seconds=1.0)
+    ours.variant = "both"
+    ratios = comparisons([tuned, peer, ours], "both")
+    assert ratios["capserve / vllm serve (generative)"] == 3.0
+    assert ratios["capserve / vllm serve, worker in engine core (generative)"] == 1.5
+
+
 def test_quick_sizes_keep_the_32_client_level_the_ratios_use():
     assert 32 in QUICK.single_clients
